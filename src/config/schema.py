@@ -1,0 +1,237 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+`conf/train.yaml` and `conf/animate.yaml` list the schema as their first default, so the
+composed config is typed and in struct mode: a misspelt key (``loss.contrastve=0.2``) or a wrong
+type (``loss.tau=abc``) fails at compose time with Hydra's message naming the key. Value checks
+that a type cannot express (ranges, enum-like strings, files) live in :func:`validate_config`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from src.utils.errors import UserError
+
+
+class ClipKind(str, Enum):
+    open_clip = "open_clip"   # open_clip model name + pretrained tag or local weights file
+    embedded = "embedded"     # the project's small LiT CLIP (assets/)
+    module = "module"         # an nn.Module handed over in code (tests)
+
+
+class NoiseMode(str, Enum):
+    random = "random"
+    const = "const"
+    none = "none"
+
+
+class IdentityMetric(str, Enum):
+    oracle = "oracle"
+    dlib = "dlib"
+    arcface = "arcface"
+    none = "none"
+
+
+class Perceptual(str, Enum):
+    lpips_alex = "lpips_alex"
+    lpips_vgg = "lpips_vgg"
+    none = "none"
+
+
+@dataclass
+class GeneratorConfig:
+    checkpoint: str = "???"
+    truncation_psi: float = 0.7
+    noise_mode: NoiseMode = NoiseMode.const
+
+
+@dataclass
+class ClipConfig:
+    kind: ClipKind = ClipKind.open_clip
+    model_name: Optional[str] = None
+    pretrained: Optional[str] = None
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class PromptsConfig:
+    template: str = "The person is {}."
+    concepts: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DomainDataConfig:
+    root: Optional[str] = None
+    latents: Optional[str] = None
+    captions: Optional[str] = None
+    train_list: Optional[str] = None
+    val_list: Optional[str] = None
+    test_list: Optional[str] = None
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    align: bool = False
+
+
+@dataclass
+class DomainConfig:
+    name: str = "???"
+    resolution: int = 128
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    loss_clip: ClipConfig = field(default_factory=ClipConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    identity_metric: IdentityMetric = IdentityMetric.none
+    perceptual: Perceptual = Perceptual.lpips_alex
+    data: DomainDataConfig = field(default_factory=DomainDataConfig)
+
+
+@dataclass
+class LossConfig:
+    """Loss weights only (so sweeps are clean). Paper values in conf/loss/paper.yaml."""
+    contrastive: float = 0.5
+    lpips: float = 1.0
+    smoothness: float = 1.0
+    endpoint: float = 1.0
+    latent: float = 1.0
+    identity: float = 0.0
+    tau: float = 0.07
+
+
+@dataclass
+class HardwareConfig:
+    accelerator: str = "cpu"          # cpu | gpu | auto
+    devices: Any = 1                  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"            # auto | ddp | ddp_spawn | ddp_find_unused_parameters_true
+    precision: str = "32-true"        # 32-true | 16-mixed | bf16-mixed
+    num_workers: int = 0
+    deterministic: bool = False
+    ops_impl: str = "auto"            # auto | ref | cuda (src.ops policy)
+    ops_on_build_failure: str = "error"  # error | fallback
+
+
+@dataclass
+class TaskConfig:
+    name: str = "???"
+    monitor: Optional[str] = None
+    monitor_mode: str = "max"
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "${paths.root_dir}/data"
+    log_dir: str = "${paths.root_dir}/logs"
+    checkpoints: str = "${paths.root_dir}/checkpoints"
+    assets: str = "${paths.root_dir}/assets"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class TrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: Any = None
+    data: Any = None
+    trainer: Dict[str, Any] = field(default_factory=dict)
+    logger: Dict[str, Any] = field(default_factory=dict)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    name: Optional[str] = None        # experiment name: fixes the run dir, so a rerun/requeue resumes
+    seed: int = 12345
+    tags: List[str] = field(default_factory=list)
+    resume: bool = True               # resume from <run dir>/checkpoints/last.ckpt when it exists
+    test: bool = True                 # run trainer.test after fit
+    optimized_metric: Optional[str] = None
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AnimateConfig:
+    checkpoint: str = "${paths.assets}/animator_synthetic.ckpt"
+    image: Optional[str] = None       # a face photo / render, projected into the generator
+    latent: Optional[str] = None      # a W [1,w_dim] or W+ [1,num_ws,w_dim] file
+    seed: Optional[int] = None        # sample the input face from the generator
+    text: Any = "The person is smiling."  # one prompt, or a list of prompts chained
+    frames: int = 16
+    fps: float = 10.0
+    strength: float = 1.0
+    decay: str = "linear"             # none | linear | sqrt | exp | const
+    output: str = "animation.mp4"     # .mp4 | .gif | .webp ; a PNG strip is written beside it
+    strip: bool = True
+    projection_steps: int = 300
+    device: str = "cpu"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas under the names the primary configs list first in their defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="animate_schema", node=AnimateConfig)
+
+
+_PRECISIONS = {"32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"}
+_DECAYS = {"none", "linear", "sqrt", "exp", "const"}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Range and value checks a type cannot express. Raises UserError naming the key."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise UserError(msg)
+
+    if "loss" in cfg:
+        for key, value in cfg.loss.items():
+            need(value >= 0, f"loss.{key} must be >= 0, got {value}")
+        need(cfg.loss.tau > 0, f"loss.tau must be > 0, got {cfg.loss.tau}")
+    if "hardware" in cfg:
+        hw = cfg.hardware
+        need(hw.accelerator in {"cpu", "gpu", "cuda", "auto", "mps"}, f"hardware.accelerator '{hw.accelerator}' is not one of cpu, gpu, auto")
+        need(str(hw.precision) in _PRECISIONS, f"hardware.precision '{hw.precision}' is not one of {sorted(_PRECISIONS)}")
+        need(hw.num_workers >= 0, f"hardware.num_workers must be >= 0, got {hw.num_workers}")
+        need(hw.ops_impl in {"auto", "ref", "cuda"}, f"hardware.ops_impl '{hw.ops_impl}' is not one of auto, ref, cuda")
+        need(hw.ops_on_build_failure in {"error", "fallback"}, f"hardware.ops_on_build_failure '{hw.ops_on_build_failure}' is not error or fallback")
+    if "domain" in cfg and cfg.domain.get("name") not in (None, "???"):
+        d = cfg.domain
+        need(4 <= d.resolution <= 1024 and (d.resolution & (d.resolution - 1)) == 0,
+             f"domain.resolution must be a power of two in 4..1024, got {d.resolution}")
+        need(0.0 <= d.generator.truncation_psi <= 2.0, f"domain.generator.truncation_psi must be in [0, 2], got {d.generator.truncation_psi}")
+        need("{}" in d.prompts.template, f"domain.prompts.template must contain '{{}}', got '{d.prompts.template}'")
+    if "task" in cfg:
+        need(cfg.task.monitor_mode in {"min", "max"}, f"task.monitor_mode must be min or max, got {cfg.task.monitor_mode}")
+    if "frames" in cfg:  # animate config
+        need(2 <= cfg.frames <= 512, f"frames must be in 2..512, got {cfg.frames}")
+        need(cfg.fps > 0, f"fps must be > 0, got {cfg.fps}")
+        need(0 < cfg.strength <= 10, f"strength must be in (0, 10], got {cfg.strength}")
+        need(cfg.decay in _DECAYS, f"decay '{cfg.decay}' is not one of {sorted(_DECAYS)}")
+        need(cfg.projection_steps >= 1, f"projection_steps must be >= 1, got {cfg.projection_steps}")
+        sources = [k for k in ("image", "latent", "seed") if cfg.get(k) is not None]
+        need(len(sources) <= 1, f"give only one of image=, latent=, seed= (got {', '.join(sources)})")
+
+
+def resolve_run_dir_name(name: Optional[str] = None) -> str:
+    """Run folder name that survives a SLURM requeue: the experiment name, else the SLURM job id
+    (array jobs: <job>_<task>), else a timestamp."""
+    if name:
+        return str(name)
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}_{task}" if task else f"slurm-{job}"
+    import datetime as _dt
+
+    return _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_dir_name"):
+        # cached: every interpolation in one run sees the same timestamp
+        OmegaConf.register_new_resolver("run_dir_name", resolve_run_dir_name, use_cache=True)

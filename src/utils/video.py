@@ -1,0 +1,79 @@
+"""Writing animations: mp4 / gif / webp videos and PNG frame strips, always atomically."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.utils.errors import UserError
+from src.utils.io import atomic_write
+
+VIDEO_FORMATS = ("mp4", "gif", "webp")
+
+
+def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
+    """[T,3,H,W] float in [-1,1] -> [T,H,W,3] uint8."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"expected frames [T,3,H,W], got {tuple(frames.shape)}")
+    x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def video_format(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The container format: explicit ``fmt`` or the file extension; a clear error otherwise."""
+    fmt = (fmt or Path(path).suffix.lstrip(".")).lower()
+    if fmt not in VIDEO_FORMATS:
+        raise UserError(f"unsupported video format '{fmt}' for {path}: use one of {', '.join(VIDEO_FORMATS)}")
+    return fmt
+
+
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 10.0, fmt: str | None = None) -> Path:
+    """Write frames [T,3,H,W] in [-1,1] as mp4 (H.264 via imageio-ffmpeg), gif or webp (Pillow)."""
+    if fps <= 0:
+        raise UserError(f"fps must be positive, got {fps}")
+    fmt = video_format(path, fmt)
+    data = to_uint8_frames(frames)
+    with atomic_write(path) as tmp:
+        if fmt == "mp4":
+            import imageio.v2 as imageio
+
+            # yuv420p needs even sizes; macro_block_size=1 keeps the exact frame size.
+            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
+                                        macro_block_size=1, ffmpeg_log_level="error",
+                                        pixelformat="yuv444p" if data.shape[1] % 2 or data.shape[2] % 2 else "yuv420p")
+            try:
+                for frame in data:
+                    writer.append_data(frame)
+            finally:
+                writer.close()
+        else:
+            from PIL import Image
+
+            images = [Image.fromarray(f) for f in data]
+            kwargs = dict(save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
+            if fmt == "webp":
+                kwargs.update(lossless=False, quality=90)
+            images[0].save(tmp, format=fmt.upper(), **kwargs)
+    return Path(path)
+
+
+def write_strip(frames: torch.Tensor, path: str | os.PathLike, max_frames: int = 8) -> Path:
+    """Write a PNG strip of up to ``max_frames`` evenly spaced frames side by side. frames: [T,3,H,W]."""
+    from PIL import Image
+
+    t = frames.shape[0]
+    idx = np.linspace(0, t - 1, num=min(max_frames, t)).round().astype(int)
+    data = to_uint8_frames(frames[torch.as_tensor(idx)])
+    strip = np.concatenate(list(data), axis=1)
+    with atomic_write(path) as tmp:
+        Image.fromarray(strip).save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_grid_video(videos: torch.Tensor, path: str | os.PathLike, fps: float = 10.0) -> Path:
+    """videos [N,T,3,H,W] -> one video whose frames tile the N videos side by side."""
+    n, t, c, h, w = videos.shape
+    tiled = videos.permute(1, 2, 3, 0, 4).reshape(t, c, h, n * w)
+    return write_video(tiled, path, fps=fps)
