@@ -1,0 +1,90 @@
+"""Every config combination composes; typos, wrong types and bad values fail clearly."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from src.config.schema import validate_config
+from src.utils.errors import UserError
+from tests.conftest import ROOT, compose_train
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+DOMAINS, LOSSES, HARDWARE = options("domain"), options("loss"), options("hardware")
+
+
+def test_groups_are_populated():
+    assert {"synthetic", "human", "anime", "dog"} <= set(DOMAINS)
+    assert {"paper", "no_contrastive", "no_lpips", "no_smoothness", "no_endpoint", "no_latent"} <= set(LOSSES)
+    assert {"cpu", "gpu", "ddp", "slurm"} <= set(HARDWARE)
+    assert options("task") and options("experiment") and options("debug")
+
+
+@pytest.mark.parametrize("domain,loss,hardware", list(itertools.product(DOMAINS, LOSSES, HARDWARE)))
+def test_domain_loss_hardware_compose(domain, loss, hardware, tmp_path):
+    cfg = compose_train([f"domain={domain}", f"loss={loss}", f"hardware={hardware}"], tmp_path)
+    OmegaConf.resolve(cfg)
+    validate_config(cfg)
+    assert cfg.domain.name and cfg.loss.tau == pytest.approx(0.07)
+    assert cfg.model._target_ and cfg.data._target_
+
+
+@pytest.mark.parametrize("group", ["experiment", "debug", "task", "logger", "callbacks", "hparams_search"])
+def test_every_option_composes(group, tmp_path):
+    for option in options(group):
+        cfg = compose_train([f"{group}={option}"], tmp_path)
+        OmegaConf.resolve(cfg)
+        validate_config(cfg)
+
+
+def test_paper_weights():
+    cfg = OmegaConf.load(ROOT / "conf" / "loss" / "paper.yaml")
+    assert dict(cfg) == {"contrastive": 0.5, "lpips": 1.0, "smoothness": 1.0, "endpoint": 1.0,
+                         "latent": 1.0, "identity": 0.0, "tau": 0.07}
+    for name in ("contrastive", "lpips", "smoothness", "endpoint", "latent"):
+        ablation = OmegaConf.load(ROOT / "conf" / "loss" / f"no_{name}.yaml")
+        assert ablation[name] == 0.0
+        assert {k: v for k, v in ablation.items() if k != name} == {k: v for k, v in cfg.items() if k != name}
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("loss.contrastve=0.2", "contrastve"),          # typo in a key
+    ("loss.tau=abc", "tau"),                         # wrong type
+    ("domain.generator.noise_mode=sometimes", "noise_mode"),  # not an enum value
+    ("hardware.num_nodes=two", "num_nodes"),
+])
+def test_typos_and_types_fail_at_compose(override, needle, tmp_path):
+    with pytest.raises(Exception) as err:
+        compose_train([override], tmp_path)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("loss.lpips=-1", "loss.lpips"),
+    ("loss.tau=0", "loss.tau"),
+    ("hardware.precision=17-mixed", "hardware.precision"),
+    ("domain.resolution=100", "domain.resolution"),
+    ("hardware.ops_impl=triton", "hardware.ops_impl"),
+])
+def test_bad_values_fail_validation(override, needle, tmp_path):
+    cfg = compose_train([override], tmp_path)
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")):
+        validate_config(cfg)
+
+
+def test_run_dir_survives_requeue(monkeypatch):
+    from src.config.schema import resolve_run_dir_name
+
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert resolve_run_dir_name(None) == "slurm-4242"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert resolve_run_dir_name(None) == "slurm-77_3"
+    assert resolve_run_dir_name("my-exp") == "my-exp"
