@@ -1,0 +1,202 @@
+"""Differentiable GPU augmentation for discriminator training (the idea of StyleGAN2-ADA).
+
+Every transform is applied to each image independently with probability ``p`` (a device
+buffer, so changing it never needs a host sync). Geometric transforms are composed into one
+2x3 sampling matrix per image and applied with a single bilinear ``grid_sample`` (reflection
+padding, which avoids the black borders that D could use to tell augmented images apart);
+colour transforms are composed into one 3x4 affine colour matrix per image; cutout is a
+multiplicative mask. All three stages are differentiable w.r.t. the input, including the
+second derivative needed by R1 on augmented reals.
+
+Transforms and their strengths (ADA's "bgc" defaults, adapted):
+  xflip (x -> -x), integer translation (up to 0.125 of the size, rounded to whole pixels),
+  isotropic scale (log2-normal, std 0.2), rotation (uniform in [-pi, pi]),
+  brightness (+N(0, 0.2)), contrast (x log2-normal std 0.5), saturation (log2-normal std 1
+  around the luma axis), cutout (a square of half the size set to 0).
+
+``AdaptiveP`` holds the r_t = E[sign(D(real))] heuristic: accumulate signs on the device,
+and every ``interval`` steps move p by sign(r_t - target) * batch*interval/(speed_kimg*1000).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["AugmentPipe", "AdaptiveP"]
+
+_LUMA = torch.tensor([1.0, 1.0, 1.0]) / math.sqrt(3.0)
+
+
+class AugmentPipe(nn.Module):
+    """forward(images [N, C, H, W] in [-1, 1]) -> augmented images [N, C, H, W].
+
+    ``p`` is a 0-dim float buffer; ``set_p`` writes it in place. Each transform can be
+    disabled by its constructor flag. p == 0 returns the input values exactly (per image, a
+    ``where`` keeps the original when no transform fired), so toggling ADA on does not change
+    training before p rises.
+    """
+
+    def __init__(self, p: float = 0.0, xflip: bool = True, translate: bool = True, scale: bool = True,
+                 rotate: bool = True, brightness: bool = True, contrast: bool = True,
+                 saturation: bool = True, cutout: bool = True, translate_max: float = 0.125,
+                 scale_std: float = 0.2, brightness_std: float = 0.2, contrast_std: float = 0.5,
+                 saturation_std: float = 1.0, cutout_size: float = 0.5):
+        super().__init__()
+        self.register_buffer("p", torch.tensor(float(p)))
+        self.flags = dict(xflip=xflip, translate=translate, scale=scale, rotate=rotate,
+                          brightness=brightness, contrast=contrast, saturation=saturation, cutout=cutout)
+        self.translate_max = translate_max
+        self.scale_std = scale_std
+        self.brightness_std = brightness_std
+        self.contrast_std = contrast_std
+        self.saturation_std = saturation_std
+        self.cutout_size = cutout_size
+
+    @torch.no_grad()
+    def set_p(self, value) -> None:
+        """Set p (float or 0-dim tensor) in place, clamped to [0, 1]."""
+        self.p.copy_(torch.as_tensor(value, dtype=self.p.dtype).clamp(0, 1))
+
+    def _fire(self, n: int, device) -> Tensor:
+        """[n] bool: which images get this transform (probability p each)."""
+        return torch.rand(n, device=device) < self.p
+
+    def forward(self, images: Tensor) -> Tensor:
+        n, c, h, w = images.shape
+        dev = images.device
+        x = images
+        f32 = dict(device=dev, dtype=torch.float32)
+        eye = torch.eye(3, **f32).expand(n, 3, 3)
+
+        # ---- geometric: a sampling matrix mapping output coords -> input coords ([-1, 1]) ----
+        geom = eye
+        geom_any = torch.zeros(n, dtype=torch.bool, device=dev)
+        if self.flags["xflip"]:
+            m = self._fire(n, dev)
+            sx = torch.where(m, -1.0, 1.0).float()
+            geom = geom @ _diag(sx, torch.ones_like(sx))
+            geom_any |= m
+        if self.flags["translate"]:
+            m = self._fire(n, dev)
+            # Whole pixels: t pixels = 2t/size in normalised coordinates.
+            tx = torch.round((torch.rand(n, **f32) * 2 - 1) * self.translate_max * w) * (2.0 / w)
+            ty = torch.round((torch.rand(n, **f32) * 2 - 1) * self.translate_max * h) * (2.0 / h)
+            geom = geom @ _translate(tx * m, ty * m)
+            geom_any |= m
+        if self.flags["scale"]:
+            m = self._fire(n, dev)
+            s = torch.exp2(torch.randn(n, **f32) * self.scale_std * m)
+            geom = geom @ _diag(s, s)
+            geom_any |= m
+        if self.flags["rotate"]:
+            m = self._fire(n, dev)
+            theta = (torch.rand(n, **f32) * 2 - 1) * math.pi * m
+            geom = geom @ _rotate(theta)
+            geom_any |= m
+        if self.flags["xflip"] or self.flags["translate"] or self.flags["scale"] or self.flags["rotate"]:
+            grid = F.affine_grid(geom[:, :2, :].to(x.dtype), [n, c, h, w], align_corners=False)
+            warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            x = torch.where(geom_any.view(n, 1, 1, 1), warped, x)
+
+        # ---- colour: one affine 3x4 matrix per image (only for RGB) ----
+        if c == 3:
+            cmat = torch.eye(4, **f32).expand(n, 4, 4)
+            col_any = torch.zeros(n, dtype=torch.bool, device=dev)
+            if self.flags["brightness"]:
+                m = self._fire(n, dev)
+                b = torch.randn(n, **f32) * self.brightness_std * m
+                t = torch.eye(4, **f32).repeat(n, 1, 1)
+                t[:, :3, 3] = b[:, None]
+                cmat = t @ cmat
+                col_any |= m
+            if self.flags["contrast"]:
+                m = self._fire(n, dev)
+                k = torch.exp2(torch.randn(n, **f32) * self.contrast_std * m)
+                t = torch.diag_embed(torch.stack([k, k, k, torch.ones_like(k)], 1))
+                cmat = t @ cmat
+                col_any |= m
+            if self.flags["saturation"]:
+                m = self._fire(n, dev)
+                s = torch.exp2(torch.randn(n, **f32) * self.saturation_std * m)
+                v = _LUMA.to(dev)
+                vv = torch.outer(v, v)
+                t = torch.eye(4, **f32).repeat(n, 1, 1)
+                # Keep the luma component, scale the chroma plane by s.
+                t[:, :3, :3] = vv + (torch.eye(3, **f32) - vv) * s[:, None, None]
+                cmat = t @ cmat
+                col_any |= m
+            if self.flags["brightness"] or self.flags["contrast"] or self.flags["saturation"]:
+                cm = cmat.to(x.dtype)
+                y = torch.einsum("nij,njhw->nihw", cm[:, :3, :3], x) + cm[:, :3, 3, None, None]
+                x = torch.where(col_any.view(n, 1, 1, 1), y, x)
+
+        # ---- cutout ----
+        if self.flags["cutout"]:
+            m = self._fire(n, dev)
+            cx = torch.rand(n, 1, 1, **f32)
+            cy = torch.rand(n, 1, 1, **f32)
+            xs = (torch.arange(w, **f32) + 0.5) / w
+            ys = (torch.arange(h, **f32) + 0.5) / h
+            inside = ((xs.view(1, 1, w) - cx).abs() < self.cutout_size / 2) & \
+                     ((ys.view(1, h, 1) - cy).abs() < self.cutout_size / 2)
+            keep = ~(inside & m.view(n, 1, 1))
+            x = x * keep.unsqueeze(1).to(x.dtype)
+        return x
+
+
+def _diag(sx: Tensor, sy: Tensor) -> Tensor:
+    """[N] scales -> [N, 3, 3]."""
+    one = torch.ones_like(sx)
+    return torch.diag_embed(torch.stack([sx, sy, one], 1))
+
+
+def _translate(tx: Tensor, ty: Tensor) -> Tensor:
+    """[N] offsets -> [N, 3, 3]."""
+    t = torch.eye(3, device=tx.device, dtype=tx.dtype).repeat(tx.shape[0], 1, 1)
+    t[:, 0, 2] = tx
+    t[:, 1, 2] = ty
+    return t
+
+
+def _rotate(theta: Tensor) -> Tensor:
+    """[N] angles (radians) -> [N, 3, 3]."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    z, o = torch.zeros_like(theta), torch.ones_like(theta)
+    return torch.stack([c, -s, z, s, c, z, z, z, o], 1).view(-1, 3, 3)
+
+
+class AdaptiveP(nn.Module):
+    """ADA's overfitting heuristic, all on the device.
+
+    accumulate(real_logits [N, 1]) adds sum(sign(logits)) and N to device accumulators;
+    update(pipe, batch_size, steps) moves ``pipe.p`` by sign(r_t - target) * adjust and resets
+    the accumulators, where adjust = batch_size * steps / (speed_kimg * 1000). ``r_t`` (the
+    last value) is kept as a buffer for logging.
+    """
+
+    def __init__(self, target: float = 0.6, speed_kimg: float = 500.0):
+        super().__init__()
+        self.target = float(target)
+        self.speed_kimg = float(speed_kimg)
+        self.register_buffer("sign_sum", torch.zeros([]))
+        self.register_buffer("count", torch.zeros([]))
+        self.register_buffer("rt", torch.zeros([]))
+
+    @torch.no_grad()
+    def accumulate(self, real_logits: Tensor) -> None:
+        self.sign_sum.add_(real_logits.detach().float().sign().sum())
+        self.count.add_(real_logits.numel())
+
+    @torch.no_grad()
+    def update(self, pipe: AugmentPipe, batch_size: int, steps: int) -> None:
+        rt = self.sign_sum / self.count.clamp(min=1)
+        self.rt.copy_(rt)
+        adjust = torch.sign(rt - self.target) * (batch_size * steps / (self.speed_kimg * 1000.0))
+        # No images seen -> no move (count == 0 gives rt == 0; mask it out).
+        adjust = adjust * (self.count > 0)
+        pipe.set_p(pipe.p + adjust)
+        self.sign_sum.zero_()
+        self.count.zero_()
