@@ -229,6 +229,20 @@ def resize_square(img: torch.Tensor, size: int) -> torch.Tensor:
     return x[0] if squeeze else x
 
 
+def resize_square_pil(im: Image.Image, size: int) -> Image.Image:
+    """PIL twin of :func:`resize_square`: centre-crop to a square, bicubic resize (antialiased
+    when shrinking, as PIL's resampling filters widen with the scale). Faster than the tensor
+    path for single decoded files (data loading)."""
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    if s != w or s != h:
+        im = im.crop((left, top, left + s, top + s))
+    if s != size:
+        im = im.resize((size, size), Image.BICUBIC, reducing_gap=None if s < 3 * size else 3.0)
+    return im
+
+
 def is_image_file(path: PathLike) -> bool:
     """True when the name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
