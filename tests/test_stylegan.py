@@ -349,3 +349,16 @@ def test_convert_cli_round_trip_and_error_exit(tmp_path, capsys):
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert not (tmp_path / "y.safetensors").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_fp16_modconv_prenormalisation_avoids_overflow():
+    """Large styles would overflow fp16 (x*s then conv > 65504); the pre-normalised path stays finite."""
+    torch.manual_seed(0)
+    x, w, s = torch.randn(2, 64, 8, 8), torch.randn(32, 64, 3, 3), torch.randn(2, 64) * 1e3
+    naive = F.conv2d(x.half() * s.half()[:, :, None, None], w.half(), padding=1)
+    assert torch.isinf(naive).any()
+    ref = modulated_conv2d(x, w, s, padding=1)
+    for fused in (False, True):
+        y = modulated_conv2d(x.half(), w, s, padding=1, fused_modconv=fused)
+        assert y.dtype == torch.float16 and torch.isfinite(y).all()
+        assert torch.allclose(y.float(), ref, atol=0.02)

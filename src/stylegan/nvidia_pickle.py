@@ -18,6 +18,7 @@ buffer is copied by name after checking that names and shapes match exactly.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -251,6 +252,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._allowed = _allowed_globals()
 
     def find_class(self, module, name):
+        # Python-2 style names (protocol <= 2 writers) -> Python 3 names, as pickle's own lookup does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         obj = self._allowed.get((module, name))
         if obj is None:
             raise _Refused(f"refused global {module}.{name} (not part of a StyleGAN2-ADA network pickle)")
@@ -277,7 +283,8 @@ def load_pickle_data(path) -> Any:
     except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             struct.error, RuntimeError, OverflowError, MemoryError, RecursionError) as e:
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UserError(f"{path}: corrupt or unsupported pickle ({msg})") from None
+        kind = "truncated pickle" if "truncated" in msg else "corrupt or unsupported pickle"
+        raise UserError(f"{path}: {kind} ({msg})") from None
 
 
 # ----------------------------------------------------------------------------------------------
