@@ -460,8 +460,7 @@ class SynthesisBlock(torch.nn.Module):
             # One grouped conv is best for a single sample; for batches the shared-weight conv wins.
             fused_modconv = n == 1 and not self.training
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format).unsqueeze(0).expand(n, -1, -1, -1)
-            x = x.contiguous(memory_format=memory_format)
+            x = self.const.to(dtype=dtype).unsqueeze(0).expand(n, -1, -1, -1).contiguous(memory_format=memory_format)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
         elif self.architecture == "resnet":
             x = x.to(dtype=dtype, memory_format=memory_format)

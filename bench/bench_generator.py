@@ -1,0 +1,125 @@
+"""Benchmark the StyleGAN2-ADA generator forward (mapping + synthesis) on one CUDA device.
+
+Rows: resolution x batch x precision (fp32 / fp16 top layers = num_fp16_res 4 + conv_clamp 256)
+x ops impl (cuda kernels / ref) x modconv path. Columns: ms per batch, ms per image, images/s,
+peak memory above the weights, and the max |difference| of the image (noise_mode='const') to the
+first row of its group (cuda ops, same precision and batch), i.e. whole-G ref-vs-cuda agreement. Timing: CUDA events, median of
+``--reps`` runs after warm-up, under torch.no_grad, noise_mode='random' (realistic: draws noise).
+Config f: channel_base 32768, channel_max 512, 8 mapping layers, z/w 512.
+
+    python bench/bench_generator.py [--res 256 1024] [--batch 1 16] [--reps 20] [--no-ref]
+                                    [--channel-base 32768] [--channels-last] [--cudnn-benchmark]
+Target (H100): 1024 px, batch 16, fp16 top layers <= 2.5 ms/image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import src.ops  # noqa: E402
+from src.stylegan import Generator  # noqa: E402
+
+
+def _time_ms(fn, reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _make_g(res: int, fp16: bool, channel_base: int, channels_last: bool) -> Generator:
+    torch.manual_seed(0)
+    syn = dict(channel_base=channel_base, channel_max=512, num_fp16_res=4 if fp16 else 0,
+               conv_clamp=256 if fp16 else None)
+    if channels_last:
+        syn["fp16_channels_last"] = True
+    G = Generator(z_dim=512, w_dim=512, img_resolution=res, img_channels=3, mapping_kwargs=dict(num_layers=8),
+                  synthesis_kwargs=syn)
+    return G.eval().requires_grad_(False).cuda()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--res", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--channel-base", type=int, default=32768)
+    ap.add_argument("--no-ref", action="store_true", help="skip the (slow) reference-ops rows")
+    ap.add_argument("--channels-last", action="store_true", help="also time fp16 blocks in channels_last")
+    ap.add_argument("--fused", action="store_true", help="also time the fused (grouped) modconv at batch > 1")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: needs a CUDA device", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+    dev = torch.cuda.get_device_name()
+    print(f"# generator forward benchmark on {dev}; torch {torch.__version__}; cudnn.allow_tf32="
+          f"{torch.backends.cudnn.allow_tf32}; cudnn.benchmark={torch.backends.cudnn.benchmark}; "
+          f"channel_base {args.channel_base}; median of {args.reps}")
+    header = ("| res | batch | precision | ops | modconv | ms/batch | ms/image | images/s | peak MiB | "
+              "max|d img| vs cuda row |")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for res in args.res:
+        for fp16 in (False, True):
+            variants = [("cuda", False, None)]
+            if args.channels_last and fp16:
+                variants.append(("cuda", True, None))
+            if args.fused:
+                variants.append(("cuda", False, True))
+            if not args.no_ref:
+                variants.append(("ref", False, None))
+            for batch in args.batch:
+                z = torch.randn(batch, 512, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+                baseline = None
+                for impl, channels_last, fused in variants:
+                    if fused and batch == 1:
+                        continue  # batch 1 already uses the fused path by default
+                    G = _make_g(res, fp16, args.channel_base, channels_last)
+                    src.ops.configure(impl=impl)
+                    with torch.no_grad():
+                        img_const = G(z, None, noise_mode="const", fused_modconv=fused)
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                        base_mem = torch.cuda.memory_allocated()
+
+                        def run():
+                            G(z, None, noise_mode="random", fused_modconv=fused)
+
+                        ms = _time_ms(run, args.reps)
+                        peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+                    if baseline is None:
+                        baseline = img_const
+                        diff = "-"
+                    else:
+                        diff = f"{float((img_const - baseline).abs().max()):.2e}"
+                    path = "fused" if (fused or batch == 1) else "shared-weight"
+                    if channels_last:
+                        path += "+NHWC"
+                    prec = "fp16 top4" if fp16 else "fp32(tf32)"
+                    print(f"| {res} | {batch} | {prec} | {impl} | {path} | {ms:.2f} | {ms / batch:.3f} | "
+                          f"{1000.0 * batch / ms:.1f} | {peak:.0f} | {diff} |", flush=True)
+                    del G
+                    torch.cuda.empty_cache()
+    src.ops.configure(impl="auto")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
