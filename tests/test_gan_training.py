@@ -1,0 +1,295 @@
+"""GAN training (src/systems/stylegan.py, src/losses/gan.py, src/data/augment.py) on tiny CPU sizes."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import src.data.synthetic as synthetic
+import src.systems.stylegan as sg
+from src.data.augment import AdaptiveP, AugmentPipe
+from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
+                            lazy_optimizer_params, r1_penalty, update_ema)
+
+TINY = dict(
+    resolution=16, batch_size=4, precision="fp32", seed=1, log_every=1, ema_kimg=0.01, ema_rampup=None,
+    pl_interval=2, r1_interval=2, style_mixing_prob=0.9,
+    G_kwargs=dict(z_dim=16, w_dim=16, mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=128, channel_max=16)),
+    D_kwargs=dict(channel_base=128, channel_max=16),
+)
+
+
+def _detached(module):
+    """Run training_step without a Trainer: plain optimisers/backward, logs captured."""
+    opts = module.configure_optimizers()
+    module.optimizers = lambda: opts
+    module.manual_backward = lambda loss: loss.backward()
+    module.logged = {}
+    module.log_dict = lambda d, **k: module.logged.update(d)
+    module.log = lambda name, value, **k: module.logged.update({name: value})
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny module after 3 iterations (iterations 0 and 2 run both lazy regularisers)."""
+    torch.manual_seed(0)
+    m = _detached(sg.StyleGANModule(**TINY, ada=True, ada_interval=1, ada_kimg=0.001))
+    g0 = copy.deepcopy(m.G)
+    ema0 = copy.deepcopy(m.G_ema)
+    m.training_step(0, 0)
+    m.training_step(1, 1)
+    before = copy.deepcopy(m.G_ema)
+    g_before = copy.deepcopy(m.G)
+    m.training_step(2, 2)
+    return dict(m=m, g0=g0, ema0=ema0, ema_before=before, g_before=g_before)
+
+
+def _dist(a, b):
+    return sum((p - q).double().square().sum() for p, q in zip(a.parameters(), b.parameters())).sqrt().item()
+
+
+# ---------------------------------------------------------------- losses
+def test_logistic_losses_values():
+    r, f = torch.tensor([[2.0], [-1.0]]), torch.tensor([[0.5], [-3.0]])
+    sp = torch.nn.functional.softplus
+    assert torch.allclose(d_logistic_loss(r, f), sp(f).mean() + sp(-r).mean())
+    assert torch.allclose(g_nonsaturating_loss(f), sp(-f).mean())
+    assert g_nonsaturating_loss(torch.tensor([[10.0]])) < 1e-4  # fooled D -> ~0 loss
+
+
+def test_r1_penalty_of_linear_critic_is_weight_norm():
+    w = torch.randn(1, 3, 4, 4)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (x * w).flatten(1).sum(1, keepdim=True)
+    pen = r1_penalty(x, logits)
+    assert pen.shape == (5,)
+    assert torch.allclose(pen, w.square().sum().expand(5), rtol=1e-5)
+
+
+def test_path_length_penalty_tracks_mean():
+    pl = PathLengthPenalty(decay=0.5)
+    ws = torch.randn(3, 4, 8, requires_grad=True)
+    proj = torch.randn(8, 3 * 8 * 8)
+    img = torch.tanh(ws.mean(1) @ proj).view(3, 3, 8, 8)  # nonlinear: the penalty depends on ws
+    pen = pl(img, ws)
+    assert pen.shape == (3,) and torch.isfinite(pen).all()
+    assert pl.pl_mean > 0  # moved halfway from 0 to the mean length
+    pen.sum().backward()  # second-order graph exists
+    assert ws.grad is not None
+
+
+def test_ema_beta_half_life_and_rampup():
+    beta = ema_beta(64, ema_kimg=10, ema_rampup=None, cur_nimg=10**7)
+    assert math.isclose(beta ** (10_000 / 64), 0.5, rel_tol=1e-9)
+    early = ema_beta(64, ema_kimg=10, ema_rampup=0.05, cur_nimg=6400)  # half-life capped at 320 images
+    assert early < beta
+    assert math.isclose(early ** (320 / 64), 0.5, rel_tol=1e-9)
+
+
+def test_lazy_optimizer_params():
+    lr, (b1, b2) = lazy_optimizer_params(0.002, (0.0, 0.99), 16)
+    assert math.isclose(lr, 0.002 * 16 / 17) and b1 == 0.0 and math.isclose(b2, 0.99 ** (16 / 17))
+    assert lazy_optimizer_params(0.002, (0.0, 0.99), 0) == (0.002, (0.0, 0.99))
+
+
+def test_update_ema_lerps_and_copies_buffers():
+    src, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        src.weight.fill_(2.0)
+        ema.weight.fill_(0.0)
+        src.running_mean.fill_(5.0)
+    update_ema(ema, src, beta=0.75)
+    assert torch.allclose(ema.weight, torch.full((3,), 0.5))
+    assert torch.equal(ema.running_mean, src.running_mean)
+
+
+# ---------------------------------------------------------------- augmentation
+def _imgs(n=6, r=16):
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(n, 3, r, r, generator=g) * 2 - 1
+
+
+def test_augment_p0_is_identity():
+    x = _imgs()
+    torch.manual_seed(0)
+    assert torch.equal(AugmentPipe(p=0.0)(x), x)
+
+
+def test_augment_p1_changes_every_image():
+    x = _imgs()
+    torch.manual_seed(0)
+    y = AugmentPipe(p=1.0)(x)
+    assert y.shape == x.shape
+    assert ((y - x).abs().flatten(1).amax(1) > 1e-3).all()
+
+
+@pytest.mark.parametrize("only", ["xflip", "translate", "scale", "rotate", "brightness", "contrast", "saturation", "cutout"])
+def test_each_augment_alone_changes_images(only):
+    flags = {k: k == only for k in ["xflip", "translate", "scale", "rotate", "brightness", "contrast", "saturation", "cutout"]}
+    x = _imgs(8)
+    torch.manual_seed(1)
+    y = AugmentPipe(p=1.0, **flags)(x)
+    assert (y - x).abs().amax() > 1e-3
+    if only == "xflip":
+        assert torch.allclose(y, x.flip(3), atol=1e-5)
+
+
+def test_augment_is_twice_differentiable():
+    # R1 on augmented reals needs d/dx of (d D(aug(x)) / dx).
+    x = _imgs(4).requires_grad_(True)
+    torch.manual_seed(2)
+    y = AugmentPipe(p=1.0)(x)
+    w = torch.randn_like(y)
+    (g,) = torch.autograd.grad((y.square() * w).sum(), x, create_graph=True)
+    g.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_adaptive_p_follows_sign_heuristic():
+    pipe, ada = AugmentPipe(p=0.5), AdaptiveP(target=0.6, speed_kimg=0.1)
+    ada.accumulate(torch.ones(10, 1))          # r_t = 1 > 0.6: D overfits -> p up
+    ada.update(pipe, batch_size=10, steps=1)   # step = 10 / 100
+    assert math.isclose(pipe.p.item(), 0.6, rel_tol=1e-6) and ada.rt.item() == 1.0
+    ada.accumulate(-torch.ones(10, 1))         # r_t = -1 < 0.6 -> p down
+    ada.update(pipe, batch_size=10, steps=1)
+    assert math.isclose(pipe.p.item(), 0.5, rel_tol=1e-6)
+    ada.update(pipe, batch_size=10, steps=1)   # nothing accumulated -> unchanged
+    assert math.isclose(pipe.p.item(), 0.5, rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------- training steps
+def test_steps_give_finite_losses_and_run_regularisers(trained):
+    m = trained["m"]
+    for k in ("train/loss_g", "train/loss_d", "train/logits_real", "train/logits_fake"):
+        assert torch.isfinite(m.logged[k]), k
+    assert m.pl_penalty.pl_mean > 0                 # the path-length step ran
+    assert m.iteration == 3 and m.cur_nimg == 12
+    assert all(torch.isfinite(p).all() for p in list(m.G.parameters()) + list(m.D.parameters()))
+    assert _dist(m.G, trained["g0"]) > 0           # G was optimised
+    assert 0.0 <= m.augment_pipe.p.item() <= 1.0
+
+
+def test_r1_runs_on_its_interval(monkeypatch):
+    calls = []
+    orig = sg.r1_penalty
+    monkeypatch.setattr(sg, "r1_penalty", lambda x, l: calls.append(1) or orig(x, l))
+    torch.manual_seed(0)
+    m = _detached(sg.StyleGANModule(**{**TINY, "r1_interval": 2, "pl_interval": 0}))
+    for i in range(3):
+        m.training_step(i, i)
+    assert len(calls) == 2  # iterations 0 and 2
+
+
+def test_ema_differs_from_g_and_moves_towards_it(trained):
+    m = trained["m"]
+    assert _dist(m.G_ema, m.G) > 0
+    assert _dist(m.G_ema, trained["ema0"]) > 0
+    # The last update pulled G_ema towards the current G.
+    assert _dist(m.G_ema, m.G) < _dist(trained["ema_before"], m.G)
+
+
+def test_step_makes_no_host_sync(monkeypatch):
+    torch.manual_seed(0)
+    m = _detached(sg.StyleGANModule(**{**TINY, "log_every": 0}, ada=True, ada_interval=1))
+    m.training_step(0, 0)  # warm up lazy init outside the count
+    counts = {"n": 0, "paused": False}
+
+    def counting(name):
+        orig = getattr(torch.Tensor, name)
+
+        def f(self, *a, **k):
+            if not counts["paused"]:
+                counts["n"] += 1
+                counts.setdefault("where", []).append(name)
+            return orig(self, *a, **k)
+        return f
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+
+    def paused(fn):
+        # The renderer and the CPU parameter sampler are outside the step's own code.
+        def g(*a, **k):
+            counts["paused"] = True
+            try:
+                return fn(*a, **k)
+            finally:
+                counts["paused"] = False
+        return g
+
+    monkeypatch.setattr(synthetic, "render", paused(synthetic.render))
+    monkeypatch.setattr(synthetic, "sample_params", paused(synthetic.sample_params))
+    # torch's CPU Adam reads its CPU step counter with .item() (no device sync); on CUDA the
+    # module uses fused Adam, whose counters live on the GPU.
+    for opt in m.optimizers():
+        monkeypatch.setattr(opt, "step", paused(opt.step))
+    for i in range(1, 5):  # covers PL (i=4), R1 (i=2, 4) and ADA updates
+        m.training_step(i, i)
+    assert counts["n"] == 0, counts.get("where")
+
+
+def test_export_round_trip(trained, tmp_path):
+    from src.stylegan import load_generator
+
+    m = trained["m"]
+    out = m.export_generator(tmp_path / "gen.safetensors")
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    G = load_generator(str(out), device="cpu")
+    z = torch.randn(2, m.z_dim)
+    c = torch.zeros(2, 0)
+    with torch.no_grad():
+        ref = m.G_ema.synthesis(m.G_ema.mapping(z, c), noise_mode="const")
+        got = G.synthesis(G.mapping(z, c), noise_mode="const")
+    assert got.shape == (2, 3, 16, 16)
+    assert (got.float() - ref).abs().max() < 0.05  # fp16 weights
+
+
+def test_fit_validate_test_and_export_with_lightning(tmp_path):
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load("conf/task/stylegan.yaml")
+    assert cfg.task.name == "stylegan" and cfg.task.monitor == "val/fd"
+    model_kw = OmegaConf.to_container(cfg.model, resolve=False)
+    model_kw.pop("_target_")
+    model_kw.update(TINY, export_path=str(tmp_path / "g.safetensors"), sample_dir=str(tmp_path / "samples"),
+                    log_every=2)
+    data_kw = OmegaConf.to_container(cfg.data)
+    data_kw.pop("_target_")
+    data_kw.update(val_batches=1, test_batches=1)
+    torch.manual_seed(0)
+    m = sg.StyleGANModule(**model_kw)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    dm = sg.RenderStepDataModule(**data_kw)
+    trainer.fit(m, datamodule=dm)
+    assert m.iteration == 2 and trainer.global_step == 4  # 2 optimiser steps per iteration
+    assert torch.isfinite(trainer.callback_metrics["val/fd"])
+    trainer.test(m, datamodule=dm)
+    assert trainer.callback_metrics["test/fd"] >= 0
+    assert (tmp_path / "g.safetensors").is_file() and (tmp_path / "g.json").is_file()
+    assert list((tmp_path / "samples").glob("*.png"))
+
+
+def test_trainer_precision_other_than_32_is_refused():
+    import pytorch_lightning as pl
+
+    from src.utils.errors import UserError
+
+    m = sg.StyleGANModule(**TINY)
+    trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(UserError, match="32-true"):
+        trainer.fit(m, datamodule=sg.RenderStepDataModule(steps_per_epoch=2, val_batches=1, test_batches=1))
+
+
+def test_random_feature_extractor_is_fixed():
+    a, b = sg.RandomConvFeatures(), sg.RandomConvFeatures()
+    x = _imgs(2)
+    assert torch.equal(a(x), b(x)) and a(x).shape == (2, sg.RandomConvFeatures.num_features)
