@@ -362,3 +362,35 @@ def test_fp16_modconv_prenormalisation_avoids_overflow():
         y = modulated_conv2d(x.half(), w, s, padding=1, fused_modconv=fused)
         assert y.dtype == torch.float16 and torch.isfinite(y).all()
         assert torch.allclose(y.float(), ref, atol=0.02)
+
+
+def test_fp16_code_path_forced_on_cpu(monkeypatch):
+    """The CUDA fp16 path (fp16 blocks, channels_last, pre-normalised modconv, clamp) run on CPU."""
+    import src.stylegan.networks as networks
+
+    G = tiny_generator(res=32, num_fp16_res=2, conv_clamp=256, fp16_channels_last=True)
+    ws = G.mapping(torch.randn(3, G.z_dim), None).detach()
+    with torch.no_grad():
+        ref = G.synthesis(ws, noise_mode="const")
+        monkeypatch.setattr(networks, "FP16_DEVICE_TYPES", {"cuda", "cpu"})
+        dtypes = {}
+        hooks = [getattr(G.synthesis, f"b{r}").conv1.register_forward_hook(
+            lambda m, i, o, r=r: dtypes.__setitem__(r, o.dtype)) for r in (8, 16, 32)]
+        out = G.synthesis(ws, noise_mode="const")
+        one = G.synthesis(ws[:1], noise_mode="const")  # fused path in fp16
+        for h in hooks:
+            h.remove()
+        forced32 = G.synthesis(ws, noise_mode="const", force_fp32=True)
+    assert dtypes == {8: torch.float32, 16: torch.float16, 32: torch.float16}
+    assert out.dtype == torch.float32 and torch.equal(forced32, ref)
+    scale = 1 + float(ref.abs().max())
+    assert float((out - ref).abs().max()) < 0.02 * scale and float((one - ref[:1]).abs().max()) < 0.02 * scale
+    D = Discriminator(img_resolution=32, channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256,
+                      block_kwargs=dict(fp16_channels_last=True))
+    img = torch.randn(4, 3, 32, 32, requires_grad=True)
+    logits = D(img)
+    (grad,) = torch.autograd.grad(logits.sum(), img, create_graph=True)
+    grad.square().sum().backward()
+    assert logits.dtype == torch.float32 and torch.isfinite(D.b32.conv0.weight.grad).all()
+    monkeypatch.setattr(networks, "FP16_DEVICE_TYPES", {"cuda"})
+    assert torch.allclose(D(img.detach()), logits.detach(), atol=0.05)

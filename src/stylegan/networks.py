@@ -25,6 +25,9 @@ from src.utils.errors import UserError
 
 _ACT_GAIN = {name: spec.def_gain for name, spec in bias_act.ACTIVATIONS.items()}
 NOISE_MODES = ("random", "const", "none")
+# Device types on which use_fp16 blocks really compute in fp16 (CPU half convs are slow and gain
+# nothing); tests add "cpu" to exercise the fp16 code path without a GPU.
+FP16_DEVICE_TYPES = {"cuda"}
 G_ARCHITECTURES = ("orig", "skip", "resnet")
 D_ARCHITECTURES = ("orig", "skip", "resnet")
 
@@ -450,9 +453,8 @@ class SynthesisBlock(torch.nn.Module):
 
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, noise_mode="random"):
         w_iter = iter(ws.unbind(dim=1))
-        on_cuda = ws.device.type == "cuda"
         # fp16 only where it pays (CUDA); on CPU the block runs in fp32 but keeps conv_clamp.
-        use_fp16 = self.use_fp16 and not force_fp32 and on_cuda
+        use_fp16 = self.use_fp16 and not force_fp32 and ws.device.type in FP16_DEVICE_TYPES
         dtype = torch.float16 if use_fp16 else torch.float32
         memory_format = torch.channels_last if (self.channels_last and use_fp16) else torch.contiguous_format
         n = ws.shape[0]
@@ -640,7 +642,7 @@ class DiscriminatorBlock(torch.nn.Module):
 
     def forward(self, x, img, force_fp32=False):
         dev = (x if x is not None else img).device
-        use_fp16 = self.use_fp16 and not force_fp32 and dev.type == "cuda"
+        use_fp16 = self.use_fp16 and not force_fp32 and dev.type in FP16_DEVICE_TYPES
         dtype = torch.float16 if use_fp16 else torch.float32
         memory_format = torch.channels_last if (self.channels_last and use_fp16) else torch.contiguous_format
         if x is not None:
