@@ -90,7 +90,8 @@ def project(G, image: torch.Tensor, steps: int = 300, lr: float = 0.1, w_plus: b
     if perceptual == "auto":
         perceptual = _auto_perceptual()
     if perceptual is not None:
-        perceptual = perceptual.to(device)
+        if isinstance(perceptual, torch.nn.Module):
+            perceptual = perceptual.to(device)
         if lpips_weight == 0 and pixel_weight == 0:
             raise UserError("both projection loss weights are zero")
     elif pixel_weight == 0:
