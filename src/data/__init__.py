@@ -1,0 +1,1 @@
+"""Data: the synthetic face renderer (src.data.synthetic), data modules and image I/O."""

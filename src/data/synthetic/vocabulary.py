@@ -1,0 +1,351 @@
+"""Prompt vocabulary of the synthetic domain: concepts, phrasings, expression presets, captions.
+
+The paper's human vocabulary has 28 concepts written "The person is {x}."; every one the renderer
+can show is a Concept here (``paper=True``), plus a few pose/gaze concepts of our own. Each concept
+has training phrasings (``phrasings[0]`` is the paper's sentence), held-out paraphrases that never
+appear in training (zero-shot tests), and an expression *preset*: target values in natural units
+for the parameters the concept moves (apply_preset interpolates towards them). Left/right are the
+image's left/right, as in src.data.synthetic.params.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+from src.data.synthetic.params import (
+    EYE_COLORS,
+    GLASSES_COLORS,
+    HAIR_COLORS,
+    HAIR_STYLES,
+    PARAM_SPACE,
+    SKIN_TONES,
+    nearest_palette_index,
+)
+from src.utils.errors import UserError
+
+PAPER_CONCEPTS = [
+    "smiling", "angry", "closing eyes", "winking", "shocked", "pouting", "crying", "disgusted",
+    "appalled", "opening mouth", "hatred", "surprised", "aha", "annoyed", "awkward", "biting tongues",
+    "blank stare", "confused", "duck lips", "incredulous", "mocking", "nervous", "no comment", "oh no",
+    "serious", "stunned", "whatever", "wtf",
+]
+
+TEMPLATE = "The person is {}."
+# templates applied to every descriptor except the paper's own term (which only goes into TEMPLATE)
+TRAIN_TEMPLATES = ["The person is {}.", "someone {}", "a photo of someone who is {}"]
+HELDOUT_TEMPLATES = ["a picture of an individual {}", "This human being is {}."]
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A promptable expression.
+
+    name: short name (the paper's term for paper concepts); phrasings: training captions
+    (phrasings[0] == "The person is {name}."); heldout: paraphrases never used in training;
+    preset: parameter name -> target value (natural units) at strength 1; paper: in the paper's
+    vocabulary.
+    """
+
+    name: str
+    phrasings: list[str]
+    heldout: list[str]
+    preset: dict[str, float]
+    paper: bool = True
+    note: str = ""
+
+
+def _eyes(o: float) -> dict[str, float]:
+    return {"eye_open_l": o, "eye_open_r": o}
+
+
+def _c(name, terms, preset, heldout_terms, extra=(), heldout_extra=(), paper=True, note="") -> Concept:
+    phr = [TEMPLATE.format(name)] + [t.format(term) for term in terms for t in TRAIN_TEMPLATES] + list(extra)
+    held = [t.format(term) for term in heldout_terms for t in HELDOUT_TEMPLATES] + list(heldout_extra)
+    return Concept(name, phr, held, dict(preset), paper, note)
+
+
+CONCEPTS: list[Concept] = [
+    _c("smiling", ["grinning", "beaming"], {"smile": 0.85, **_eyes(0.55)}, ["all smiles"],
+       ["a smiling face", "someone with a big smile"], ["a face lit up with joy"]),
+    _c("angry", ["furious", "mad at someone"], {"brow_angle": 0.95, "brow_raise": -0.45, "smile": -0.5, **_eyes(0.5)},
+       ["enraged"], ["an angry face", "someone who looks really cross"], ["a face boiling with rage"]),
+    _c("closing eyes", ["closing their eyes", "keeping the eyes shut"], _eyes(0.0), ["resting with lids down"],
+       ["a face with closed eyes"], ["both eyelids lowered completely"]),
+    _c("winking", ["giving a wink", "winking one eye"], {"eye_open_l": 0.0, "eye_open_r": 0.75, "smile": 0.35},
+       ["doing a cheeky wink"], ["a winking face"], ["one eye shut playfully"]),
+    _c("shocked", ["in shock", "horrified"],
+       {**_eyes(1.0), "brow_raise": 1.0, "brow_angle": -0.3, "mouth_open": 0.9, "smile": -0.2},
+       ["jolted by a terrible shock"], ["a shocked face"], ["a face frozen in horror"]),
+    _c("pouting", ["sulking", "pouting sulkily"], {"pout": 0.8, "smile": -0.35, "brow_angle": -0.3},
+       ["making a sulky face"], ["a pouting face"], ["lips pushed out in a sulk"]),
+    _c("crying", ["in tears", "weeping"], {"tears": 1.0, "brow_angle": -0.8, "smile": -0.7, **_eyes(0.35)},
+       ["sobbing"], ["a crying face", "someone with tears on the cheeks"], ["tears rolling down a sad face"]),
+    _c("disgusted", ["grossed out", "repulsed"],
+       {"smile": -0.6, "brow_angle": 0.5, "smirk": 0.5, "mouth_open": 0.2, **_eyes(0.4)},
+       ["revolted by a smell"], ["a disgusted face"], ["a face saying yuck"]),
+    _c("appalled", ["dismayed", "aghast"],
+       {"mouth_open": 0.55, "brow_raise": 0.6, "brow_angle": -0.6, "smile": -0.8, **_eyes(0.9)},
+       ["scandalised"], ["an appalled face"], ["a deeply offended expression"]),
+    _c("opening mouth", ["opening their mouth", "gaping"], {"mouth_open": 1.0}, ["dropping the jaw wide"],
+       ["a face with the mouth wide open"], ["mouth hanging open"]),
+    _c("hatred", ["hateful", "glaring with hatred"],
+       {"brow_angle": 1.0, "brow_raise": -0.8, "smile": -0.9, "mouth_open": 0.15, **_eyes(0.3)},
+       ["seething with loathing"], ["a face full of hatred"], ["a look of pure hate"]),
+    _c("surprised", ["astonished", "amazed"], {"brow_raise": 0.9, "mouth_open": 0.5, "pout": 0.35, **_eyes(0.95)},
+       ["caught off guard"], ["a surprised face"], ["a wow expression"]),
+    _c("aha", ["having an aha moment", "suddenly understanding"],
+       {"brow_raise": 0.7, "smile": 0.6, "mouth_open": 0.4, **_eyes(0.9)},
+       ["struck by a bright idea"], ["a eureka face"], ["the moment of realisation on a face"]),
+    _c("annoyed", ["irritated", "fed up"],
+       {"brow_angle": 0.6, "smile": -0.3, "smirk": -0.3, "gaze_x": 0.6, **_eyes(0.45)},
+       ["vexed by something"], ["an annoyed face"], ["a cranky, bothered look"]),
+    _c("awkward", ["embarrassed", "uncomfortable"],
+       {"smile": 0.3, "smirk": 0.5, "blush": 0.8, "gaze_x": -0.6, "brow_angle": -0.4},
+       ["feeling sheepish"], ["an awkward face"], ["a cringing half smile"]),
+    _c("biting tongues", ["biting their tongue", "sticking the tongue out"],
+       {"tongue": 1.0, "mouth_open": 0.2, **_eyes(0.45)},
+       ["poking out the tongue"], ["a face with the tongue out"], ["tongue showing between the lips"]),
+    _c("blank stare", ["staring blankly", "expressionless"],
+       {**_eyes(0.92), "brow_raise": 0.15, "mouth_open": 0.12, "smile": 0.0, "brow_angle": 0.0, "smirk": 0.0,
+        "gaze_x": 0.0, "gaze_y": 0.0},
+       ["gazing vacantly"], ["a blank stare"], ["an empty, vacant look"]),
+    _c("confused", ["puzzled", "perplexed"],
+       {"brow_asym": 0.8, "brow_angle": 0.2, "roll": 0.45, "smirk": -0.3, "gaze_y": -0.5},
+       ["baffled"], ["a confused face"], ["a head-scratching expression"]),
+    _c("duck lips", ["making duck lips", "doing a duck face"], {"pout": 1.0, "smile": 0.2, **_eyes(0.6)},
+       ["pursing the lips like a duck"], ["a duck-face selfie expression"], ["lips puckered for a selfie"]),
+    _c("incredulous", ["disbelieving", "doubtful"],
+       {"brow_asym": -0.9, "brow_raise": 0.4, "smirk": 0.35, "mouth_open": 0.2, **_eyes(0.85)},
+       ["unable to believe it"], ["an incredulous face"], ["a skeptical raised brow"]),
+    _c("mocking", ["sneering", "ridiculing someone"],
+       {"smirk": 0.9, "smile": 0.3, "brow_asym": 0.6, **_eyes(0.5)},
+       ["making fun of somebody"], ["a mocking smirk"], ["a teasing, jeering face"]),
+    _c("nervous", ["anxious", "worried"],
+       {"smile": 0.15, "brow_angle": -0.7, "blush": 0.5, "gaze_x": 0.7, "mouth_open": 0.1, **_eyes(0.8)},
+       ["on edge"], ["a nervous face"], ["a jittery, uneasy look"]),
+    _c("oh no", ["saying oh no", "dreading what just happened"],
+       {"mouth_open": 0.6, "brow_angle": -0.9, "brow_raise": 0.5, "smile": -0.5, "pout": 0.2, **_eyes(0.9)},
+       ["thinking uh-oh"], ["an oh-no face"], ["a face realising a terrible mistake"]),
+    _c("serious", ["stern", "solemn"], {"brow_angle": 0.3, "brow_raise": -0.3, "smile": -0.2, "mouth_open": 0.0,
+                                        **_eyes(0.6)},
+       ["grave and unsmiling"], ["a serious face"], ["a no-nonsense look"]),
+    _c("stunned", ["dumbfounded", "speechless"],
+       {**_eyes(1.0), "mouth_open": 0.7, "brow_raise": 0.6, "brow_angle": 0.0, "smile": 0.0},
+       ["flabbergasted"], ["a stunned face"], ["a jaw-dropped, frozen look"]),
+    _c("whatever", ["rolling their eyes", "indifferent"],
+       {"gaze_y": -0.9, "smirk": -0.5, "brow_asym": 0.3, "roll": -0.3, **_eyes(0.6)},
+       ["couldn't care less"], ["a whatever face"], ["an eye-roll of boredom"]),
+    _c("wtf", ["saying what the hell", "bewildered"],
+       {"brow_asym": 1.0, "brow_angle": 0.5, "mouth_open": 0.4, "smile": -0.4, **_eyes(0.95)},
+       ["asking what on earth"], ["a wtf face"], ["a what-is-going-on expression"]),
+    # ---- concepts of our own (pose, gaze, simple muscles) ----
+    _c("frowning", ["glum", "unhappy"], {"smile": -0.85, "brow_angle": 0.2}, ["down in the mouth"],
+       ["a frowning face"], ["mouth corners turned down"], paper=False),
+    _c("raising eyebrows", ["raising their eyebrows", "lifting the brows"], {"brow_raise": 1.0},
+       ["arching both brows high"], ["a face with raised eyebrows"], ["brows shooting up"], paper=False),
+    _c("turning head left", ["turning their head to the left", "facing left"], {"yaw": -0.9},
+       ["rotating the head leftwards"], ["a head turned to the left"], ["face pointed to the left side"],
+       paper=False),
+    _c("turning head right", ["turning their head to the right", "facing right"], {"yaw": 0.9},
+       ["rotating the head rightwards"], ["a head turned to the right"], ["face pointed to the right side"],
+       paper=False),
+    _c("tilting head", ["tilting their head", "leaning the head sideways"], {"roll": 0.8},
+       ["cocking the head to one side"], ["a tilted head"], ["head inclined at an angle"], paper=False),
+    _c("looking up", ["looking upwards", "gazing up"], {"gaze_y": -1.0}, ["eyeing the ceiling"],
+       ["eyes raised upward"], ["pupils turned to the sky"], paper=False),
+    _c("looking down", ["looking downwards", "gazing at the floor"], {"gaze_y": 1.0, **_eyes(0.5)},
+       ["eyes cast to the ground"], ["eyes lowered"], ["pupils aimed at the feet"], paper=False),
+    _c("looking left", ["looking to the left", "glancing left"], {"gaze_x": -1.0}, ["peeking leftwards"],
+       ["eyes turned to the left"], ["a sideways glance to the left"], paper=False),
+    _c("looking right", ["looking to the right", "glancing right"], {"gaze_x": 1.0}, ["peeking rightwards"],
+       ["eyes turned to the right"], ["a sideways glance to the right"], paper=False),
+    _c("blushing", ["red in the face", "flushed"], {"blush": 1.0, "smile": 0.3}, ["turning rosy with shyness"],
+       ["a blushing face"], ["pink cheeks of embarrassment"], paper=False),
+]
+
+UNSUPPORTED: dict[str, str] = {
+    "no comment": "an attitude shown with gestures or by turning away (hand raised, shrug), not a facial "
+                  "configuration; any preset here would duplicate 'serious' or 'annoyed'",
+}
+
+CONCEPT_NAMES = [c.name for c in CONCEPTS]
+CONCEPT_INDEX = {c.name: i for i, c in enumerate(CONCEPTS)}
+NEUTRAL_PHRASES = ["with a neutral expression", "with a relaxed face", "looking calm"]
+
+ConceptLike = Union[Concept, str, int]
+
+
+def get(concept: ConceptLike) -> Concept:
+    """Concept by object, index or name (case-insensitive; "The person is x." also accepted)."""
+    if isinstance(concept, Concept):
+        return concept
+    if isinstance(concept, bool) or not isinstance(concept, (int, str)):
+        raise UserError(f"a concept is a name or an index, got {type(concept).__name__}")
+    if isinstance(concept, int):
+        if not 0 <= concept < len(CONCEPTS):
+            raise UserError(f"concept index {concept} out of range 0..{len(CONCEPTS) - 1}")
+        return CONCEPTS[concept]
+    key = concept.strip().lower()
+    if key.startswith("the person is ") and key.endswith("."):
+        key = key[len("the person is "):-1].strip()
+    if key in CONCEPT_INDEX:
+        return CONCEPTS[CONCEPT_INDEX[key]]
+    if key in UNSUPPORTED:
+        raise UserError(f"concept {key!r} cannot be rendered by the synthetic faces: {UNSUPPORTED[key]}")
+    raise UserError(f"unknown concept {concept!r} (known: {', '.join(CONCEPT_NAMES)})")
+
+
+def index(concept: ConceptLike) -> int:
+    """Index of a concept in CONCEPTS."""
+    return CONCEPT_INDEX[get(concept).name]
+
+
+def prompt(concept: ConceptLike, phrasing_index: int = 0) -> str:
+    """A training phrasing of ``concept``; index 0 is "The person is {name}."."""
+    c = get(concept)
+    if not 0 <= phrasing_index < len(c.phrasings):
+        raise UserError(f"concept {c.name!r} has phrasings 0..{len(c.phrasings) - 1}, got {phrasing_index}")
+    return c.phrasings[phrasing_index]
+
+
+def all_training_phrasings() -> list[str]:
+    return [s for c in CONCEPTS for s in c.phrasings]
+
+
+def all_heldout_phrasings() -> list[str]:
+    return [s for c in CONCEPTS for s in c.heldout]
+
+
+def preset_tensor(concept: ConceptLike, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask [P] bool, target [P]) of a concept's preset."""
+    c = get(concept)
+    mask = torch.zeros(len(PARAM_SPACE), dtype=torch.bool)
+    target = torch.zeros(len(PARAM_SPACE))
+    for name, value in c.preset.items():
+        i = PARAM_SPACE.idx(name)
+        mask[i], target[i] = True, float(value)
+    return mask.to(device), target.to(device)
+
+
+def apply_preset(params: torch.Tensor, concept: ConceptLike | Sequence[ConceptLike] | torch.Tensor,
+                 strength: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Move faces towards concept presets.
+
+    params: [N, P] (or [P]) natural units; concept: one concept for all rows, or one per row
+    (list of concepts or a [N] long tensor of indices); strength: scalar or [N], 0 = unchanged,
+    1 = preset parameters at their targets. Parameters not in the preset are untouched.
+    Returns [N, P] (or [P]) clamped into range.
+    """
+    single = params.dim() == 1
+    p = params.unsqueeze(0) if single else params
+    n, dev = p.shape[0], p.device
+    if isinstance(concept, (Concept, str, int)) and not isinstance(concept, bool):
+        mask, target = preset_tensor(concept, dev)
+        mask, target = mask.expand(n, -1), target.expand(n, -1)
+    else:
+        items = concept.tolist() if torch.is_tensor(concept) else list(concept)
+        if len(items) != n:
+            raise UserError(f"got {len(items)} concepts for {n} faces")
+        pairs = [preset_tensor(c) for c in items]
+        mask = torch.stack([m for m, _ in pairs]).to(dev)
+        target = torch.stack([t for _, t in pairs]).to(dev)
+    s = torch.as_tensor(strength, dtype=p.dtype, device=dev)
+    s = s.view(-1, 1) if s.dim() == 1 else s
+    out = torch.where(mask, p + s * (target - p), p)
+    out = PARAM_SPACE.clamp(out)
+    return out[0] if single else out
+
+
+# ---- identity captions ----
+_HUES = [(0.04, "red"), (0.10, "orange"), (0.18, "yellow"), (0.42, "green"), (0.53, "teal"), (0.70, "blue"),
+         (0.82, "purple"), (0.95, "pink"), (1.01, "red")]
+
+
+def _hue_name(h: float) -> str:
+    for upper, name in _HUES:
+        if h < upper:
+            return name
+    return "red"
+
+
+def identity_parts(row: torch.Tensor) -> dict[str, str]:
+    """Named identity attributes of one face row [P] (natural units)."""
+    v = {n: float(row[i]) for i, n in enumerate(PARAM_SPACE.names)}
+    hair = HAIR_COLORS[int(nearest_palette_index(torch.tensor(v["hair_color"]), len(HAIR_COLORS)))][0]
+    style = HAIR_STYLES[int(round(v["hair_style"]))]
+    skin = SKIN_TONES[int(nearest_palette_index(torch.tensor(v["skin_tone"]), len(SKIN_TONES)))][0]
+    eyes = EYE_COLORS[int(nearest_palette_index(torch.tensor(v["eye_color"]), len(EYE_COLORS)))][0]
+    frame = GLASSES_COLORS[int(nearest_palette_index(torch.tensor(v["glasses_color"]), len(GLASSES_COLORS)))][0]
+    hair_phrase = {"buzz cut": f"a {hair} buzz cut", "short": f"short {hair} hair", "long": f"long {hair} hair",
+                   "bob with a fringe": f"a {hair} bob with a fringe", "curly": f"curly {hair} hair",
+                   "side-swept": f"side-swept {hair} hair"}[style]
+    bg = ("dark " if v["bg_light"] < 0.6 else "") + _hue_name(v["bg_hue"])
+    parts = {"hair": hair_phrase, "skin": f"{skin} skin", "eyes": f"{eyes} eyes",
+             "background": f"on a {bg} background", "shirt": f"in a {_hue_name(v['shirt_hue'])} shirt"}
+    if v["glasses"] >= 0.5:
+        parts["glasses"] = f"{frame} glasses"
+    if v["beard"] >= 0.3:
+        parts["beard"] = "a beard"
+    if v["lipstick"] >= 0.5:
+        parts["lipstick"] = "red lipstick"
+    return parts
+
+
+def identity_caption(row: torch.Tensor, generator: torch.Generator | None = None) -> str:
+    """"a person with ..." from one face row [P]; with a generator, a random subset and order of the
+    attributes (caption diversity for CLIP training), otherwise all of them in a fixed order."""
+    parts = identity_parts(row)
+    with_keys = [k for k in ("hair", "glasses", "beard", "lipstick", "eyes", "skin") if k in parts]
+    tail_keys = ["shirt", "background"]
+    if generator is not None:
+        keep = torch.rand(len(with_keys), generator=generator) < 0.6
+        keep[0] = keep[0] | (torch.rand(1, generator=generator) < 0.7)[0]  # usually name the hair
+        order = torch.randperm(len(with_keys), generator=generator).tolist()
+        with_keys = [with_keys[i] for i in order if keep[i]]
+        tail_keys = [k for k in tail_keys if bool(torch.rand(1, generator=generator) < 0.3)]
+    text = "a person"
+    if with_keys:
+        items = [parts[k] for k in with_keys]
+        text += " with " + (items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1])
+    for k in tail_keys:
+        text += " " + parts[k]
+    return text
+
+
+def caption(params: torch.Tensor, concepts: Sequence[int] | torch.Tensor, generator: torch.Generator | None = None,
+            identity_prob: float = 0.5, heldout: bool = False) -> list[str]:
+    """Captions for faces ``params`` [N, P] showing ``concepts`` [N] (indices; -1 = no concept).
+
+    Without a generator: the first phrasing (training) or first held-out paraphrase, no identity.
+    With one: a random phrasing from the training (or held-out) list, and with probability
+    ``identity_prob`` an identity sentence in front ("A person with red hair. The person is ...").
+    Faces without a concept get an identity caption with a neutral phrase.
+    """
+    items = concepts.tolist() if torch.is_tensor(concepts) else list(concepts)
+    if len(items) != params.shape[0]:
+        raise UserError(f"got {len(items)} concepts for {params.shape[0]} faces")
+    out = []
+    for row, ci in zip(params.cpu(), items):
+        ci = int(ci)
+        if ci < 0:
+            k = 0 if generator is None else int(torch.randint(len(NEUTRAL_PHRASES), (1,), generator=generator))
+            out.append(f"{identity_caption(row, generator)} {NEUTRAL_PHRASES[k]}")
+            continue
+        c = CONCEPTS[ci]
+        pool = c.heldout if heldout else c.phrasings
+        if generator is None:
+            out.append(pool[0])
+            continue
+        text = pool[int(torch.randint(len(pool), (1,), generator=generator))]
+        if float(torch.rand(1, generator=generator)) < identity_prob:
+            ident = identity_caption(row, generator)
+            text = f"{ident[0].upper()}{ident[1:]}. {text[0].upper()}{text[1:]}"
+        out.append(text)
+    return out
+
+
+__all__ = ["Concept", "CONCEPTS", "CONCEPT_NAMES", "PAPER_CONCEPTS", "UNSUPPORTED", "TEMPLATE", "get", "index",
+           "prompt", "apply_preset", "preset_tensor", "caption", "identity_caption", "identity_parts",
+           "all_training_phrasings", "all_heldout_phrasings"]
