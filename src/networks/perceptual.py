@@ -186,6 +186,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             return np.ndarray
         if (module, name) == ("numpy", "dtype"):
             return _safe_dtype
+        if (module, name) == ("_codecs", "encode"):  # protocol <= 2 stores bytes as encode(str, 'latin1')
+            return _latin1_bytes
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (only numpy arrays are allowed)")
 
 
@@ -194,6 +196,12 @@ def _safe_reconstruct(subtype, shape, dtype):
         raise pickle.UnpicklingError("only plain numpy arrays are allowed")
     # an empty array of the given shape/dtype; the pickle's BUILD then fills it via ndarray.__setstate__
     return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("only latin1 byte strings are allowed")
+    return text.encode("latin1")
 
 
 def _safe_dtype(spec, align=False, copy=False):
