@@ -183,14 +183,21 @@ def test_fused_and_nonfused_modconv_agree():
     assert torch.allclose(G.synthesis(ws[1:2], noise_mode="const"), b[1:2], atol=1e-5)
 
 
-def test_modulated_conv_matches_per_sample_definition():
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("fused", [False, True])
+def test_modulated_conv_matches_per_sample_definition(k, demodulate, channels_last, fused):
     torch.manual_seed(1)
-    x, wt, s = torch.randn(2, 6, 8, 8), torch.randn(5, 6, 3, 3), torch.randn(2, 6)
-    y = modulated_conv2d(x, wt, s, padding=1)
+    x, wt, s = torch.randn(2, 6, 8, 8), torch.randn(5, 6, k, k), torch.randn(2, 6)
+    noise = torch.randn(8, 8)
+    xin = x.to(memory_format=torch.channels_last) if channels_last else x
+    y = modulated_conv2d(xin, wt, s, noise=noise, padding=k // 2, demodulate=demodulate, fused_modconv=fused)
     for n in range(2):
         w = wt * s[n][None, :, None, None]
-        w = w / w.square().sum([1, 2, 3], keepdim=True).add(1e-8).sqrt()
-        assert torch.allclose(y[n:n + 1], F.conv2d(x[n:n + 1], w, padding=1), atol=1e-5)
+        if demodulate:
+            w = w / w.square().sum([1, 2, 3], keepdim=True).add(1e-8).sqrt()
+        assert torch.allclose(y[n:n + 1], F.conv2d(x[n:n + 1], w, padding=k // 2) + noise, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -166,6 +166,14 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         # sum_{i,k} (w s)^2 = (s^2) @ (sum_k w^2)^T: no [N, O, I, k, k] tensor needed. fp32 always.
         dcoefs = (styles.float().square() @ weight.float().square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
 
+    if kh == 1 and kw == 1 and up == 1 and padding == 0 and x.is_contiguous():
+        # 1x1 (ToRGB): per-sample weights [N, O, I] and one batched GEMM, a single pass over x.
+        w = weight[:, :, 0, 0].unsqueeze(0) * styles.reshape(n, 1, -1)
+        if dcoefs is not None:
+            w = w * dcoefs.reshape(n, -1, 1)
+        y = torch.bmm(w.to(x.dtype), x.reshape(n, in_ch, -1)).reshape(n, out_ch, *x.shape[2:])
+        return y + noise.to(x.dtype) if noise is not None else y
+
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up=up, padding=padding)
