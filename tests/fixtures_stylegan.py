@@ -143,8 +143,9 @@ def _record(module: torch.nn.Module, easydict, module_src: str, init_kwargs=None
 
 def _official_g_kwargs(G: Generator, easydict) -> dict:
     kw = dict(G.init_kwargs)
-    kw["mapping_kwargs"] = easydict(kw["mapping_kwargs"])
-    kw["synthesis_kwargs"] = easydict(kw["synthesis_kwargs"])
+    for key in ("mapping_kwargs", "synthesis_kwargs"):
+        if key in kw:
+            kw[key] = easydict(kw[key])
     return kw
 
 

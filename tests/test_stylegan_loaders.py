@@ -162,7 +162,13 @@ def test_pickle_errors(tmp_path):
     G_bad.init_kwargs = dict(G_bad.init_kwargs, synthesis_kwargs=dict(channel_base=256, channel_max=16))
     with pytest.raises(UserError, match="do not match.*synthesis.b4.const has shape"):
         load_generator(_write(tmp_path, "shape.pkl", official_pickle_bytes(G_bad)))
-    # StyleGAN3-like kwargs: clear refusal
+    # StyleGAN3-like kwargs: clear refusal (and flat kwargs of the stylegan3 repo's StyleGAN2 port load)
+    G_flat = tiny_generator(res=8)
+    G_flat.init_kwargs = {k: v for k, v in G_flat.init_kwargs.items() if k != "synthesis_kwargs"}
+    G_flat.init_kwargs.update(channel_base=512, channel_max=32, fused_modconv_default="inference_only")
+    G = load_generator(_write(tmp_path, "flat.pkl", official_pickle_bytes(G_flat)))
+    assert G.init_kwargs["synthesis_kwargs"] == {"channel_base": 512, "channel_max": 32}
+    assert torch.equal(G.synthesis.b8.conv1.weight, G_flat.synthesis.b8.conv1.weight)
     G_sg3 = tiny_generator(res=8)
     G_sg3.init_kwargs = dict(G_sg3.init_kwargs, synthesis_kwargs=dict(channel_base=512, magnitude_ema_beta=0.99))
     with pytest.raises(UserError, match="not a supported StyleGAN2-ADA generator.*magnitude_ema_beta"):

@@ -334,7 +334,15 @@ def generator_kwargs(record: PersistentRecord) -> dict:
         raise _Refused(f"Generator has {len(args)} positional arguments, expected at most {len(GENERATOR_ARG_NAMES)}")
     out = dict(zip(GENERATOR_ARG_NAMES, args))
     out.update(kwargs)
-    return _plain_data(out)
+    out = _plain_data(out)
+    # The StyleGAN2 port in NVlabs/stylegan3 (networks_stylegan2) takes the synthesis kwargs flat
+    # (Generator(..., mapping_kwargs, **synthesis_kwargs)) plus fused_modconv_default, a pure
+    # speed switch; same module names and maths, so fold them into our layout.
+    flat = {k: out.pop(k) for k in list(out) if k not in GENERATOR_ARG_NAMES}
+    flat.pop("fused_modconv_default", None)
+    if flat:
+        out["synthesis_kwargs"] = {**(out.get("synthesis_kwargs") or {}), **flat}
+    return out
 
 
 def copy_tensors_into(module: torch.nn.Module, tensors: Dict[str, torch.Tensor], what: str) -> None:
