@@ -22,6 +22,15 @@ TINY = dict(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a loaded CPU (OpenMP spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _detached(module):
     """Run training_step without a Trainer: plain optimisers/backward, logs captured."""
     opts = module.configure_optimizers()

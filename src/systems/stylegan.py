@@ -307,7 +307,8 @@ class StyleGANModule(pl.LightningModule):
             return
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(device=self.device)
-        self._side_stream.wait_stream(torch.cuda.current_stream(self.device))
+        # No wait on the main stream: the render reads only fresh pinned parameters, and the
+        # result is handed over with wait_stream + record_stream in _take_reals.
         with torch.cuda.stream(self._side_stream):
             self._next_real = self._render_reals(self.batch_size, self._gen)
 
@@ -363,8 +364,8 @@ class StyleGANModule(pl.LightningModule):
         h = self.hparams
         g_lr, g_betas = lazy_optimizer_params(h.g_lr, h.betas, h.pl_interval if h.pl_weight > 0 else 0)
         d_lr, d_betas = lazy_optimizer_params(h.d_lr, h.betas, h.r1_interval if self.r1_gamma > 0 else 0)
-        on_cuda = torch.cuda.is_available() and h.fused_adam
-        kw = dict(fused=True) if on_cuda else dict(foreach=True)
+        # Fused Adam keeps its step counters on the GPU: no host reads in opt.step().
+        kw = dict(fused=True) if (self.device.type == "cuda" and h.fused_adam) else dict(foreach=True)
         opt_g = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=1e-8, **kw)
         opt_d = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8, **kw)
         return [opt_g, opt_d]
