@@ -208,8 +208,8 @@ def test_captions_json_txt_and_folder(tmp_path):
     for i, f in enumerate(files[:3]):  # the 4th image has no caption file: left out, counted
         (capdir / Path(f).with_suffix(".txt")).write_text(f"a{i}\nb{i}\n")
     for src, n in (("caps.json", 4), ("caps.txt", 4), ("capdir", 3)):
-        dm = FacesDataModule(root=root, resolution=16, clip_resolution=16, batch_size=4, captions=str(tmp_path / src),
-                             val_fraction=0, test_fraction=0, drop_last=False)
+        dm = FacesDataModule(root=root, resolution=16, clip_resolution=16, batch_size=4,
+                             captions=str(tmp_path / src), val_fraction=0, test_fraction=0, drop_last=False)
         dm.setup()
         ds = dm.datasets["train"]
         seen = {}

@@ -19,7 +19,8 @@ try:
     HAVE_DLIB = True
 except ImportError:
     HAVE_DLIB = False
-needs_dlib = pytest.mark.skipif(not HAVE_DLIB, reason="dlib not installed: pip install dlib-bin face_recognition_models")
+needs_dlib = pytest.mark.skipif(not HAVE_DLIB,
+                                reason="dlib not installed: pip install dlib-bin face_recognition_models")
 
 
 # ----------------------------------------------------------------------------------- metrics

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -110,7 +111,8 @@ def test_decompression_bomb_header(tmp_path):
     # a valid PNG signature + IHDR declaring 100000 x 100000 RGB, a tiny IDAT, IEND: the header
     # alone must get it refused (decoding would need 30 GB)
     ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b"")
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _chunk(b"IEND", b""))
     p = tmp_path / "bomb.png"
     p.write_bytes(data)
     with pytest.raises(UserError) as e:
@@ -206,6 +208,9 @@ def test_save_roundtrip_and_formats(tmp_path):
         tol = 0 if ext in ("png", "bmp", "tiff") else 0.15
         assert (back - t).abs().mean() <= tol + 1e-6
     save_image(t.unsqueeze(0), tmp_path / "batched.png")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "batched.png").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     with pytest.raises(UserError):
         save_image(t, tmp_path / "x.gifx")
     with pytest.raises(UserError):

@@ -519,7 +519,8 @@ class FacesDataModule(pl.LightningDataModule):
                 except UserError as e:
                     self.bad[gid] = 1
                     first_error = first_error or str(e)
-        raise UserError(f"{self.root}: none of the {len(self.files)} image files is usable (first problem: {first_error})")
+        raise UserError(f"{self.root}: none of the {len(self.files)} image files is usable "
+                        f"(first problem: {first_error})")
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, train: bool) -> DataLoader:

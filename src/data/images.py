@@ -154,7 +154,10 @@ def load_pil(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, background: s
                     im = ImageOps.exif_transpose(im)
                 except Exception:  # malformed EXIF: keep the pixels as stored
                     pass
-                rgb = _to_rgb(im, _BACKGROUNDS[background])
+                try:
+                    rgb = _to_rgb(im, _BACKGROUNDS[background])
+                except ValueError:  # e.g. LAB / HSV TIFFs: PIL has no conversion to RGB for them
+                    raise _fail(p, f"unsupported colour mode '{im.mode}'") from None
                 rgb.load()
                 return rgb
     except UserError:
@@ -203,9 +206,17 @@ def save_image(img: torch.Tensor, path: PathLike, quality: int = 95) -> Path:
     try:
         with atomic_write(p) as tmp:
             pil.save(tmp, format=fmt, **kwargs)
+            # mkstemp creates 0600 files; give the image the usual permissions (0666 minus umask)
+            os.chmod(tmp, 0o666 & ~_umask())
     except OSError as e:
         raise _fail(p, f"cannot write image ({e.strerror or e})") from None
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def resize_square(img: torch.Tensor, size: int) -> torch.Tensor:
