@@ -1,0 +1,131 @@
+"""Training of the attribute oracle on faces rendered on the fly on the module's device.
+
+Batches from the data module are only step/batch indices (RenderIndexDataModule): every step draws
+``batch_size`` random faces (sample_params, seeded by seed, global step and rank), renders them on
+the module's device and regresses their normalised parameters. Validation/test use fixed held-out
+faces (seeded by split and batch index) and report R^2 per parameter.
+"""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from src.data.synthetic.params import PARAM_SPACE, sample_params
+from src.data.synthetic.render import render
+from src.data.synthetic_datamodule import derive_seed
+from src.networks.oracle import AttributeOracle, save_oracle
+from src.utils.errors import UserError
+
+
+def r2_per_param(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Coefficient of determination per column: pred, target [N, P] -> [P]."""
+    ss_res = ((pred - target) ** 2).sum(0)
+    ss_tot = ((target - target.mean(0)) ** 2).sum(0).clamp(min=1e-12)
+    return 1.0 - ss_res / ss_tot
+
+
+class OracleModule(pl.LightningModule):
+    """LightningModule around AttributeOracle.
+
+    resolution/width/hidden: oracle architecture; batch_size: faces rendered per step (per rank);
+    lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay to 0 at
+    ``max_steps`` (default: the trainer's max_steps); seed: face sampling seed;
+    export_path: where to save the weights (safetensors + json) when fit ends (None = don't).
+    """
+
+    def __init__(self, resolution: int = 128, width: int = 32, hidden: int = 256, batch_size: int = 256,
+                 lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 200, max_steps: int | None = None,
+                 seed: int = 0, export_path: str | None = None):
+        super().__init__()
+        if batch_size < 2:
+            raise UserError(f"oracle batch_size must be >= 2, got {batch_size}")
+        self.save_hyperparameters()
+        self.oracle = AttributeOracle(resolution=resolution, num_params=len(PARAM_SPACE), width=width, hidden=hidden)
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """img [N, 3, H, W] in [-1, 1] -> [N, P] normalised parameters."""
+        return self.oracle(img)
+
+    def _faces(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images [B,3,R,R], normalised params [B,P]) rendered on this module's device."""
+        g = torch.Generator().manual_seed(derive_seed(*key))
+        params = sample_params(self.hparams.batch_size, g).to(self.device)
+        with torch.no_grad():
+            images = render(params, self.hparams.resolution)
+        return images, PARAM_SPACE.normalize(params)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, target = self._faces((self.hparams.seed, "oracle-train", self.global_step, self.global_rank))
+        loss = F.mse_loss(self.oracle(images).float(), target)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, split: str, batch) -> None:
+        index = int(batch.item() if torch.is_tensor(batch) else batch)
+        images, target = self._faces((self.hparams.seed, f"oracle-{split}", index))
+        pred = self.oracle(images).float()
+        self._outputs[split].append((pred.detach(), target))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_end(self, split: str) -> dict[str, float]:
+        outs = self._outputs[split]
+        self._outputs[split] = []
+        if not outs:
+            return {}
+        pred = torch.cat([p for p, _ in outs])
+        target = torch.cat([t for _, t in outs])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # every rank evaluated different batches of equal size: gather them all
+            pred = self.all_gather(pred).flatten(0, 1)
+            target = self.all_gather(target).flatten(0, 1)
+        r2 = r2_per_param(pred, target)
+        metrics = {f"{split}/r2/{name}": float(r2[i]) for i, name in enumerate(PARAM_SPACE.names)}
+        ex = PARAM_SPACE.mask("expression", r2.device)
+        metrics[f"{split}/r2_expression_min"] = float(r2[ex].min())
+        metrics[f"{split}/r2_identity_min"] = float(r2[~ex].min())
+        metrics[f"{split}/r2_mean"] = float(r2.mean())
+        metrics[f"{split}/loss"] = float(F.mse_loss(pred, target))
+        self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def _total_steps(self) -> int:
+        if self.hparams.max_steps:
+            return int(self.hparams.max_steps)
+        ms = getattr(self.trainer, "max_steps", -1) if self.trainer is not None else -1
+        return int(ms) if ms and ms > 0 else 10_000
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.oracle.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total, warm = self._total_steps(), max(0, int(self.hparams.warmup_steps))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def save_weights(self, path: str) -> str:
+        """Save the oracle as <path>.safetensors + <path>.json (atomic); returns the weights path."""
+        return str(save_oracle(self.oracle, path))
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_path and self.global_rank == 0:
+            self.save_weights(self.hparams.export_path)
