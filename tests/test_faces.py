@@ -250,3 +250,21 @@ def test_from_domain_config():
     empty = FacesDataModule(root=FACES / "dog", resolution=16, val_fraction=0, test_fraction=0)
     empty.setup()
     assert empty.val_dataloader() == [] and empty.test_dataloader() == []
+
+
+@needs_faces
+def test_align_on_the_fly_skips_faceless_images(tmp_path):
+    pytest.importorskip("dlib", reason="dlib not installed: pip install dlib-bin face_recognition_models")
+    from PIL import Image
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    for f in sorted((FACES / "human").glob("*.jpg"))[:2]:
+        Image.open(f).resize((384, 384)).save(root / f.name)
+    Image.open(sorted((FACES / "dog").glob("*.jpg"))[0]).resize((256, 256)).save(root / "zz_dog.jpg")
+    dm = FacesDataModule(root=root, resolution=64, clip_resolution=32, batch_size=3, align=True,
+                         val_fraction=0, test_fraction=0, drop_last=False)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["image_clip"].shape == (3, 3, 32, 32)
+    assert "zz_dog.jpg" not in batch["path"] and dm.skipped_files == ["zz_dog.jpg"]
