@@ -11,8 +11,6 @@ Conventions: images NCHW float in [-1, 1]; ``ws`` [N, num_ws, w_dim]; ``z`` [N, 
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 from typing import Optional
 
@@ -761,8 +759,3 @@ class Discriminator(torch.nn.Module):
             x, img = getattr(self, f"b{res}")(x, img, force_fp32=force_fp32)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
         return self.b4(x, img, cmap)
-
-
-def init_kwargs_json(module: torch.nn.Module) -> str:
-    """The module's init_kwargs as canonical JSON text."""
-    return json.dumps(copy.deepcopy(module.init_kwargs), sort_keys=True)
