@@ -52,4 +52,6 @@ def compose_train(overrides: list[str], tmp_path: Path):
         cfg.hydra.runtime.output_dir = str(tmp_path / "run")
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # kept in HydraConfig for ${hydra:...}; read-only nodes would block resolve()
     return cfg
