@@ -94,7 +94,7 @@ def sha256_module(module: nn.Module) -> str:
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -455,7 +455,7 @@ class AnimatorModule(pl.LightningModule):
 
         captions = list(batch["caption"])
         w_input = self._batch_latents(batch)
-        image = self.render_image(w_input)
+        image = self.render_image(w_input).clamp(-1, 1)  # as the returned frames
         gen = self._h0_generator(batch)
         out = self.animate(w_input, captions, num_frames=int(self.hparams.val_frames),
                            decay=self.hparams.val_decay, image=image,

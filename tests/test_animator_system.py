@@ -1,0 +1,246 @@
+"""AnimatorModule: batched rendering, frame 0, losses/gradients, checkpoints without frozen weights,
+hash checks, load_animator round trip, and the prompt data module."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from src.data.prompts import PromptDataModule
+from src.systems.animator import AnimatorModule, load_animator
+from src.utils.errors import UserError
+from tests.test_animator import PAPER_LOSS, register_tiny_clip, tiny_clip_model, tiny_domain, tiny_generator
+
+
+def build(variant="ours", **kw):
+    kw.setdefault("generator", tiny_generator())
+    kw.setdefault("clip", tiny_clip_model())
+    torch.manual_seed(0)
+    return AnimatorModule(domain=kw.pop("domain", tiny_domain()), loss=kw.pop("loss", PAPER_LOSS), hidden=8,
+                          variant=variant, train_frames=4, val_frames=5, video_every_n_steps=0, **kw)
+
+
+class CountCalls:
+    def __init__(self, module):
+        self.batches = []
+        module.register_forward_hook(lambda m, args, kwargs_out: self.batches.append(args[0].shape[0]))
+
+
+def test_animate_renders_all_frames_in_one_call_and_frame0_is_the_input():
+    m = build("ours")
+    w = m.sample_latents(3, seed=1)
+    image = m.render_image(w)
+    calls = CountCalls(m.generator.synthesis)
+    out = m.animate(w, ["The person is smiling.", "The person is angry.", "The person is crying."],
+                    num_frames=5, image=image)
+    assert calls.batches == [3 * 5]  # one generator call for all N*T frames
+    assert out["frames"].shape == (3, 5, 3, 16, 16) and out["ws"].shape == (3, 5, m.generator.num_ws, 16)
+    assert torch.equal(out["ws"][:, 0], w)
+    torch.testing.assert_close(out["frames"][:, 0], image.clamp(-1, 1), atol=1e-5, rtol=0)
+    assert (out["frames"][:, -1] - out["frames"][:, 0]).abs().max() > 1e-3  # the face moves
+
+
+def test_paper_variant_frame0_is_not_the_input():
+    m = build("paper")
+    w = m.sample_latents(2, seed=1)
+    out = m.animate(w, ["The person is smiling."], num_frames=3)
+    assert not torch.allclose(out["ws"][:, 0], w)
+    assert (out["frames"][:, 0] - m.render_image(w).clamp(-1, 1)).abs().max() > 1e-3
+
+
+def test_animate_bad_input():
+    m = build()
+    w = m.sample_latents(2)
+    with pytest.raises(UserError, match="2 prompts for"):
+        m.animate(w[:1], ["a", "b"])
+    with pytest.raises(UserError, match="decay"):
+        m.animate(w, ["a"], decay="fast")
+
+
+class L1(torch.nn.Module):
+    def forward(self, x, y):
+        return (x - y).abs().flatten(1).mean(1)
+
+
+def test_losses_and_gradients_reach_only_the_animator():
+    m = build("ours", perceptual=L1())
+    batch = {"caption": ["The person is smiling.", "The person is angry."], "seed": torch.tensor([4, 5])}
+    calls = CountCalls(m.generator.synthesis)
+    total, terms, out = m.compute_losses(batch)
+    assert calls.batches == [2, 2 * 3]  # input face, then frames 1..T-1 in one call
+    assert set(terms) == {"contrastive", "lpips", "smoothness", "endpoint", "latent"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    expected = sum(PAPER_LOSS[k] * terms[k] for k in terms)
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(p.grad is not None for p in m.animator.parameters())
+    assert all(p.grad is None for n, p in m.named_parameters() if not n.startswith("animator."))
+    opt = m.configure_optimizers()
+    assert opt.defaults["betas"] == (0.0, 0.999) and len(opt.param_groups) == 1
+    assert sum(p.numel() for p in opt.param_groups[0]["params"]) == sum(p.numel() for p in m.animator.parameters())
+
+
+def test_contrastive_weight_zero_uses_cosine_and_paper_renders_all_frames():
+    m = build("paper", loss={**PAPER_LOSS, "contrastive": 0.0})
+    assert m.clip_loss_weight() == ("cosine", 0.5)
+    calls = CountCalls(m.generator.synthesis)
+    _, terms, _ = m.compute_losses({"caption": ["The person is smiling.", "The person is smiling."],
+                                    "seed": torch.tensor([1, 2])})
+    assert "cosine" in terms and "contrastive" not in terms
+    assert calls.batches == [2, 2 * 4]
+
+
+def test_text_finetuning_keeps_the_text_tower_in_checkpoints():
+    m = build(text_lr=1e-5, loss_clip=tiny_clip_model(seed=1))
+    assert m.loss_clip is not m.clip
+    keys = m.trainable_state_dict().keys()
+    assert "clip.model.token_embedding.weight" in keys
+    assert not any(k.startswith(("generator.", "loss_clip.", "clip.model.visual.")) for k in keys)
+    opt = m.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-5]
+
+
+def test_missing_generator_file_and_module_clip_errors(tmp_path):
+    d = tiny_domain(generator={"checkpoint": str(tmp_path / "G.safetensors"), "truncation_psi": 0.7,
+                               "noise_mode": "const"})
+    with pytest.raises(UserError, match=r"G\.safetensors"):
+        AnimatorModule(domain=d, loss=PAPER_LOSS, clip=tiny_clip_model())
+    with pytest.raises(UserError, match="pass the CLIP module"):
+        AnimatorModule(domain=tiny_domain(), loss=PAPER_LOSS, generator=tiny_generator())
+    with pytest.raises(UserError, match="loss config lacks"):
+        build(loss={"contrastive": 1.0})
+
+
+def test_prompt_datamodule_batches():
+    dm = PromptDataModule({"template": "The person is {}.", "concepts": ["a", "b", "c", "d"]}, batch_size=3, seed=1,
+                          train_batches=5, val_batches=2, test_batches=2)
+    ds = dm.dataset("train")
+    b0 = ds[0]
+    assert len(b0["caption"]) == 3 and len(set(b0["caption"])) == 3
+    assert all(c.startswith("The person is ") for c in b0["caption"])
+    assert ds[0]["caption"] == b0["caption"] and torch.equal(ds[0]["seed"], b0["seed"])  # deterministic
+    assert [ds[i]["caption"] for i in range(5)] != [b0["caption"]] * 5
+    assert dm.dataset("val")[0]["caption"] != dm.dataset("train")[0]["caption"] or \
+        not torch.equal(dm.dataset("val")[0]["seed"], b0["seed"])
+    assert len(list(dm.train_dataloader())) == 5
+    with pytest.raises(UserError, match="distinct prompts"):
+        PromptDataModule({"template": "{}", "concepts": ["a", "b"]}, batch_size=3)
+    with pytest.raises(UserError, match="duplicates"):
+        PromptDataModule({"template": "{}", "concepts": ["a", "a"]}, batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A module built from files (generator .safetensors, open_clip .pt), trained 2 steps, saved."""
+    from src.stylegan import save_generator
+
+    tmp = tmp_path_factory.mktemp("animator")
+    g_path = save_generator(tiny_generator(), tmp / "G")
+    name = register_tiny_clip(tmp)
+    clip_path = tmp / "clip.pt"
+    torch.save(tiny_clip_model().state_dict(), clip_path)
+    clip_cfg = {"kind": "open_clip", "model_name": name, "pretrained": str(clip_path), "checkpoint": None}
+    domain = tiny_domain(generator={"checkpoint": str(g_path), "truncation_psi": 0.7, "noise_mode": "const"},
+                         clip=clip_cfg, loss_clip=dict(clip_cfg))
+    torch.manual_seed(0)
+    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, hidden=8, train_frames=3, val_frames=4,
+                            video_every_n_steps=2, video_fps=4.0, num_videos=2)
+    dm = PromptDataModule(domain["prompts"], batch_size=3, seed=0, train_batches=2, val_batches=1, test_batches=1)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         default_root_dir=str(tmp / "run"))
+    trainer.fit(module, datamodule=dm)
+    ckpt = tmp / "animator.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return dict(tmp=tmp, module=module, trainer=trainer, ckpt=ckpt, g_path=g_path, metrics=dict(trainer.callback_metrics))
+
+
+def test_training_logs_losses_metrics_and_videos(trained):
+    metrics = trained["metrics"]
+    for key in ("train/loss", "train/loss_contrastive", "train/loss_smoothness", "train/loss_endpoint",
+                "train/loss_latent", "val/text_top1", "val/clip_score", "val/pixel_jerk", "val/flicker",
+                "val/frame0_psnr", "val/clip_id_drift", "val/clip_acd"):
+        assert key in metrics, key
+    assert metrics["val/frame0_psnr"] >= 99.0  # variant 'ours': frame 0 is the input face
+    videos = list((trained["tmp"] / "run" / "videos").glob("*.mp4"))
+    assert videos and all(v.stat().st_size > 0 for v in videos)
+
+
+def test_checkpoint_holds_only_trainable_weights_and_hashes(trained):
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"] and all(k.startswith("animator.") for k in ckpt["state_dict"])
+    assert set(ckpt["frozen_hashes"]) == {"generator", "clip"}
+    assert len(ckpt["frozen_hashes"]["generator"]["sha256"]) == 64
+    hp = ckpt["hyper_parameters"]
+    assert hp["domain"]["generator"]["checkpoint"] == str(trained["g_path"]) and hp["loss"] == PAPER_LOSS
+    assert not any(k in hp for k in ("generator", "clip", "loss_clip", "perceptual"))
+
+
+def test_load_animator_round_trip(trained):
+    module = trained["module"]
+    loaded = load_animator(trained["ckpt"])
+    assert loaded.loss_clip is None and loaded.perceptual is None  # inference only
+    for (k, a), (k2, b) in zip(module.animator.state_dict().items(), loaded.animator.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    w = module.sample_latents(2, seed=3)
+    a = module.animate(w, ["The person is smiling.", "The person is angry."], num_frames=4, seed=1)
+    b = loaded.animate(w, ["The person is smiling.", "The person is angry."], num_frames=4, seed=1)
+    torch.testing.assert_close(a["frames"], b["frames"])
+    torch.testing.assert_close(a["ws"], b["ws"])
+
+
+def test_hash_mismatch_and_moved_files(trained, tmp_path):
+    import shutil
+
+    from src.stylegan import save_generator
+
+    g_path = trained["g_path"]
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for f in (g_path, g_path.with_suffix(".json")):
+        shutil.copy(f, backup / f.name)
+    try:
+        save_generator(tiny_generator(seed=7), g_path)  # same architecture, other weights
+        with pytest.raises(UserError, match=r"generator: trained with G\.safetensors, G\.json \(sha256 [0-9a-f]{12}\)"):
+            load_animator(trained["ckpt"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_animator(trained["ckpt"], hash_check="warn")
+        assert any("frozen weights differ" in str(w.message) for w in caught)
+    finally:
+        for f in backup.iterdir():
+            shutil.copy(f, g_path.parent / f.name)
+    moved = tmp_path / "moved" / "G2.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(g_path, moved)
+    shutil.copy(g_path.with_suffix(".json"), moved.with_suffix(".json"))
+    loaded = load_animator(trained["ckpt"], map_overrides={"domain.generator.checkpoint": str(moved)})
+    assert loaded.hparams["domain"]["generator"]["checkpoint"] == str(moved)
+    with pytest.raises(UserError, match="not found"):
+        load_animator(tmp_path / "nope.ckpt")
+
+
+def test_lightning_resume_restores_trainable_weights(trained, tmp_path):
+    from src.utils.checkpoint_io import AtomicCheckpointIO
+
+    hp = dict(trained["module"].hparams)
+    fresh = AnimatorModule(**hp)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.animator.parameters(), trained["module"].animator.parameters()))
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer, module):
+            seen["weights"] = [p.detach().clone() for p in module.animator.parameters()]
+            seen["step"] = trainer.global_step
+
+    dm = PromptDataModule(hp["domain"]["prompts"], batch_size=3, seed=0, train_batches=2, val_batches=1)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, default_root_dir=str(tmp_path), plugins=[AtomicCheckpointIO()],
+                         callbacks=[Probe()])
+    trainer.fit(fresh, datamodule=dm, ckpt_path=str(trained["ckpt"]))
+    assert seen["step"] == 2
+    for a, b in zip(seen["weights"], trained["module"].animator.parameters()):
+        assert torch.equal(a, b.detach())
