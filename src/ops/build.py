@@ -26,8 +26,8 @@ from src.ops.policy import OpsBuildError
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "bias_act.cu", "upfirdn2d.cu")
-_NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr")
-_CXX_FLAGS = ("-O3", "-std=c++17")
+_NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr")  # torch adds its own -std
+_CXX_FLAGS = ("-O3",)
 
 _cache_lock = threading.Lock()
 _plugin = None
@@ -139,7 +139,9 @@ def build_extension(arch: Optional[str] = None, lock_timeout: float = 600.0, ver
         try:
             return _compile(name, build_dir, arch, verbose)
         except Exception as exc:  # compiler errors, missing nvcc/ninja, import errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            errors = [ln for ln in lines if "error:" in ln.lower()]  # compiler diagnostics
+            first = (errors or lines or [type(exc).__name__])[0]
             raise OpsBuildError(f"building the CUDA ops in {build_dir} failed: {first[:300]} "
                                 f"(set LGFA_OPS_ON_BUILD_FAILURE=fallback to use the slow reference ops)"
                                 ) from exc

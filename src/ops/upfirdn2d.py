@@ -225,7 +225,7 @@ class _UpFirDn2dCuda(torch.autograd.Function):
         # The kernel takes a 2D filter; a separable [fw] filter is its outer product (same result,
         # the per-axis gain sqrt(gain) multiplies to gain).
         f2 = torch.outer(f, f) if f.ndim == 1 else f
-        f2 = (f2.to(torch.float32) * p.gain)
+        f2 = f2.to(torch.float64 if x.dtype == torch.float64 else torch.float32) * p.gain
         if not p.flip:
             f2 = f2.flip([0, 1])  # kernel computes a correlation
         y = p.plugin.upfirdn2d(x.contiguous(), f2.contiguous(), p.upx, p.upy, p.downx, p.downy,

@@ -1,0 +1,235 @@
+// Fused bias + activation + gain + clamp, and its first/second derivatives.
+//
+// For z = x + b[c] (c = index along `dim`), v = act(z), the kernel writes
+//   order 0: clamp(v * gain, -clamp, clamp)                      (no clamp if clamp < 0)
+//   order 1: g * act'(z)  * gain * m,   m = [|v * gain| <= clamp]  (m = 1 if clamp < 0)
+//   order 2: g * act''(z) * gain * m
+// All arithmetic is done in the "op-math" type (float for half/bfloat16/float, double for double).
+
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
+namespace lgfa {
+namespace {
+
+enum Act { kLinear = 0, kRelu, kLrelu, kTanh, kSigmoid, kElu, kSelu, kSoftplus, kSwish };
+
+template <typename A>
+__device__ __forceinline__ A sigmoid_of(A z) {
+  return A(1) / (A(1) + exp(-z));
+}
+
+// Value, first and second derivative of the activation at z (the compiler drops what the
+// requested ORDER does not use).
+template <int ACT, typename A>
+__device__ __forceinline__ void act_eval(A z, A alpha, A& v, A& d1, A& d2) {
+  if constexpr (ACT == kLinear) {
+    v = z; d1 = A(1); d2 = A(0);
+  } else if constexpr (ACT == kRelu) {
+    v = z > A(0) ? z : A(0); d1 = z > A(0) ? A(1) : A(0); d2 = A(0);
+  } else if constexpr (ACT == kLrelu) {
+    v = z > A(0) ? z : alpha * z; d1 = z > A(0) ? A(1) : alpha; d2 = A(0);
+  } else if constexpr (ACT == kTanh) {
+    A t = tanh(z);
+    v = t; d1 = A(1) - t * t; d2 = A(-2) * t * d1;
+  } else if constexpr (ACT == kSigmoid) {
+    A s = sigmoid_of(z);
+    v = s; d1 = s * (A(1) - s); d2 = d1 * (A(1) - A(2) * s);
+  } else if constexpr (ACT == kElu) {
+    A e = exp(z);
+    v = z > A(0) ? z : expm1(z); d1 = z > A(0) ? A(1) : e; d2 = z > A(0) ? A(0) : e;
+  } else if constexpr (ACT == kSelu) {
+    const A scale = A(1.0507009873554804934193349852946);
+    const A a = A(1.6732632423543772848170429916717);
+    A e = exp(z);
+    v = z > A(0) ? scale * z : scale * a * expm1(z);
+    d1 = z > A(0) ? scale : scale * a * e;
+    d2 = z > A(0) ? A(0) : scale * a * e;
+  } else if constexpr (ACT == kSoftplus) {
+    // Same threshold (20) as torch.nn.functional.softplus: linear above it.
+    A s = sigmoid_of(z);
+    bool lin = z > A(20);
+    v = lin ? z : log1p(exp(z)); d1 = lin ? A(1) : s; d2 = lin ? A(0) : s * (A(1) - s);
+  } else {  // kSwish: z * sigmoid(z)
+    A s = sigmoid_of(z);
+    v = z * s;
+    d1 = s * (A(1) + z * (A(1) - s));
+    d2 = s * (A(1) - s) * (A(2) + z * (A(1) - A(2) * s));
+  }
+}
+
+template <int ACT, int ORDER, typename A>
+__device__ __forceinline__ A bias_act_elem(A z, A g, A alpha, A gain, A clamp) {
+  A v, d1, d2;
+  act_eval<ACT, A>(z, alpha, v, d1, d2);
+  A out = v * gain;
+  if constexpr (ORDER == 0) {
+    if (clamp >= A(0)) out = out > clamp ? clamp : (out < -clamp ? -clamp : out);
+    return out;
+  }
+  bool pass = clamp < A(0) || (out <= clamp && out >= -clamp);
+  A d = ORDER == 1 ? d1 : d2;
+  return pass ? g * d * gain : A(0);
+}
+
+constexpr int kThreads = 256;
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) VecT {
+  T v[V];
+};
+
+// Layout [rows, inner] with rows = outer * C: one bias value per row (no per-element division)
+// and 16-byte vector accesses (needs inner % V == 0 and 16-byte aligned pointers).
+template <typename T, int ACT, int ORDER>
+__global__ void __launch_bounds__(kThreads) bias_act_rows_kernel(
+    const T* __restrict__ x, const T* __restrict__ b, const T* __restrict__ g, T* __restrict__ y,
+    int64_t rows, int64_t inner, int64_t C, at::opmath_type<T> alpha, at::opmath_type<T> gain,
+    at::opmath_type<T> clamp) {
+  using A = at::opmath_type<T>;
+  constexpr int V = 16 / sizeof(T);
+  using Vec = VecT<T, V>;
+  const int64_t nvec = inner / V;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const A bias = b != nullptr ? static_cast<A>(b[r % C]) : A(0);
+    const Vec* xr = reinterpret_cast<const Vec*>(x + r * inner);
+    const Vec* gr = reinterpret_cast<const Vec*>(g + (ORDER > 0 ? r * inner : 0));
+    Vec* yr = reinterpret_cast<Vec*>(y + r * inner);
+    for (int64_t j = (int64_t)blockIdx.x * kThreads + threadIdx.x; j < nvec; j += (int64_t)gridDim.x * kThreads) {
+      const Vec xin = xr[j];
+      Vec gin;
+      if constexpr (ORDER > 0) gin = gr[j];
+      Vec out;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const A gv = ORDER > 0 ? static_cast<A>(gin.v[k]) : A(0);
+        out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(static_cast<A>(xin.v[k]) + bias, gv, alpha, gain, clamp));
+      }
+      yr[j] = out;
+    }
+  }
+}
+
+// Any layout with small `inner` (e.g. [N, C] fully-connected activations): flat grid-stride loop.
+template <typename T, int ACT, int ORDER>
+__global__ void __launch_bounds__(kThreads) bias_act_flat_kernel(
+    const T* __restrict__ x, const T* __restrict__ b, const T* __restrict__ g, T* __restrict__ y,
+    int64_t numel, int64_t inner, int64_t C, at::opmath_type<T> alpha, at::opmath_type<T> gain,
+    at::opmath_type<T> clamp) {
+  using A = at::opmath_type<T>;
+  for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < numel;
+       i += (int64_t)gridDim.x * kThreads) {
+    const A bias = b != nullptr ? static_cast<A>(b[(i / inner) % C]) : A(0);
+    const A gv = ORDER > 0 ? static_cast<A>(g[i]) : A(0);
+    y[i] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(static_cast<A>(x[i]) + bias, gv, alpha, gain, clamp));
+  }
+}
+
+template <typename T, int ACT, int ORDER>
+void launch(bool has_b, const at::Tensor& x, const at::Tensor& b, const at::Tensor& g, at::Tensor& y,
+            int64_t C, int64_t inner, double alpha, double gain, double clamp) {
+  using A = at::opmath_type<T>;
+  const int64_t numel = x.numel();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const T* xp = x.data_ptr<T>();
+  const T* bp = has_b ? b.data_ptr<T>() : nullptr;
+  const T* gp = ORDER > 0 ? g.data_ptr<T>() : nullptr;
+  T* yp = y.data_ptr<T>();
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
+  constexpr int V = 16 / sizeof(T);
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec_ok = inner >= 512 && inner % V == 0 && aligned(xp) && aligned(yp) &&
+                      (ORDER == 0 || aligned(gp));
+  if (vec_ok) {
+    const int64_t rows = numel / inner;
+    int64_t bx = (inner / V + kThreads - 1) / kThreads;
+    int64_t by = std::min<int64_t>(rows, 65535);
+    bias_act_rows_kernel<T, ACT, ORDER><<<dim3((unsigned)bx, (unsigned)by), kThreads, 0, stream>>>(
+        xp, bp, gp, yp, rows, inner, C, A(alpha), A(gain), A(clamp));
+  } else {
+    int64_t blocks = std::min<int64_t>((numel + kThreads - 1) / kThreads, (int64_t)sms * 32);
+    bias_act_flat_kernel<T, ACT, ORDER><<<(unsigned)blocks, kThreads, 0, stream>>>(
+        xp, bp, gp, yp, numel, inner, C, A(alpha), A(gain), A(clamp));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int ACT>
+void dispatch_order(int64_t order, bool has_b, const at::Tensor& x, const at::Tensor& b,
+                    const at::Tensor& g, at::Tensor& y, int64_t C, int64_t inner, double alpha,
+                    double gain, double clamp) {
+#define LGFA_ORDER_CASE(O)                                                                   \
+  if (order == O) {                                                                          \
+    launch<T, ACT, O>(has_b, x, b, g, y, C, inner, alpha, gain, clamp);                      \
+    return;                                                                                  \
+  }
+  LGFA_ORDER_CASE(0)
+  LGFA_ORDER_CASE(1)
+  LGFA_ORDER_CASE(2)
+#undef LGFA_ORDER_CASE
+  TORCH_CHECK(false, "bias_act: order must be 0, 1 or 2, got ", order);
+}
+
+template <typename T>
+void dispatch_act(int64_t act, int64_t order, bool has_b, const at::Tensor& x, const at::Tensor& b,
+                  const at::Tensor& g, at::Tensor& y, int64_t C, int64_t inner, double alpha,
+                  double gain, double clamp) {
+  switch (act) {
+#define LGFA_ACT_CASE(A_) \
+  case A_: dispatch_order<T, A_>(order, has_b, x, b, g, y, C, inner, alpha, gain, clamp); return;
+    LGFA_ACT_CASE(kLinear)
+    LGFA_ACT_CASE(kRelu)
+    LGFA_ACT_CASE(kLrelu)
+    LGFA_ACT_CASE(kTanh)
+    LGFA_ACT_CASE(kSigmoid)
+    LGFA_ACT_CASE(kElu)
+    LGFA_ACT_CASE(kSelu)
+    LGFA_ACT_CASE(kSoftplus)
+    LGFA_ACT_CASE(kSwish)
+#undef LGFA_ACT_CASE
+  }
+  TORCH_CHECK(false, "bias_act: unknown activation id ", act);
+}
+
+}  // namespace
+
+at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
+                            int64_t act, int64_t order, double alpha, double gain, double clamp) {
+  TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
+  TORCH_CHECK(x.is_contiguous(), "bias_act: x must be contiguous");
+  TORCH_CHECK(x.dim() >= 1 && dim >= 0 && dim < x.dim(), "bias_act: dim ", dim, " out of range for ",
+              x.dim(), "-D x");
+  const bool has_b = b.numel() > 0;
+  const int64_t C = x.size(dim);
+  if (has_b) {
+    TORCH_CHECK(b.is_cuda() && b.device() == x.device(), "bias_act: b must be on x's device");
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias_act: b must have shape [", C, "]");
+    TORCH_CHECK(b.scalar_type() == x.scalar_type(), "bias_act: b must have x's dtype");
+    TORCH_CHECK(b.is_contiguous(), "bias_act: b must be contiguous");
+  }
+  if (order > 0) {
+    TORCH_CHECK(g.sizes() == x.sizes(), "bias_act: gradient must have x's shape");
+    TORCH_CHECK(g.scalar_type() == x.scalar_type(), "bias_act: gradient must have x's dtype");
+    TORCH_CHECK(g.is_contiguous() && g.device() == x.device(), "bias_act: gradient must be contiguous on x's device");
+  }
+  TORCH_CHECK(act >= kLinear && act <= kSwish, "bias_act: unknown activation id ", act);
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  int64_t inner = 1;
+  for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_cuda", [&] {
+    dispatch_act<scalar_t>(act, order, has_b, x, b, g, y, C, inner, alpha, gain, clamp);
+  });
+  return y;
+}
+
+}  // namespace lgfa

@@ -1,0 +1,172 @@
+// upfirdn2d: zero-insertion upsampling, zero padding / cropping, 2D FIR correlation, decimation.
+//
+// For output pixel (oy, ox) and taps (i, j) of the 2D filter w [fh, fw] (already flipped and
+// scaled by the caller, so this is a plain correlation):
+//   y[oy, ox] = sum_{i,j} xu[oy*downy + i - py0, ox*downx + j - px0] * w[i, j]
+// where xu[u, v] = x[u/upy, v/upx] if upy | u, upx | v and inside the image, else 0.
+// Only taps with (oy*downy + i - py0) divisible by upy touch a real sample, so each output walks
+// the filter in steps of up starting at the first such tap.
+//
+// One block computes a TH x TW tile of outputs for one (n, c) plane at a time: it stages the
+// input window that the tile needs in shared memory (zeros outside the image, which also
+// implements padding and cropping) and then every thread computes outputs from shared memory.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
+namespace lgfa {
+namespace {
+
+struct UfdParams {
+  int64_t nc;
+  int H, W, OH, OW;
+  int fh, fw;
+  int upx, upy, downx, downy;
+  int px0, py0;
+  int tw_log2, th;         // output tile: (1 << tw_log2) wide, th high
+  int tiles_x;
+};
+
+__device__ __forceinline__ int floor_div(int a, int b) {  // b > 0
+  int q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+__device__ __forceinline__ int ceil_div_signed(int a, int b) { return -floor_div(-a, b); }
+__device__ __forceinline__ int pos_mod(int a, int b) {
+  int r = a % b;
+  return r < 0 ? r + b : r;
+}
+
+constexpr int kThreads = 256;
+constexpr int kSmemLimit = 48 * 1024;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) upfirdn2d_kernel(
+    const T* __restrict__ x, const at::opmath_type<T>* __restrict__ f, T* __restrict__ y, UfdParams p) {
+  using A = at::opmath_type<T>;
+  extern __shared__ unsigned char smem_raw[];
+  A* s_f = reinterpret_cast<A*>(smem_raw);
+  A* s_x = s_f + p.fh * p.fw;
+
+  const int tw = 1 << p.tw_log2;
+  const int tile_x = blockIdx.x % p.tiles_x;
+  const int tile_y = blockIdx.x / p.tiles_x;
+  const int ox0 = tile_x * tw, oy0 = tile_y * p.th;
+  const int ox_end = min(ox0 + tw, p.OW), oy_end = min(oy0 + p.th, p.OH);
+
+  // Input window (in input pixel coordinates) that this tile reads.
+  const int ix_lo = ceil_div_signed(ox0 * p.downx - p.px0, p.upx);
+  const int ix_hi = floor_div((ox_end - 1) * p.downx + p.fw - 1 - p.px0, p.upx);
+  const int iy_lo = ceil_div_signed(oy0 * p.downy - p.py0, p.upy);
+  const int iy_hi = floor_div((oy_end - 1) * p.downy + p.fh - 1 - p.py0, p.upy);
+  const int win_w = max(ix_hi - ix_lo + 1, 0);
+  const int win_h = max(iy_hi - iy_lo + 1, 0);
+
+  for (int i = threadIdx.x; i < p.fh * p.fw; i += kThreads) s_f[i] = f[i];
+
+  for (int64_t nc = blockIdx.z; nc < p.nc; nc += gridDim.z) {
+    const T* xp = x + nc * p.H * p.W;
+    T* yp = y + nc * p.OH * p.OW;
+    __syncthreads();  // previous plane's reads of s_x are done
+    for (int idx = threadIdx.x; idx < win_w * win_h; idx += kThreads) {
+      const int r = idx / win_w, c = idx - r * win_w;
+      const int iy = iy_lo + r, ix = ix_lo + c;
+      A v = A(0);
+      if (iy >= 0 && iy < p.H && ix >= 0 && ix < p.W) v = static_cast<A>(xp[(int64_t)iy * p.W + ix]);
+      s_x[idx] = v;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < (p.th << p.tw_log2); idx += kThreads) {
+      const int oy = oy0 + (idx >> p.tw_log2);
+      const int ox = ox0 + (idx & (tw - 1));
+      if (oy >= oy_end || ox >= ox_end) continue;
+      const int uy = oy * p.downy - p.py0;  // upsampled coordinate of tap i = 0
+      const int ux = ox * p.downx - p.px0;
+      const int i0 = pos_mod(-uy, p.upy);   // first tap landing on a real (non-inserted) sample
+      const int j0 = pos_mod(-ux, p.upx);
+      const int r0 = (uy + i0) / p.upy - iy_lo;  // exact division
+      const int c0 = (ux + j0) / p.upx - ix_lo;
+      A acc = A(0);
+      for (int i = i0, r = r0; i < p.fh; i += p.upy, ++r) {
+        const A* srow = s_x + r * win_w;
+        const A* frow = s_f + i * p.fw;
+        for (int j = j0, c = c0; j < p.fw; j += p.upx, ++c) acc += srow[c] * frow[j];
+      }
+      yp[(int64_t)oy * p.OW + ox] = static_cast<T>(acc);
+    }
+  }
+}
+
+int window(int tile, int down, int fsize, int up) {  // max input samples a tile can touch
+  const int span = (tile - 1) * down + fsize;
+  return (span + up - 1) / up;
+}
+
+}  // namespace
+
+at::Tensor upfirdn2d_cuda(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, int64_t downx,
+                             int64_t downy, int64_t px0, int64_t px1, int64_t py0, int64_t py1) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 4, "upfirdn2d: x must be a 4D CUDA tensor");
+  TORCH_CHECK(x.is_contiguous(), "upfirdn2d: x must be contiguous");
+  TORCH_CHECK(f.is_cuda() && f.device() == x.device() && f.dim() == 2 && f.is_contiguous(),
+              "upfirdn2d: f must be a contiguous 2D filter on x's device");
+  TORCH_CHECK(upx >= 1 && upy >= 1 && downx >= 1 && downy >= 1, "upfirdn2d: factors must be >= 1");
+  const auto opmath = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(f.scalar_type() == opmath, "upfirdn2d: f must be ", opmath, " for x of ", x.scalar_type());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t fh = f.size(0), fw = f.size(1);
+  const int64_t OH = (H * upy + py0 + py1 - fh) / downy + 1;
+  const int64_t OW = (W * upx + px0 + px1 - fw) / downx + 1;
+  TORCH_CHECK(H * upy + py0 + py1 >= fh && W * upx + px0 + px1 >= fw,
+              "upfirdn2d: padded input is smaller than the filter");
+  TORCH_CHECK(H * upy + std::abs(py0) + std::abs(py1) + fh < (1LL << 30) &&
+                  W * upx + std::abs(px0) + std::abs(px1) + fw < (1LL << 30),
+              "upfirdn2d: spatial size too large for the CUDA kernel");
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options());
+  if (y.numel() == 0) return y;
+
+  const size_t esize = opmath == at::kDouble ? 8 : 4;
+  // Largest tile (64 x 32 outputs) whose input window fits in 48 KB of shared memory.
+  int tw_log2 = 6, th = 32;
+  auto smem_for = [&](int tw, int h) {
+    return (size_t)(window(tw, (int)downx, (int)fw, (int)upx) * (size_t)window(h, (int)downy, (int)fh, (int)upy) +
+                    fh * fw) * esize;
+  };
+  // Small outputs: do not allocate tiles far larger than the image.
+  while (tw_log2 > 3 && (1 << (tw_log2 - 1)) >= OW) --tw_log2;
+  while (th > 8 && th / 2 >= OH) th /= 2;
+  while (smem_for(1 << tw_log2, th) > (size_t)kSmemLimit && (tw_log2 > 0 || th > 1)) {
+    if ((1 << tw_log2) >= th && tw_log2 > 0) --tw_log2; else th /= 2;
+  }
+  const size_t smem = smem_for(1 << tw_log2, th);
+  TORCH_CHECK(smem <= (size_t)kSmemLimit, "upfirdn2d: filter of ", fh, "x", fw,
+              " is too large for the CUDA kernel; use impl='ref'");
+
+  UfdParams p;
+  p.nc = N * C; p.H = (int)H; p.W = (int)W; p.OH = (int)OH; p.OW = (int)OW;
+  p.fh = (int)fh; p.fw = (int)fw; p.upx = (int)upx; p.upy = (int)upy; p.downx = (int)downx;
+  p.downy = (int)downy; p.px0 = (int)px0; p.py0 = (int)py0; p.tw_log2 = tw_log2; p.th = th;
+  p.tiles_x = (int)((OW + (1 << tw_log2) - 1) >> tw_log2);
+  const int64_t tiles_y = (OH + th - 1) / th;
+  const int64_t tiles = tiles_y * p.tiles_x;
+  TORCH_CHECK(tiles < (1LL << 31), "upfirdn2d: output too large for the CUDA kernel");
+  dim3 grid((unsigned)tiles, 1, (unsigned)std::min<int64_t>(p.nc, 65535));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upfirdn2d_cuda", [&] {
+    using A = at::opmath_type<scalar_t>;
+    upfirdn2d_kernel<scalar_t><<<grid, kThreads, smem, stream>>>(
+        x.data_ptr<scalar_t>(), f.data_ptr<A>(), y.data_ptr<scalar_t>(), p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+}  // namespace lgfa
