@@ -284,6 +284,18 @@ def test_fit_validate_test_and_export_with_lightning(tmp_path):
     assert trainer.callback_metrics["test/fd"] >= 0
     assert (tmp_path / "g.safetensors").is_file() and (tmp_path / "g.json").is_file()
     assert list((tmp_path / "samples").glob("*.png"))
+    # Checkpoints are data only (weights_only loading) and restore the progress counters.
+    from omegaconf import DictConfig
+
+    m2 = sg.StyleGANModule(**{**model_kw, "G_kwargs": DictConfig(model_kw["G_kwargs"])})  # as Hydra passes it
+    assert type(m2.hparams["G_kwargs"]) is dict
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
+    assert ckpt["stylegan_progress"]["cur_nimg"] == 8
+    m3 = sg.StyleGANModule(**model_kw)
+    m3.on_load_checkpoint(ckpt)
+    m3.load_state_dict(ckpt["state_dict"])
+    assert m3.iteration == 2 and _dist(m3.G_ema, m.G_ema) == 0
 
 
 def test_trainer_precision_other_than_32_is_refused():
@@ -302,3 +314,26 @@ def test_random_feature_extractor_is_fixed():
     a, b = sg.RandomConvFeatures(), sg.RandomConvFeatures()
     x = _imgs(2)
     assert torch.equal(a(x), b(x)) and a(x).shape == (2, sg.RandomConvFeatures.num_features)
+
+
+def test_eval_with_oracle_and_clip_features(tmp_path):
+    from src.networks.oracle import AttributeOracle, save_oracle
+    from src.networks.small_clip import SmallClip, save_small_clip
+
+    torch.manual_seed(0)
+    save_oracle(AttributeOracle(resolution=16, width=4, hidden=8), tmp_path / "oracle.safetensors")
+    save_small_clip(SmallClip(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=8),
+                    tmp_path / "clip.safetensors")
+    for kw, feat_type in ((dict(oracle_path=str(tmp_path / "oracle.safetensors")), sg._OracleFeatures),
+                          (dict(feature_clip_path=str(tmp_path / "clip.safetensors")), sg._ClipImageFeatures)):
+        m = _detached(sg.StyleGANModule(**TINY, **kw))
+        assert isinstance(m._feature_net, feat_type)
+        m._eval_start()
+        m._eval_step(0)
+        m._eval_step(1)
+        m._eval_end("val")
+        assert torch.isfinite(m.logged["val/fd"])
+        if "oracle_path" in kw:
+            assert 0 <= m.logged["val/attr_dist"] < 2
+        else:
+            assert "val/attr_dist" not in m.logged

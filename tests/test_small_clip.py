@@ -198,6 +198,10 @@ def test_fit_export_and_load_round_trip(cache_file, tmp_path, no_minilm):
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert (tmp_path / "clip_synthetic.text_cache.safetensors").is_file()
     assert out.stat().st_size < 15e6
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)  # data only
+    assert "clip.text_proj.weight" in ckpt["state_dict"]
+    assert "text_table" not in ckpt["state_dict"]  # the cache file is the source of truth
 
     clip = sc.load_small_clip(out, "cpu")  # finds the text cache beside the weights
     assert clip.embed_dim == 32 and clip.image_size == 32

@@ -27,8 +27,6 @@ from torch import Tensor, nn
 
 __all__ = ["AugmentPipe", "AdaptiveP"]
 
-_LUMA = torch.tensor([1.0, 1.0, 1.0]) / math.sqrt(3.0)
-
 
 class AugmentPipe(nn.Module):
     """forward(images [N, C, H, W] in [-1, 1]) -> augmented images [N, C, H, W].
@@ -121,8 +119,8 @@ class AugmentPipe(nn.Module):
             if self.flags["saturation"]:
                 m = self._fire(n, dev)
                 s = torch.exp2(torch.randn(n, **f32) * self.saturation_std * m)
-                v = _LUMA.to(dev)
-                vv = torch.outer(v, v)
+                # Luma axis built on the device (a host->device copy would block the host).
+                vv = torch.full((3, 3), 1.0 / 3.0, **f32)  # outer product of (1,1,1)/sqrt(3)
                 t = torch.eye(4, **f32).repeat(n, 1, 1)
                 # Keep the luma component, scale the chroma plane by s.
                 t[:, :3, :3] = vv + (torch.eye(3, **f32) - vv) * s[:, None, None]

@@ -203,6 +203,9 @@ class ClipModule(pl.LightningModule):
                  total_steps: Optional[int] = None, identity_prob: float = 0.3, neutral_prob: float = 0.1,
                  export_path: Optional[str] = None, seed: int = 0):
         super().__init__()
+        from src.systems.stylegan import _plain
+
+        arch = _plain(arch)  # plain dict in the checkpoint (weights_only loading)
         self.save_hyperparameters()
         self.clip = SmallClip(**(arch or {}))
         cache = self._load_or_build_cache(text_cache_path, text_cache_hash)

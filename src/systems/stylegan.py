@@ -46,6 +46,17 @@ __all__ = ["StyleGANModule", "RenderStepDataModule", "RandomConvFeatures", "buil
 _PRECISIONS = ("fp16_res", "bf16", "fp32")
 
 
+def _plain(value: Any) -> Any:
+    """DictConfig/ListConfig -> plain dict/list (recursively); other values unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 # --------------------------------------------------------------------------------------------
 # data: the reals are rendered inside the step, so the loader only hands out step indices
 # --------------------------------------------------------------------------------------------
@@ -157,9 +168,7 @@ def _load_oracle(path: str) -> nn.Module:
         from src.networks.oracle import load_oracle  # owned by the oracle task
     except ImportError as e:  # pragma: no cover - depends on another module being present
         raise UserError(f"model.oracle_path is set but the oracle loader is unavailable: {e}") from e
-    if not Path(path).is_file():
-        raise UserError(f"oracle weights not found: {path}")
-    return load_oracle(path, "cpu")
+    return load_oracle(path, "cpu")  # raises UserError for missing/mismatched files
 
 
 def build_feature_extractor(clip_path: Optional[str] = None, oracle: Optional[nn.Module] = None,
@@ -229,6 +238,11 @@ class StyleGANModule(pl.LightningModule):
             raise UserError(f"model.resolution must be a power of two >= 8, got {resolution}")
         if batch_size < 1 or (pl_interval and batch_size // max(pl_batch_shrink, 1) < 1):
             raise UserError(f"model.batch_size {batch_size} is too small for pl_batch_shrink {pl_batch_shrink}")
+        # Hydra hands nested nodes over as DictConfig/ListConfig: make them plain so that the
+        # checkpoint's hyper_parameters load with weights_only=True (save_hyperparameters reads
+        # these locals).
+        G_kwargs, D_kwargs, augment_kwargs, betas = (_plain(G_kwargs), _plain(D_kwargs), _plain(augment_kwargs),
+                                                     _plain(betas))
         self.save_hyperparameters()
         self.automatic_optimization = False
 
