@@ -244,3 +244,18 @@ def test_lightning_resume_restores_trainable_weights(trained, tmp_path):
     assert seen["step"] == 2
     for a, b in zip(seen["weights"], trained["module"].animator.parameters()):
         assert torch.equal(a, b.detach())
+
+
+def test_identity_metric_from_the_domain(tmp_path):
+    from src.networks.oracle import AttributeOracle, save_oracle
+
+    torch.manual_seed(0)
+    path = save_oracle(AttributeOracle(resolution=16, width=4, hidden=8).eval(), tmp_path / "oracle")
+    batch = {"caption": ["The person is smiling.", "The person is angry."], "seed": torch.tensor([1, 2])}
+    m = build(domain=tiny_domain(identity_metric="oracle"), identity_metric_path=str(path))
+    metrics = m.evaluate_batch(batch)
+    assert {"id_drift", "id_drift_max", "acd", "text_top1", "frame0_psnr"} <= set(metrics)
+    m = build(domain=tiny_domain(identity_metric="oracle"))  # no weights: CLIP stands in, with a warning
+    with pytest.warns(UserWarning, match="identity metric 'oracle' unavailable"):
+        metrics = m.evaluate_batch(batch)
+    assert "clip_id_drift" in metrics and "id_drift" not in metrics

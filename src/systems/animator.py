@@ -125,7 +125,7 @@ class AnimatorModule(pl.LightningModule):
                  image_offset_schedule: str = "motion", clip_loss: str = "contrastive",
                  cosine_fallback_weight: float = 0.5, lpips_size: Optional[int] = 224, lpips_path: Optional[str] = None,
                  video_every_n_steps: int = 500, video_fps: float = 10.0, num_videos: int = 4,
-                 hash_check: str = "error", inference_only: bool = False,
+                 hash_check: str = "error", inference_only: bool = False, identity_metric_path: Optional[str] = None,
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
                  loss_clip: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
                  identity_net: Optional[nn.Module] = None, identity_metric_net: Optional[nn.Module] = None):
@@ -441,10 +441,43 @@ class AnimatorModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _identity_fn(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+        """The identity embedder of the evaluation metrics and the key prefix of its metrics.
+
+        An in-code ``identity_metric_net`` wins; else domain.identity_metric (oracle: the attribute
+        oracle's identity parameters, from ``identity_metric_path``; dlib; arcface with
+        ``identity_metric_path`` = IR-SE50 weights). When none is configured or it cannot be built,
+        CLIP image features stand in and the keys get the prefix 'clip_' (clip_id_drift, clip_acd).
+        """
         if self.identity_metric_net is not None:
             return self.identity_metric_net, ""
-        # no identity network: CLIP image features stand in (keys prefixed 'clip_')
+        if "_id_embedder" not in self.__dict__:
+            self.__dict__["_id_embedder"] = self._build_identity_embedder()
+        emb = self.__dict__["_id_embedder"]
+        if emb is not None:
+            return emb, ""
         return self._metric_clip().encode_image, "clip_"
+
+    def _build_identity_embedder(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        kind = str(_get(self.domain, "identity_metric", "none"))
+        path = self.hparams.get("identity_metric_path")
+        try:
+            from src.eval.identity import identity_embedder
+
+            if kind == "oracle":
+                if not path:
+                    raise UserError("identity_metric 'oracle' needs model.identity_metric_path (oracle weights)")
+                from src.data.synthetic.params import PARAM_SPACE
+                from src.networks.oracle import load_oracle
+
+                oracle = load_oracle(path, self.device)
+                mask = PARAM_SPACE.mask("identity", device=self.device)
+                return identity_embedder("oracle", fn=lambda x: oracle(x)[:, mask])
+            if kind == "arcface":
+                return identity_embedder("arcface", path=path, device=self.device)
+            return identity_embedder(kind)
+        except (UserError, ImportError, OSError) as e:
+            warnings.warn(f"identity metric '{kind}' unavailable ({e}); CLIP features stand in (clip_* keys)")
+            return None
 
     def _metric_clip(self) -> ClipEncoder:
         return self.loss_clip if self.loss_clip is not None else self.clip
