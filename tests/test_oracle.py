@@ -1,0 +1,98 @@
+"""Attribute oracle: learns on CPU in a few steps, reports R^2, saves/loads round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from src.data.synthetic import PARAM_SPACE, render, sample_params
+from src.data.synthetic_datamodule import RenderIndexDataModule
+from src.networks.oracle import AttributeOracle, load_oracle, oracle_attributes, save_oracle
+from src.systems.oracle import OracleModule, r2_per_param
+from src.utils.errors import UserError
+
+
+def test_forward_shapes_and_resize():
+    net = AttributeOracle(resolution=32, width=4, hidden=16)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, len(PARAM_SPACE))
+    assert net(torch.zeros(2, 3, 48, 48)).shape == (2, len(PARAM_SPACE))
+    with pytest.raises(UserError):
+        AttributeOracle(resolution=48)
+    with pytest.raises(UserError):
+        net(torch.zeros(2, 1, 32, 32))
+
+
+def test_few_cpu_steps_reduce_loss():
+    torch.manual_seed(0)
+    net = AttributeOracle(resolution=32, width=8, hidden=64)
+    params = sample_params(32, torch.Generator().manual_seed(0))
+    images, target = render(params, 32), PARAM_SPACE.normalize(params)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = F.mse_loss(net(images), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_r2_per_param():
+    t = torch.randn(100, 3)
+    assert torch.allclose(r2_per_param(t, t), torch.ones(3))
+    assert torch.allclose(r2_per_param(t.mean(0).expand(100, 3), t), torch.zeros(3), atol=1e-6)
+
+
+def test_lightning_fit_logs_r2_and_exports(tmp_path):
+    export = tmp_path / "oracle"
+    model = OracleModule(resolution=16, width=4, hidden=16, batch_size=8, warmup_steps=1, export_path=str(export))
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, val_check_interval=3,
+                         check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    trainer.fit(model, RenderIndexDataModule(val_batches=2, test_batches=1))
+    m = trainer.callback_metrics
+    assert "val/r2_expression_min" in m and "val/r2/smile" in m and "train/loss" in m
+    assert (tmp_path / "oracle.safetensors").is_file() and (tmp_path / "oracle.json").is_file()
+    trainer.test(model, RenderIndexDataModule(val_batches=1, test_batches=1), verbose=False)
+    assert "test/r2_expression_min" in trainer.callback_metrics
+
+
+def test_save_load_round_trip(tmp_path):
+    net = AttributeOracle(resolution=32, width=4, hidden=16).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        net.features[0][1].running_mean.uniform_(-0.1, 0.1)
+    path = save_oracle(net, tmp_path / "o.safetensors")
+    assert path == tmp_path / "o.safetensors"
+    meta = json.loads((tmp_path / "o.json").read_text())
+    assert meta["param_names"] == PARAM_SPACE.names and meta["init_kwargs"]["width"] == 4
+    back = load_oracle(tmp_path / "o")
+    x = render(sample_params(3, torch.Generator().manual_seed(1)), 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), back(x))
+    attrs = oracle_attributes(back, x)
+    assert set(attrs) == set(PARAM_SPACE.names)
+    for s in PARAM_SPACE.specs:
+        assert attrs[s.name].shape == (3,) and (attrs[s.name] >= s.low).all() and (attrs[s.name] <= s.high).all()
+    meta["param_names"] = meta["param_names"][::-1]
+    (tmp_path / "o.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError):
+        load_oracle(tmp_path / "o")
+    with pytest.raises(UserError):
+        load_oracle(tmp_path / "missing")
+
+
+def test_task_config_composes(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["task=oracle"], tmp_path)
+    assert cfg.task.name == "oracle" and cfg.task.monitor == "val/r2_expression_min" and cfg.task.monitor_mode == "max"
+    assert cfg.trainer.max_steps > 0
+    model, data = instantiate(cfg.model), instantiate(cfg.data)
+    assert isinstance(model, OracleModule) and model.hparams.resolution == 128
+    assert isinstance(data, pl.LightningDataModule)
