@@ -259,3 +259,20 @@ def test_identity_metric_from_the_domain(tmp_path):
     with pytest.warns(UserWarning, match="identity metric 'oracle' unavailable"):
         metrics = m.evaluate_batch(batch)
     assert "clip_id_drift" in metrics and "id_drift" not in metrics
+
+
+def test_hydra_containers_become_plain_hparams():
+    from omegaconf import OmegaConf
+
+    m = build(domain=OmegaConf.create(tiny_domain()), loss=OmegaConf.create(PAPER_LOSS),
+              betas=OmegaConf.create([0.0, 0.99]))
+
+    def plain(x):
+        if isinstance(x, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in x.items())
+        if isinstance(x, (list, tuple)):
+            return all(plain(v) for v in x)
+        return x is None or isinstance(x, (str, int, float, bool))
+
+    assert plain(dict(m.hparams)) and m.hparams["betas"] == [0.0, 0.99]
+    assert m.configure_optimizers().defaults["betas"] == (0.0, 0.99)

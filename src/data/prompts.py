@@ -11,7 +11,7 @@ batch to be distinct, hence batch_size <= number of concepts.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch

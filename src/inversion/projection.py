@@ -15,7 +15,7 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch

@@ -132,6 +132,8 @@ class AnimatorModule(pl.LightningModule):
         super().__init__()
         domain, loss = _plain(domain), _plain(loss)
         self.save_hyperparameters(ignore=list(FROZEN))
+        for key in list(self.hparams):  # hydra hands over DictConfig/ListConfig: checkpoints need plain data
+            self.hparams[key] = _plain(self.hparams[key])
         self.hparams["domain"], self.hparams["loss"] = domain, loss
         missing = [k for k in LOSS_KEYS if k not in loss]
         if missing:
