@@ -27,12 +27,12 @@ def test_forward_shapes_and_resize():
 
 def test_few_cpu_steps_reduce_loss():
     torch.manual_seed(0)
-    net = AttributeOracle(resolution=32, width=8, hidden=64)
-    params = sample_params(32, torch.Generator().manual_seed(0))
-    images, target = render(params, 32), PARAM_SPACE.normalize(params)
+    net = AttributeOracle(resolution=16, width=8, hidden=64)
+    params = sample_params(16, torch.Generator().manual_seed(0))
+    images, target = render(params, 16), PARAM_SPACE.normalize(params)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(15):
         loss = F.mse_loss(net(images), target)
         opt.zero_grad()
         loss.backward()
