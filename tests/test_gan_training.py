@@ -337,3 +337,44 @@ def test_eval_with_oracle_and_clip_features(tmp_path):
             assert 0 <= m.logged["val/attr_dist"] < 2
         else:
             assert "val/attr_dist" not in m.logged
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp16_res", "fp32"])
+def test_cuda_steps_are_finite_and_sync_free(precision, monkeypatch):
+    """On the GPU: fused Adam, fp16 blocks, side-stream renders; torch's sync debug mode must not
+    fire in the step's own code (the renderer and the optimiser run with it off)."""
+    torch.manual_seed(0)
+    kw = {**TINY, "resolution": 32, "batch_size": 8, "precision": precision, "log_every": 0,
+          "G_kwargs": {**TINY["G_kwargs"], "synthesis_kwargs": dict(channel_base=512, channel_max=32,
+                                                                   num_fp16_res=2, conv_clamp=256)},
+          "D_kwargs": dict(channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256)}
+    m = sg.StyleGANModule(**kw, ada=True, ada_interval=1).cuda()
+    _detached(m)
+    for i in range(2):
+        m.training_step(i, i)
+
+    def quiet(fn):
+        def g(*a, **k):
+            mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return fn(*a, **k)
+            finally:
+                torch.cuda.set_sync_debug_mode(mode)
+        return g
+
+    monkeypatch.setattr(synthetic, "render", quiet(synthetic.render))
+    monkeypatch.setattr(synthetic, "sample_params", quiet(synthetic.sample_params))
+    for opt in m.optimizers():
+        monkeypatch.setattr(opt, "step", quiet(opt.step))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(2, 18):
+            m.training_step(i, i)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(p).all() for p in list(m.G.parameters()) + list(m.D.parameters()))
+    assert all(torch.isfinite(p).all() for p in m.G_ema.parameters())

@@ -389,6 +389,10 @@ class StyleGANModule(pl.LightningModule):
         if prec not in ("32-true", "32"):
             raise UserError(f"task=stylegan manages its own mixed precision (model.precision); "
                             f"run the trainer at 32-true, not '{prec}'")
+        if self.trainer.world_size > 1:
+            # Two optimisers toggling requires_grad each phase plus double backward (R1, PL) do
+            # not fit DDP's gradient hooks; the shipped 128 px config trains on one GPU.
+            raise UserError("task=stylegan trains on a single device; use hardware.devices=1")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = bool(self.hparams.allow_tf32)
