@@ -23,7 +23,8 @@ from src.ops import build, policy  # noqa: E402
 from src.ops import upfirdn2d as ufd  # noqa: E402
 
 
-def _time_ms(fn, reps: int, warmup: int = 3) -> float:
+def _time_ms(fn, reps: int, warmup: int = 5, inner: int = 5) -> float:
+    """Median over `reps` of the mean time of `inner` back-to-back calls (CUDA events)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -31,11 +32,22 @@ def _time_ms(fn, reps: int, warmup: int = 3) -> float:
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
+
+
+def _spin_up(seconds: float = 1.0) -> None:
+    """Keep the GPU busy for a moment so clocks have ramped up before the first timing."""
+    a = torch.randn(4096, 4096, device="cuda")
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        for _ in range(20):
+            a = (a @ a).clamp_(-1, 1)
+        torch.cuda.synchronize()
 
 
 def _cases():
@@ -98,6 +110,7 @@ def main() -> None:
     build.get_plugin()
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"extension ready in {time.time() - t0:.1f}s (incl. build if not cached)")
+    _spin_up()
     header = f"{'op':<28} {'shape':<20} {'dtype':<8} {'pass':<8} {'ref ms':>9} {'cuda ms':>9} {'speedup':>8}"
     print(header)
     print("-" * len(header))

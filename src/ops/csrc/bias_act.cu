@@ -79,6 +79,7 @@ __device__ __forceinline__ A bias_act_elem(A z, A g, A alpha, A gain, A clamp) {
 }
 
 constexpr int kThreads = 256;
+constexpr int kUnroll = 4;
 
 template <typename T, int V>
 struct alignas(sizeof(T) * V) VecT {
@@ -101,17 +102,30 @@ __global__ void __launch_bounds__(kThreads) bias_act_rows_kernel(
     const Vec* xr = reinterpret_cast<const Vec*>(x + r * inner);
     const Vec* gr = reinterpret_cast<const Vec*>(g + (ORDER > 0 ? r * inner : 0));
     Vec* yr = reinterpret_cast<Vec*>(y + r * inner);
-    for (int64_t j = (int64_t)blockIdx.x * kThreads + threadIdx.x; j < nvec; j += (int64_t)gridDim.x * kThreads) {
-      const Vec xin = xr[j];
-      Vec gin;
-      if constexpr (ORDER > 0) gin = gr[j];
-      Vec out;
+    // kUnroll vectors per thread, all loads issued before any use (memory-level parallelism).
+    for (int64_t j0 = (int64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x; j0 < nvec;
+         j0 += (int64_t)gridDim.x * kThreads * kUnroll) {
+      Vec xin[kUnroll], gin[kUnroll];
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const A gv = ORDER > 0 ? static_cast<A>(gin.v[k]) : A(0);
-        out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(static_cast<A>(xin.v[k]) + bias, gv, alpha, gain, clamp));
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = j0 + u * kThreads;
+        if (j < nvec) {
+          xin[u] = xr[j];
+          if constexpr (ORDER > 0) gin[u] = gr[j];
+        }
       }
-      yr[j] = out;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = j0 + u * kThreads;
+        if (j >= nvec) break;
+        Vec out;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const A gv = ORDER > 0 ? static_cast<A>(gin[u].v[k]) : A(0);
+          out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(static_cast<A>(xin[u].v[k]) + bias, gv, alpha, gain, clamp));
+        }
+        yr[j] = out;
+      }
     }
   }
 }
@@ -149,7 +163,7 @@ void launch(bool has_b, const at::Tensor& x, const at::Tensor& b, const at::Tens
                       (ORDER == 0 || aligned(gp));
   if (vec_ok) {
     const int64_t rows = numel / inner;
-    int64_t bx = (inner / V + kThreads - 1) / kThreads;
+    int64_t bx = (inner / V + kThreads * kUnroll - 1) / (kThreads * kUnroll);
     int64_t by = std::min<int64_t>(rows, 65535);
     bias_act_rows_kernel<T, ACT, ORDER><<<dim3((unsigned)bx, (unsigned)by), kThreads, 0, stream>>>(
         xp, bp, gp, yp, rows, inner, C, A(alpha), A(gain), A(clamp));

@@ -46,13 +46,18 @@ __device__ __forceinline__ int pos_mod(int a, int b) {
 constexpr int kThreads = 256;
 constexpr int kSmemLimit = 48 * 1024;
 
-template <typename T>
+// Template parameters UPX..FW: compile-time values for the common StyleGAN cases (so the tap
+// loops unroll and index arithmetic becomes shifts/masks), or 0 = read from p at run time.
+template <typename T, int UPX, int UPY, int DNX, int DNY, int FH, int FW>
 __global__ void __launch_bounds__(kThreads) upfirdn2d_kernel(
     const T* __restrict__ x, const at::opmath_type<T>* __restrict__ f, T* __restrict__ y, UfdParams p) {
   using A = at::opmath_type<T>;
   extern __shared__ unsigned char smem_raw[];
+  const int upx = UPX ? UPX : p.upx, upy = UPY ? UPY : p.upy;
+  const int dnx = DNX ? DNX : p.downx, dny = DNY ? DNY : p.downy;
+  const int fh = FH ? FH : p.fh, fw = FW ? FW : p.fw;
   A* s_f = reinterpret_cast<A*>(smem_raw);
-  A* s_x = s_f + p.fh * p.fw;
+  A* s_x = s_f + fh * fw;
 
   const int tw = 1 << p.tw_log2;
   const int tile_x = blockIdx.x % p.tiles_x;
@@ -61,14 +66,14 @@ __global__ void __launch_bounds__(kThreads) upfirdn2d_kernel(
   const int ox_end = min(ox0 + tw, p.OW), oy_end = min(oy0 + p.th, p.OH);
 
   // Input window (in input pixel coordinates) that this tile reads.
-  const int ix_lo = ceil_div_signed(ox0 * p.downx - p.px0, p.upx);
-  const int ix_hi = floor_div((ox_end - 1) * p.downx + p.fw - 1 - p.px0, p.upx);
-  const int iy_lo = ceil_div_signed(oy0 * p.downy - p.py0, p.upy);
-  const int iy_hi = floor_div((oy_end - 1) * p.downy + p.fh - 1 - p.py0, p.upy);
+  const int ix_lo = ceil_div_signed(ox0 * dnx - p.px0, upx);
+  const int ix_hi = floor_div((ox_end - 1) * dnx + fw - 1 - p.px0, upx);
+  const int iy_lo = ceil_div_signed(oy0 * dny - p.py0, upy);
+  const int iy_hi = floor_div((oy_end - 1) * dny + fh - 1 - p.py0, upy);
   const int win_w = max(ix_hi - ix_lo + 1, 0);
   const int win_h = max(iy_hi - iy_lo + 1, 0);
 
-  for (int i = threadIdx.x; i < p.fh * p.fw; i += kThreads) s_f[i] = f[i];
+  for (int i = threadIdx.x; i < fh * fw; i += kThreads) s_f[i] = f[i];
 
   for (int64_t nc = blockIdx.z; nc < p.nc; nc += gridDim.z) {
     const T* xp = x + nc * p.H * p.W;
@@ -82,23 +87,90 @@ __global__ void __launch_bounds__(kThreads) upfirdn2d_kernel(
       s_x[idx] = v;
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < (p.th << p.tw_log2); idx += kThreads) {
-      const int oy = oy0 + (idx >> p.tw_log2);
-      const int ox = ox0 + (idx & (tw - 1));
-      if (oy >= oy_end || ox >= ox_end) continue;
-      const int uy = oy * p.downy - p.py0;  // upsampled coordinate of tap i = 0
-      const int ux = ox * p.downx - p.px0;
-      const int i0 = pos_mod(-uy, p.upy);   // first tap landing on a real (non-inserted) sample
-      const int j0 = pos_mod(-ux, p.upx);
-      const int r0 = (uy + i0) / p.upy - iy_lo;  // exact division
-      const int c0 = (ux + j0) / p.upx - ix_lo;
-      A acc = A(0);
-      for (int i = i0, r = r0; i < p.fh; i += p.upy, ++r) {
-        const A* srow = s_x + r * win_w;
-        const A* frow = s_f + i * p.fw;
-        for (int j = j0, c = c0; j < p.fw; j += p.upx, ++c) acc += srow[c] * frow[j];
+    if constexpr (UPX == 1 && UPY == 1 && DNX == 1 && DNY == 1 && FH > 0 && FW > 0) {
+      // Plain FIR filter: each thread owns one column and a run of consecutive output rows.
+      // Every input row is read from shared memory once and added into the FH outputs it
+      // feeds (accumulators rotate), instead of FH*FW shared loads per output.
+      A fr[FH * FW];
+#pragma unroll
+      for (int k = 0; k < FH * FW; ++k) fr[k] = s_f[k];
+      const int groups = kThreads >> p.tw_log2;
+      const int rpt = (p.th + groups - 1) / groups;
+      const int ox = ox0 + (threadIdx.x & (tw - 1));
+      const int oy_a = oy0 + (threadIdx.x >> p.tw_log2) * rpt;
+      const int n = min(oy_a + rpt, oy_end) - oy_a;
+      if (ox < ox_end && n > 0) {
+        // With up = down = 1: window row of output oy, tap i = (oy - oy0) + i; column likewise.
+        const A* col = s_x + (oy_a - oy0) * win_w + (ox - ox0);
+        A acc[FH];
+#pragma unroll
+        for (int k = 0; k < FH; ++k) acc[k] = A(0);
+        for (int q = 0; q < n + FH - 1; ++q) {  // input row q feeds outputs q-FH+1 .. q
+          A v[FW];
+#pragma unroll
+          for (int j = 0; j < FW; ++j) v[j] = col[q * win_w + j];
+#pragma unroll
+          for (int k = 0; k < FH; ++k) {  // acc[k] is output (q - FH + 1 + k), tap FH-1-k
+#pragma unroll
+            for (int j = 0; j < FW; ++j) acc[k] += v[j] * fr[(FH - 1 - k) * FW + j];
+          }
+          const int o = q - FH + 1;
+          if (o >= 0) yp[(int64_t)(oy_a + o) * p.OW + ox] = static_cast<T>(acc[0]);
+#pragma unroll
+          for (int k = 0; k + 1 < FH; ++k) acc[k] = acc[k + 1];
+          acc[FH - 1] = A(0);
+        }
       }
-      yp[(int64_t)oy * p.OW + ox] = static_cast<T>(acc);
+    } else {
+      // Compile-time variants: a thread's outputs share one column and rows that step by
+      // kThreads / tw (even), so with up <= 2 its tap phases (i0, j0) are fixed; its taps are
+      // gathered into registers once.
+      constexpr bool kSpec = UPX > 0 && UPY > 0 && FH > 0 && FW > 0;
+      constexpr int KH = kSpec ? (FH + UPY - 1) / UPY : 1, KW = kSpec ? (FW + UPX - 1) / UPX : 1;
+      constexpr bool kAllTaps = kSpec && FH % (UPY ? UPY : 1) == 0 && FW % (UPX ? UPX : 1) == 0;
+      A ft[KH * KW];
+      if constexpr (kSpec) {
+        const int uy = (oy0 + (threadIdx.x >> p.tw_log2)) * dny - p.py0;
+        const int ux = (ox0 + (threadIdx.x & (tw - 1))) * dnx - p.px0;
+        const int i0 = pos_mod(-uy, upy), j0 = pos_mod(-ux, upx);
+#pragma unroll
+        for (int ki = 0; ki < KH; ++ki)
+#pragma unroll
+          for (int kj = 0; kj < KW; ++kj) {
+            const int i = i0 + ki * UPY, j = j0 + kj * UPX;
+            ft[ki * KW + kj] = (i < FH && j < FW) ? s_f[i * FW + j] : A(0);
+          }
+      }
+      for (int idx = threadIdx.x; idx < (p.th << p.tw_log2); idx += kThreads) {
+        const int oy = oy0 + (idx >> p.tw_log2);
+        const int ox = ox0 + (idx & (tw - 1));
+        if (oy >= oy_end || ox >= ox_end) continue;
+        const int uy = oy * dny - p.py0;  // upsampled coordinate of tap i = 0
+        const int ux = ox * dnx - p.px0;
+        // First tap landing on a real (non-inserted) sample; uy + i0 is then a multiple of upy.
+        const int i0 = UPY == 1 ? 0 : pos_mod(-uy, upy);
+        const int j0 = UPX == 1 ? 0 : pos_mod(-ux, upx);
+        const int r0 = floor_div(uy + i0, upy) - iy_lo;
+        const int c0 = floor_div(ux + j0, upx) - ix_lo;
+        const A* sx = s_x + r0 * win_w + c0;
+        A acc = A(0);
+        if constexpr (kSpec) {
+#pragma unroll
+          for (int ki = 0; ki < KH; ++ki)
+#pragma unroll
+            for (int kj = 0; kj < KW; ++kj)
+              // (taps past the filter edge would read past the window: skip them)
+              if (kAllTaps || ((i0 + ki * UPY) < FH && (j0 + kj * UPX) < FW))
+                acc += sx[ki * win_w + kj] * ft[ki * KW + kj];
+        } else {
+          for (int i = i0, r = 0; i < fh; i += upy, ++r) {
+            const A* srow = sx + r * win_w;
+            const A* frow = s_f + i * fw;
+            for (int j = j0, c = 0; j < fw; j += upx, ++c) acc += srow[c] * frow[j];
+          }
+        }
+        yp[(int64_t)oy * p.OW + ox] = static_cast<T>(acc);
+      }
     }
   }
 }
@@ -132,9 +204,16 @@ at::Tensor upfirdn2d_cuda(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, 
   at::Tensor y = at::empty({N, C, OH, OW}, x.options());
   if (y.numel() == 0) return y;
 
+  // Specialised kernels for the StyleGAN cases with a 4x4 filter ([1,3,3,1] outer product):
+  // filter2d, 2x upsampling and 2x downsampling; everything else uses the generic kernel.
+  const bool f44 = fh == 4 && fw == 4;
+  const int variant = !f44 ? 0
+                    : (upx == 1 && upy == 1 && downx == 1 && downy == 1) ? 1
+                    : (upx == 2 && upy == 2 && downx == 1 && downy == 1) ? 2
+                    : (upx == 1 && upy == 1 && downx == 2 && downy == 2) ? 3 : 0;
   const size_t esize = opmath == at::kDouble ? 8 : 4;
   // Largest tile (64 x 32 outputs) whose input window fits in 48 KB of shared memory.
-  int tw_log2 = 6, th = 32;
+  int tw_log2 = 6, th = (variant == 1) ? 64 : 32;
   auto smem_for = [&](int tw, int h) {
     return (size_t)(window(tw, (int)downx, (int)fw, (int)upx) * (size_t)window(h, (int)downy, (int)fh, (int)upy) +
                     fh * fw) * esize;
@@ -162,8 +241,15 @@ at::Tensor upfirdn2d_cuda(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, 
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upfirdn2d_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
-    upfirdn2d_kernel<scalar_t><<<grid, kThreads, smem, stream>>>(
-        x.data_ptr<scalar_t>(), f.data_ptr<A>(), y.data_ptr<scalar_t>(), p);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const A* fp = f.data_ptr<A>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    switch (variant) {
+      case 1: upfirdn2d_kernel<scalar_t, 1, 1, 1, 1, 4, 4><<<grid, kThreads, smem, stream>>>(xp, fp, yp, p); break;
+      case 2: upfirdn2d_kernel<scalar_t, 2, 2, 1, 1, 4, 4><<<grid, kThreads, smem, stream>>>(xp, fp, yp, p); break;
+      case 3: upfirdn2d_kernel<scalar_t, 1, 1, 2, 2, 4, 4><<<grid, kThreads, smem, stream>>>(xp, fp, yp, p); break;
+      default: upfirdn2d_kernel<scalar_t, 0, 0, 0, 0, 0, 0><<<grid, kThreads, smem, stream>>>(xp, fp, yp, p); break;
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;
