@@ -155,7 +155,7 @@ class TrainConfig:
 
 @dataclass
 class AnimateConfig:
-    checkpoint: str = "${paths.assets}/animator_synthetic.ckpt"
+    checkpoint: str = "${paths.assets}/animator_synthetic.safetensors"
     image: Optional[str] = None       # a face photo / render, projected into the generator
     latent: Optional[str] = None      # a W [1,w_dim] or W+ [1,num_ws,w_dim] file
     seed: Optional[int] = None        # sample the input face from the generator

@@ -540,19 +540,12 @@ class AnimatorModule(pl.LightningModule):
         return torch.optim.Adam(groups, betas=betas)
 
 
-def load_animator(path: str | Path, device: str | torch.device = "cpu", map_overrides: Optional[Mapping] = None,
-                  hash_check: Optional[str] = None, **modules: nn.Module) -> AnimatorModule:
-    """Rebuild an :class:`AnimatorModule` for inference from a checkpoint.
+# config entries that name files; relative paths in an exported animator are relative to its folder
+_FILE_KEYS = ("domain.generator.checkpoint", "domain.clip.checkpoint", "domain.loss_clip.checkpoint",
+              "domain.clip.pretrained", "domain.loss_clip.pretrained", "identity_metric_path")
 
-    The generator and CLIP are loaded from the files named in the saved config (``map_overrides``
-    changes config entries, nested or dotted, e.g. {'domain.generator.checkpoint': '/new/G.pkl'});
-    their sha256 must match the checkpoint's record (``hash_check`` error|warn|off, default: the
-    checkpoint's setting). In-code modules (generator=, clip=, ...) replace file loading.
-    The checkpoint is read with torch.load(weights_only=True).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"animator checkpoint not found: {path}")
+
+def _read_lightning_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -560,7 +553,77 @@ def load_animator(path: str | Path, device: str | torch.device = "cpu", map_over
         raise UserError(f"{path}: not a loadable checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise UserError(f"{path}: not an animator checkpoint (no hyper_parameters/state_dict)")
-    hp = _plain(dict(ckpt["hyper_parameters"]))
+    return _plain(dict(ckpt["hyper_parameters"])), ckpt["state_dict"], ckpt.get("frozen_hashes") or {}
+
+
+def _read_safetensors_export(path: Path) -> tuple[dict, dict, dict]:
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not an exported animator (metadata format {meta.get('format')!r}, "
+                        f"expected {CHECKPOINT_FORMAT!r})")
+    hp, hashes = json.loads(meta["hyper_parameters"]), json.loads(meta.get("frozen_hashes", "{}"))
+    for key in _FILE_KEYS:  # relative file names are relative to the export's folder
+        value = _get(hp, key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (path.parent / value).exists():
+            _set(hp, key, str(path.parent / value))
+    return hp, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, hashes
+
+
+def export_animator(module: "AnimatorModule", path: str | Path, relative_to: Optional[str | Path] = None,
+                    fp16: bool = False) -> Path:
+    """Save an animator for distribution: its trainable weights as safetensors, the config and the
+    frozen weights' hashes in the metadata header. With ``relative_to``, file names in the config
+    under that folder are stored relative to it (so an assets/ folder can move). Atomic."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from src.utils.io import atomic_write
+
+    hp = _plain(dict(module.hparams))
+    hp = {k: v for k, v in hp.items() if k not in FROZEN}
+    if relative_to is not None:
+        base = Path(relative_to).resolve()
+        for key in _FILE_KEYS:
+            value = _get(hp, key)
+            if isinstance(value, str) and value and Path(value).resolve().is_relative_to(base):
+                _set(hp, key, str(Path(value).resolve().relative_to(base)))
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in module.trainable_state_dict().items()}
+    meta = {"format": CHECKPOINT_FORMAT, "hyper_parameters": json.dumps(hp),
+            "frozen_hashes": json.dumps(module.frozen_hashes)}
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_animator(path: str | Path, device: str | torch.device = "cpu", map_overrides: Optional[Mapping] = None,
+                  hash_check: Optional[str] = None, **modules: nn.Module) -> AnimatorModule:
+    """Rebuild an :class:`AnimatorModule` for inference from a Lightning checkpoint (``.ckpt``, read
+    with torch.load(weights_only=True)) or an export of :func:`export_animator` (``.safetensors``).
+
+    The generator and CLIP are loaded from the files named in the saved config (``map_overrides``
+    changes config entries, nested or dotted, e.g. {'domain.generator.checkpoint': '/new/G.pkl'});
+    their sha256 must match the checkpoint's record (``hash_check`` error|warn|off, default: the
+    checkpoint's setting). In-code modules (generator=, clip=, ...) replace file loading.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"animator checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    is_zip = head[:2] == b"PK"
+    hp, state_dict, hashes = (_read_lightning_checkpoint(path) if is_zip or path.suffix == ".ckpt"
+                              else _read_safetensors_export(path))
     for key, value in _flatten(_plain(dict(map_overrides or {}))).items():
         _set(hp, key, value)
     hp["inference_only"] = True
@@ -568,9 +631,9 @@ def load_animator(path: str | Path, device: str | torch.device = "cpu", map_over
         hp["hash_check"] = hash_check
     hp = {k: v for k, v in hp.items() if k not in FROZEN}
     module = AnimatorModule(**hp, **modules)
-    module.check_frozen_hashes(ckpt.get("frozen_hashes") or {})
+    module.check_frozen_hashes(hashes)
     try:
-        module.load_state_dict(ckpt["state_dict"], strict=True)
+        module.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[0]})") from None
     return module.to(device).eval()

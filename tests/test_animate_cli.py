@@ -1,0 +1,125 @@
+"""animate.py end to end on a tiny exported animator, and its one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import animate
+from src.systems.animator import AnimatorModule, export_animator, load_animator
+from tests.conftest import ROOT
+from tests.test_animator import PAPER_LOSS, register_tiny_clip, tiny_clip_model, tiny_domain, tiny_generator
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny animator exported to safetensors next to its generator and CLIP files (relative names)."""
+    from src.stylegan import save_generator
+
+    tmp = tmp_path_factory.mktemp("assets")
+    g_path = save_generator(tiny_generator(), tmp / "G")
+    name = register_tiny_clip(tmp)
+    clip_path = tmp / "clip.pt"
+    torch.save(tiny_clip_model().state_dict(), clip_path)
+    clip_cfg = {"kind": "open_clip", "model_name": name, "pretrained": str(clip_path), "checkpoint": None}
+    domain = tiny_domain(generator={"checkpoint": str(g_path), "truncation_psi": 0.7, "noise_mode": "const"},
+                         clip=clip_cfg, loss_clip=dict(clip_cfg))
+    torch.manual_seed(0)
+    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, hidden=8, train_frames=3, val_frames=4)
+    path = export_animator(module, tmp / "animator.safetensors", relative_to=tmp)
+    return dict(tmp=tmp, path=path, module=module)
+
+
+def test_export_is_relocatable_and_round_trips(exported, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    with safe_open(str(exported["path"]), framework="pt") as f:
+        meta = f.metadata()
+    assert '"checkpoint": "G.safetensors"' in meta["hyper_parameters"]  # stored relative to the folder
+    moved = tmp_path / "moved"
+    shutil.copytree(exported["tmp"], moved)
+    loaded = load_animator(moved / "animator.safetensors")
+    assert str(moved) in str(loaded.hparams["domain"]["generator"]["checkpoint"])
+    w = exported["module"].sample_latents(1, seed=5)
+    a = exported["module"].animate(w, ["The person is smiling."], num_frames=4, seed=1)
+    b = loaded.animate(w, ["The person is smiling."], num_frames=4, seed=1)
+    torch.testing.assert_close(a["frames"], b["frames"])
+
+
+def test_animate_writes_video_and_strip(exported, tmp_path, capsys):
+    out = tmp_path / "out" / "clip.gif"
+    rc = animate.main([f"checkpoint={exported['path']}", "seed=3", "frames=5", f"output={out}",
+                       'text=["The person is smiling.","The person is angry."]'])
+    assert rc == 0, capsys.readouterr().err
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.n_frames == 9  # two chained segments of 5 frames share one frame
+        assert im.size == (16, 16)
+    with Image.open(out.with_suffix(".png")) as strip:
+        assert strip.size[1] == 16 and strip.size[0] == 16 * 8
+    assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]  # no temp files left
+
+
+def test_animate_mp4_and_latent_input(exported, tmp_path, capsys):
+    w = exported["module"].sample_latents(1, seed=2)
+    lat = tmp_path / "w.npy"
+    np.save(lat, w.numpy())
+    out = tmp_path / "a.mp4"
+    rc = animate.main([f"checkpoint={exported['path']}", f"latent={lat}", "frames=4", f"output={out}", "strip=false"])
+    assert rc == 0, capsys.readouterr().err
+    assert out.stat().st_size > 0 and not out.with_suffix(".png").exists()
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(out)
+    assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["checkpoint=/nonexistent/animator.safetensors"], "not found"),
+    (["output=video.avi"], "unsupported video format"),
+    (["frames=1"], "frames"),
+    (["fps=0"], "fps"),
+    (["decay=quadratic"], "decay"),
+    (["seed=1", "latent=x.npy"], "only one of"),
+    (["framez=3"], "framez"),
+    (["text="], "text"),
+])
+def test_bad_arguments_one_line(exported, args, needle, tmp_path, capsys):
+    base = [f"checkpoint={exported['path']}", f"output={tmp_path / 'o.mp4'}"]
+    rc = animate.main(base + args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert needle in err
+    assert not list(tmp_path.glob("o*"))  # nothing half-written
+
+
+def test_bad_files_one_line(exported, tmp_path, capsys):
+    bad_img = tmp_path / "face.png"
+    bad_img.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    bad_lat = tmp_path / "w.npy"
+    np.save(bad_lat, np.zeros((3, 7), dtype=np.float32))
+    bad_ckpt = tmp_path / "animator.safetensors"
+    bad_ckpt.write_bytes(b"not a checkpoint at all")
+    long_prompt = "The person is " + "very " * 200 + "happy."
+    for args in ([f"image={bad_img}"], [f"latent={bad_lat}"], [f"text={long_prompt}"]):
+        rc = animate.main([f"checkpoint={exported['path']}", f"output={tmp_path / 'o.mp4'}", *args])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("error:") and len(err.splitlines()) == 1, (args, err)
+    rc = animate.main([f"checkpoint={bad_ckpt}", f"output={tmp_path / 'o.mp4'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and str(bad_ckpt) in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "animate.py"), f"checkpoint={tmp_path / 'missing.safetensors'}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
