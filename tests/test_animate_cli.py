@@ -123,3 +123,26 @@ def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_evaluate_cli_prints_json_with_oracle_scores(exported, tmp_path, capsys):
+    import json
+
+    from src.eval import evaluate
+    from src.networks.oracle import AttributeOracle, save_oracle
+
+    oracle_path = save_oracle(AttributeOracle(resolution=16, width=4, hidden=8), tmp_path / "oracle")
+    out = tmp_path / "res.json"
+    rc = evaluate.main([str(exported["path"]), "--faces", "3", "--frames", "4", "--batch", "2",
+                        "--oracle", str(oracle_path), "--concepts", "smiling", "winking", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads(printed)
+    assert json.loads(out.read_text()) == result
+    s = result["summary"]
+    for key in ("text_top1", "clip_score", "frame0_psnr", "pixel_jerk", "oracle_reach", "oracle_right_way",
+                "oracle_identity_drift"):
+        assert key in s, key
+    assert s["frame0_psnr"] >= 99.0  # frame 0 is the input face exactly
+    assert 0.0 <= s["text_top1"] <= 1.0 and set(result["per_concept"]) == {"smiling", "winking"}
+    assert evaluate.main(["/nonexistent.safetensors"]) == 2
