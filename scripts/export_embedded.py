@@ -1,0 +1,68 @@
+"""Collect the trained embedded-default models into one assets folder with their canonical names.
+
+    python scripts/export_embedded.py --animator-ckpt RUN/checkpoints/last.ckpt --generator G.safetensors \
+        --clip CLIP.safetensors --oracle ORACLE.safetensors --out assets
+
+Files are copied byte for byte (with their .json sidecars and the CLIP text cache), so the hashes the
+animator checkpoint recorded still match; the animator is exported as safetensors whose config names
+the other files relative to the assets folder (relocatable).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NAMES = {"generator": "stylegan2_synthetic128", "clip": "clip_synthetic", "oracle": "oracle_synthetic"}
+
+
+def copy_with_sidecars(src: Path, out_dir: Path, stem: str) -> Path:
+    """Copy X.safetensors plus X.json and X.text_cache.safetensors when present. Returns the new path."""
+    from src.utils.errors import UserError
+
+    if not src.is_file():
+        raise UserError(f"{src}: not found")
+    for suffix in (".safetensors", ".json", ".text_cache.safetensors"):
+        part = src.parent / (src.stem + suffix)
+        if part.is_file():
+            dst = out_dir / (stem + suffix)
+            if part.resolve() != dst.resolve():
+                shutil.copyfile(part, dst)
+    return out_dir / f"{stem}.safetensors"
+
+
+def main(argv=None) -> int:
+    from src.utils.errors import UserError
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--animator-ckpt", required=True)
+    ap.add_argument("--generator", required=True)
+    ap.add_argument("--clip", required=True)
+    ap.add_argument("--oracle", required=True)
+    ap.add_argument("--out", default=str(ROOT / "assets"))
+    args = ap.parse_args(argv)
+    try:
+        from src.systems.animator import export_animator, load_animator
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {key: copy_with_sidecars(Path(getattr(args, key)), out, stem) for key, stem in NAMES.items()}
+        module = load_animator(args.animator_ckpt, map_overrides={
+            "domain.generator.checkpoint": str(paths["generator"]), "domain.clip.checkpoint": str(paths["clip"]),
+            "domain.loss_clip.checkpoint": str(paths["clip"]), "identity_metric_path": str(paths["oracle"])})
+        dst = export_animator(module, out / "animator_synthetic.safetensors", relative_to=out)
+        for f in sorted(out.iterdir()):
+            print(f"{f.stat().st_size / 1e6:8.2f} MB  {f}")
+        print(f"exported {dst}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
