@@ -54,6 +54,12 @@ def test_bias_act_forward_and_grads(act, dtype, clamp):
         x = (torch.randn(shape, device="cuda", generator=g) * 2).to(dtype)
         b = torch.randn(shape[dim], device="cuda", generator=g).to(dtype)
         w = torch.randn(shape, device="cuda", generator=g).to(dtype)
+        if clamp is not None and dtype != torch.float32:
+            # Half precision rounds act(x+b)*gain differently in the two implementations, so an
+            # element within rounding of the clamp edge may be clamped in one and not the other;
+            # give such elements no gradient weight (they are compared in float32 and float64).
+            v = ba.bias_act(x.float(), b.float(), dim=dim, act=act, impl="ref")
+            w = torch.where((v.abs() - clamp).abs() < 0.05, torch.zeros_like(w), w)
         outs = {}
         for impl in ("cuda", "ref"):
             xi = x.clone().requires_grad_()
@@ -128,11 +134,13 @@ def test_upfirdn2d_forward_and_grads(case, dtype):
     for impl in ("cuda", "ref"):
         xi = x.clone().requires_grad_()
         y = ufd.upfirdn2d(xi, f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl=impl)
-        w = torch.randn(y.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(9)).to(dtype)
+        w = torch.randn(y.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(9))
+        w = w.to(dtype).requires_grad_()
         (dx,) = torch.autograd.grad((y * w).sum(), xi, create_graph=True)
-        (ddx,) = torch.autograd.grad((dx.float() * x.float()).sum(), xi)
-        outs[impl] = (y, dx, ddx)
-    for name, c, r in zip(("y", "dx", "ddx"), outs["cuda"], outs["ref"]):
+        # dx is linear in w: differentiate through the backward pass (double backward).
+        (dw,) = torch.autograd.grad((dx.float() * x.float()).sum(), w)
+        outs[impl] = (y, dx, dw)
+    for name, c, r in zip(("y", "dx", "dw"), outs["cuda"], outs["ref"]):
         assert c.dtype == r.dtype and c.shape == r.shape, name
         _close(c, r, dtype, scale=4 * max(1.0, float(gain)))
 

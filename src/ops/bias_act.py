@@ -173,7 +173,10 @@ class _BiasActCuda(torch.autograd.Function):
     def backward(ctx, dy):
         x, b = ctx.saved_tensors
         c = ctx.c
-        dx = _BiasActGrad.apply(dy, x, b, c)
+        if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
+            dx = _BiasActGrad.apply(dy, x, b, c)
+        else:  # plain backward: skip the extra autograd.Function (Python overhead)
+            dx = _run(c, dy.to(x.dtype).contiguous(), x, b, 1)
         db = _sum_to_bias(dx, c.dim).to(ctx.b_dtype) if ctx.has_b and ctx.needs_input_grad[1] else None
         return (dx if ctx.needs_input_grad[0] else None), db, None
 
@@ -184,8 +187,9 @@ class _BiasActGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dy, x, b, c: _Ctx):
         ctx.c = c
+        dy = dy.to(x.dtype).contiguous()
         ctx.save_for_backward(dy, x, b)
-        return _run(c, dy.contiguous(), x, b, 1)
+        return _run(c, dy, x, b, 1)
 
     @staticmethod
     def backward(ctx, ddx):

@@ -219,30 +219,36 @@ def _grad_params(p: _Params, in_h: int, in_w: int, out_h: int, out_w: int, fw: i
         not p.flip, p.gain)
 
 
+def _launch(x: torch.Tensor, f: torch.Tensor, p: _Params) -> torch.Tensor:
+    """One kernel call: [N, C, H, W] -> [N, C, OH, OW] (no autograd)."""
+    # The kernel takes a 2D correlation filter; a separable [fw] filter becomes its outer product
+    # (same result; the per-axis gain sqrt(gain) multiplies to gain).
+    f2 = torch.outer(f, f) if f.ndim == 1 else f
+    f2 = f2.to(torch.float64 if x.dtype == torch.float64 else torch.float32) * p.gain
+    if not p.flip:
+        f2 = f2.flip([0, 1])  # true convolution = correlation with the flipped filter
+    return p.plugin.upfirdn2d(x.contiguous(), f2.contiguous(), p.upx, p.upy, p.downx, p.downy,
+                              p.px0, p.px1, p.py0, p.py1)
+
+
 class _UpFirDn2dCuda(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, f, p: _Params):
-        # The kernel takes a 2D filter; a separable [fw] filter is its outer product (same result,
-        # the per-axis gain sqrt(gain) multiplies to gain).
-        f2 = torch.outer(f, f) if f.ndim == 1 else f
-        f2 = f2.to(torch.float64 if x.dtype == torch.float64 else torch.float32) * p.gain
-        if not p.flip:
-            f2 = f2.flip([0, 1])  # kernel computes a correlation
-        y = p.plugin.upfirdn2d(x.contiguous(), f2.contiguous(), p.upx, p.upy, p.downx, p.downy,
-                               p.px0, p.px1, p.py0, p.py1)
         ctx.p = p
         ctx.in_hw = (x.shape[2], x.shape[3])
         ctx.save_for_backward(f)
-        return y
+        return _launch(x, f, p)
 
     @staticmethod
     def backward(ctx, dy):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
         (f,) = ctx.saved_tensors
-        p = ctx.p
         fw, fh = _get_filter_size(f)
-        gp = _grad_params(p, ctx.in_hw[0], ctx.in_hw[1], dy.shape[2], dy.shape[3], fw, fh)
-        dx = _UpFirDn2dCuda.apply(dy, f, gp) if ctx.needs_input_grad[0] else None
-        return dx, None, None
+        gp = _grad_params(ctx.p, ctx.in_hw[0], ctx.in_hw[1], dy.shape[2], dy.shape[3], fw, fh)
+        if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
+            return _UpFirDn2dCuda.apply(dy, f, gp), None, None
+        return _launch(dy, f, gp), None, None  # plain backward: no extra autograd node
 
 
 # ----------------------------------------------------------------------------------------------
