@@ -10,7 +10,7 @@ RUNS=${RUNS:-/tmp/lgfa_runs}
 STAGES=${STAGES:-"oracle clip stylegan animator evaluate"}
 mkdir -p "$RUNS"
 export PYTHONUNBUFFERED=1
-common="paths.log_dir=$RUNS hardware=gpu logger=csv"
+common="paths.log_dir=$RUNS hardware=${HW:-gpu} logger=csv"
 
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stage() {
@@ -37,7 +37,7 @@ if has evaluate; then
   python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
     --oracle "$O" --out "$RUNS/assets" > "$RUNS/export.log" 2>&1 &&
   python -m src.eval.evaluate "$RUNS/assets/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
-    --oracle "$RUNS/assets/oracle_synthetic.safetensors" --device cuda --out "$RUNS/eval.json" > "$RUNS/evaluate.log" 2>&1
+    --oracle "$RUNS/assets/oracle_synthetic.safetensors" --device ${EVAL_DEVICE:-cuda} --out "$RUNS/eval.json" > "$RUNS/evaluate.log" 2>&1
   echo "end evaluate rc=$? $(date +%s)" >> "$RUNS/stages"
 fi
 echo "all done $(date +%s)" >> "$RUNS/stages"
