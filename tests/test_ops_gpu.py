@@ -91,6 +91,24 @@ def test_bias_act_gradgradcheck_float64(act):
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
 
+@pytest.mark.parametrize("act", ["relu", "lrelu", "elu", "selu", "softplus", "swish"])
+def test_bias_act_kink_at_exact_zero_matches_reference(act):
+    """z = x + b == 0 exactly (frequent in bfloat16): same one-sided derivative conventions."""
+    x = torch.tensor([[-1.0, 0.0, 0.5, 0.0]], device="cuda", dtype=torch.float64).repeat(2, 1)
+    b = torch.tensor([0.0, 0.0], device="cuda", dtype=torch.float64)
+    x[1] = -0.25
+    b[1] = 0.25
+    res = {}
+    for impl in ("cuda", "ref"):
+        xi = x.clone().requires_grad_()
+        y = ba.bias_act(xi, b, dim=0, act=act, impl=impl)
+        (dx,) = torch.autograd.grad(y.sum(), xi, create_graph=True)
+        (ddx,) = torch.autograd.grad(dx.sum(), xi, allow_unused=True) if dx.requires_grad else (None,)
+        res[impl] = (y, dx, torch.zeros_like(x) if ddx is None else ddx)
+    for c, r in zip(res["cuda"], res["ref"]):
+        torch.testing.assert_close(c, r)
+
+
 def test_bias_act_noncontiguous_no_bias_and_many_rows():
     x = torch.randn(2, 8, 32, 32, device="cuda").to(memory_format=torch.channels_last)
     torch.testing.assert_close(ba.bias_act(x, act="lrelu", impl="cuda"), ba.bias_act(x, act="lrelu", impl="ref"))

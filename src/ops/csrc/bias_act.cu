@@ -43,14 +43,16 @@ __device__ __forceinline__ void act_eval(A z, A alpha, A& v, A& d1, A& d2) {
     v = s; d1 = s * (A(1) - s); d2 = d1 * (A(1) - A(2) * s);
   } else if constexpr (ACT == kElu) {
     A e = exp(z);
-    v = z > A(0) ? z : expm1(z); d1 = z > A(0) ? A(1) : e; d2 = z > A(0) ? A(0) : e;
+    // At the kink z == 0: d1 = 1 from both sides; d2 = 0 there, as PyTorch's double backward
+    // (which masks with z < 0) - exact zeros are common in bfloat16 when x == -b.
+    v = z > A(0) ? z : expm1(z); d1 = z > A(0) ? A(1) : e; d2 = z < A(0) ? e : A(0);
   } else if constexpr (ACT == kSelu) {
     const A scale = A(1.0507009873554804934193349852946);
     const A a = A(1.6732632423543772848170429916717);
     A e = exp(z);
     v = z > A(0) ? scale * z : scale * a * expm1(z);
     d1 = z > A(0) ? scale : scale * a * e;
-    d2 = z > A(0) ? A(0) : scale * a * e;
+    d2 = z < A(0) ? scale * a * e : A(0);  // 0 at z == 0, as for elu
   } else if constexpr (ACT == kSoftplus) {
     // Same threshold (20) as torch.nn.functional.softplus: linear above it.
     A s = sigmoid_of(z);
