@@ -5,6 +5,13 @@ set -u
 cd "$(dirname "$0")/../.."
 export LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+rm -rf /tmp/lgfa_runs
+RUNS=/tmp/lgfa_runs \
+EXTRA_ORACLE="+trainer.max_time=00:00:07:00 ${X_ORACLE:-}" EXTRA_CLIP="+trainer.max_time=00:00:07:00 ${X_CLIP:-}" \
+EXTRA_STYLEGAN="+trainer.max_time=00:00:${GAN_MIN:-13}:00 ${X_STYLEGAN:-}" \
+EXTRA_ANIMATOR="+trainer.max_time=00:00:${ANIM_MIN:-6}:00 ${X_ANIMATOR:-}" \
+setsid nohup bash scripts/device/train_embedded.sh > /tmp/lgfa_pipeline.log 2>&1 < /dev/null &
+echo "launched pipeline"
 S="trainer.val_check_interval=5 trainer.log_every_n_steps=5 data.val_batches=1 data.test_batches=1"
 if [ "${SKIP_SMOKE:-0}" != 1 ]; then
   rm -rf /tmp/smoke
@@ -18,10 +25,3 @@ if [ "${SKIP_SMOKE:-0}" != 1 ]; then
     echo "SMOKE FAILED"; for f in /tmp/smoke/*.log; do echo "== $f"; tail -n 25 "$f"; done; exit 1
   fi
 fi
-rm -rf /tmp/lgfa_runs
-RUNS=/tmp/lgfa_runs \
-EXTRA_ORACLE="+trainer.max_time=00:00:07:00 ${X_ORACLE:-}" EXTRA_CLIP="+trainer.max_time=00:00:07:00 ${X_CLIP:-}" \
-EXTRA_STYLEGAN="+trainer.max_time=00:00:${GAN_MIN:-13}:00 ${X_STYLEGAN:-}" \
-EXTRA_ANIMATOR="+trainer.max_time=00:00:${ANIM_MIN:-6}:00 ${X_ANIMATOR:-}" \
-setsid nohup bash scripts/device/train_embedded.sh > /tmp/lgfa_pipeline.log 2>&1 < /dev/null &
-echo "launched pipeline"
