@@ -512,7 +512,7 @@ class AnimatorModule(pl.LightningModule):
     @torch.no_grad()
     def log_video(self) -> Optional[Path]:
         """Render a grid video of the first ``num_videos`` prompts (fixed faces) into <run>/videos/."""
-        from src.utils.video import write_grid_video
+        from src.utils.video import default_video_suffix, write_grid_video
 
         if self.trainer is None or not self.prompt_list:
             return None
@@ -520,14 +520,15 @@ class AnimatorModule(pl.LightningModule):
         prompts = self.prompt_list[:k]
         ws = self.sample_latents(seeds=list(range(k)))
         out = self.animate(ws, prompts, num_frames=int(self.hparams.val_frames), decay=self.hparams.val_decay)
-        path = Path(self.trainer.default_root_dir) / "videos" / f"step{self.global_step:07d}.mp4"
+        suffix = default_video_suffix()  # gif where ffmpeg is missing (e.g. a bare GPU node)
+        path = Path(self.trainer.default_root_dir) / "videos" / f"step{self.global_step:07d}{suffix}"
         write_grid_video(out["frames"].cpu(), path, fps=float(self.hparams.video_fps))
         for logger in self.loggers:
             if type(logger).__name__ == "WandbLogger":
                 import wandb
 
                 logger.experiment.log({"train/video": wandb.Video(str(path), fps=int(self.hparams.video_fps),
-                                                                  format="mp4"),
+                                                                  format=suffix.lstrip(".")),
                                        "trainer/global_step": self.global_step})
         return path
 

@@ -21,6 +21,22 @@ def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def mp4_available() -> bool:
+    """Whether mp4 can be written here (imageio's ffmpeg plugin and binary are installed)."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+        return True
+    except Exception:  # not installed, or no binary for this platform
+        return False
+
+
+def default_video_suffix() -> str:
+    """'.mp4' where ffmpeg is available, else '.gif' (training logs must never fail on a codec)."""
+    return ".mp4" if mp4_available() else ".gif"
+
+
 def video_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The container format: explicit ``fmt`` or the file extension; a clear error otherwise."""
     fmt = (fmt or Path(path).suffix.lstrip(".")).lower()
@@ -35,6 +51,8 @@ def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 10.0
         raise UserError(f"fps must be positive, got {fps}")
     fmt = video_format(path, fmt)
     data = to_uint8_frames(frames)
+    if fmt == "mp4" and not mp4_available():
+        raise UserError(f"cannot write {path}: mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or use .gif/.webp")
     with atomic_write(path) as tmp:
         if fmt == "mp4":
             import imageio.v2 as imageio

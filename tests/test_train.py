@@ -1,0 +1,93 @@
+"""train.py on a tiny model: fast_dev_run, run records, resume from last.ckpt, wandb offline, errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, compose_train
+from tests.test_animator import register_tiny_clip, tiny_clip_model, tiny_generator
+
+
+CKPT_EVERY_STEP = "callbacks.model_checkpoint.every_n_train_steps=1"
+
+
+@pytest.fixture(scope="module")
+def tiny_overrides(tmp_path_factory):
+    from src.stylegan import save_generator
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    g_path = save_generator(tiny_generator(), tmp / "G")
+    name = register_tiny_clip(tmp)
+    clip_path = tmp / "clip.pt"
+    torch.save(tiny_clip_model().state_dict(), clip_path)
+    over = ["task=animator", "domain=synthetic", "loss=paper", "hardware=cpu", "logger=csv",
+            f"domain.generator.checkpoint={g_path}", "domain.resolution=16", "domain.perceptual=none",
+            "domain.identity_metric=none", "domain.prompts.concepts=[smiling,angry,winking]",
+            "model.hidden=8", "model.val_frames=4", "model.video_every_n_steps=0",
+            "data.batch_size=3", "data.val_batches=1", "data.test_batches=1", "data.train_batches=4",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"]
+    for key in ("clip", "loss_clip"):
+        over += [f"domain.{key}.kind=open_clip", f"domain.{key}.model_name={name}",
+                 f"domain.{key}.pretrained={clip_path}", f"domain.{key}.checkpoint=null"]
+    return over
+
+
+def test_fast_dev_run(tiny_overrides, tmp_path):
+    from train import train
+
+    cfg = compose_train(tiny_overrides + ["debug=fast_dev_run"], tmp_path)
+    metrics = train(cfg)
+    assert "test/text_top1" in metrics and "train/loss" in metrics
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_run_records_and_resume(tiny_overrides, tmp_path, capsys):
+    from train import train
+
+    cfg = compose_train(tiny_overrides + ["seed=7", CKPT_EVERY_STEP], tmp_path)
+    train(cfg)
+    run = tmp_path / "run"
+    record = json.loads((run / "run.json").read_text())
+    assert record["seed"] == 7 and torch.__version__.startswith(record["versions"]["torch"])
+    assert "seed: 7" in (run / "config.yaml").read_text()
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (run / "csv" / "metrics.csv").is_file()
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    capsys.readouterr()
+    # the same run dir again with a longer budget: it continues from last.ckpt instead of restarting
+    cfg = compose_train(tiny_overrides + ["seed=7", CKPT_EVERY_STEP, "trainer.max_steps=4"], tmp_path)
+    train(cfg)
+    assert "resuming from" in capsys.readouterr().err
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+
+
+def test_wandb_offline(tiny_overrides, tmp_path, monkeypatch):
+    import wandb
+
+    from train import _finish_wandb, train
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose_train(tiny_overrides + ["logger=wandb", "model.video_every_n_steps=1", "model.num_videos=2"], tmp_path)
+    try:
+        train(cfg)
+    finally:
+        _finish_wandb(False)
+    assert wandb.run is None  # finished
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = {p.name for p in runs[0].rglob("*")}
+    assert any(n.endswith(".wandb") for n in files)  # the run's event log (scalars, config)
+    assert any(n.endswith((".mp4", ".gif")) for n in files), sorted(files)  # the logged video
+
+
+def test_bad_config_value_exits_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "loss.tau=0", f"paths.log_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert lines == ["error: loss.tau must be > 0, got 0.0"] and "Traceback" not in proc.stderr
