@@ -73,20 +73,20 @@ def run(cfg) -> Path:
     module = load_animator(cfg.checkpoint, device=device)
     G = module.generator
 
+    if cfg.latent is not None:
+        ws = load_latent(cfg.latent, G).to(device)
+    elif cfg.image is not None:
+        from src.data.images import load_image
+
+        image = load_image(cfg.image).unsqueeze(0).to(device)
+        # optimisation needs gradients: outside no_grad; LPIPS-VGG when installed, else pixels only
+        result = project(G, image, steps=cfg.projection_steps, progress=True)
+        ws = result["ws"].detach()
+        print(f"projected {cfg.image}: PSNR {result['psnr']:.2f} dB, MSE {result['mse']:.5f}", file=sys.stderr)
+    else:
+        ws = module.sample_latents(1, seed=0 if cfg.seed is None else int(cfg.seed))
+
     with torch.no_grad():
-        if cfg.latent is not None:
-            ws = load_latent(cfg.latent, G).to(device)
-        elif cfg.image is not None:
-            from src.data.images import load_image
-
-            image = load_image(cfg.image).unsqueeze(0).to(device)
-            result = project(G, image, steps=cfg.projection_steps, progress=True)
-            ws = result["ws"].detach()
-            print(f"projected {cfg.image}: PSNR {result['psnr']:.2f} dB, MSE {result['mse']:.5f}", file=sys.stderr)
-        else:
-            seed = 0 if cfg.seed is None else int(cfg.seed)
-            ws = module.sample_latents(1, seed=seed)
-
         segments = []
         for i, prompt in enumerate(tqdm(prompts, desc="animating", unit="prompt", disable=len(prompts) == 1)):
             out = module.animate(ws, [prompt], num_frames=cfg.frames, decay=cfg.decay, strength=cfg.strength)
