@@ -378,3 +378,18 @@ def test_cuda_steps_are_finite_and_sync_free(precision, monkeypatch):
     torch.cuda.synchronize()
     assert all(torch.isfinite(p).all() for p in list(m.G.parameters()) + list(m.D.parameters()))
     assert all(torch.isfinite(p).all() for p in m.G_ema.parameters())
+
+
+def test_bilinear_reflect_matches_grid_sample_and_has_double_backward():
+    import torch.nn.functional as F
+
+    from src.data.augment import bilinear_sample_reflect
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([[[1.3, 0.4, 0.7], [-0.3, 0.9, -1.1]], [[-1.0, 0.0, 0.2], [0.1, 1.6, 0.5]]], dtype=torch.float64)
+    grid = F.affine_grid(theta, [2, 3, 11, 5], align_corners=False)  # reaches well outside: reflections
+    ours = bilinear_sample_reflect(x, grid)
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    torch.testing.assert_close(ours, ref)
+    assert torch.autograd.gradgradcheck(lambda t: bilinear_sample_reflect(t, grid), (x,))

@@ -2,11 +2,12 @@
 
 Every transform is applied to each image independently with probability ``p`` (a device
 buffer, so changing it never needs a host sync). Geometric transforms are composed into one
-2x3 sampling matrix per image and applied with a single bilinear ``grid_sample`` (reflection
+2x3 sampling matrix per image and applied with one bilinear resampling (reflection
 padding, which avoids the black borders that D could use to tell augmented images apart);
 colour transforms are composed into one 3x4 affine colour matrix per image; cutout is a
 multiplicative mask. All three stages are differentiable w.r.t. the input, including the
-second derivative needed by R1 on augmented reals.
+second derivative needed by R1 on augmented reals (the resampling is written with gathers:
+torch's grid_sample has no double backward).
 
 Transforms and their strengths (ADA's "bgc" defaults, adapted):
   xflip (x -> -x), integer translation (up to 0.125 of the size, rounded to whole pixels),
@@ -96,7 +97,7 @@ class AugmentPipe(nn.Module):
             geom_any |= m
         if self.flags["xflip"] or self.flags["translate"] or self.flags["scale"] or self.flags["rotate"]:
             grid = F.affine_grid(geom[:, :2, :].to(x.dtype), [n, c, h, w], align_corners=False)
-            warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            warped = bilinear_sample_reflect(x, grid)
             x = torch.where(geom_any.view(n, 1, 1, 1), warped, x)
 
         # ---- colour: one affine 3x4 matrix per image (only for RGB) ----
@@ -143,6 +144,37 @@ class AugmentPipe(nn.Module):
             keep = ~(inside & m.view(n, 1, 1))
             x = x * keep.unsqueeze(1).to(x.dtype)
         return x
+
+
+def _reflect_coords(c: Tensor, size: int) -> Tensor:
+    """Pixel coordinates reflected into [-0.5, size - 0.5] (align_corners=False), then clamped to
+    valid indices, as grid_sample's reflection padding does."""
+    c = (c + 0.5).abs()
+    flips = torch.floor(c / size)
+    extra = c - flips * size
+    c = torch.where(torch.remainder(flips, 2) == 0, extra, size - extra)
+    return (c - 0.5).clamp(0, size - 1)
+
+
+def bilinear_sample_reflect(x: Tensor, grid: Tensor) -> Tensor:
+    """Bilinear resampling of x [N,C,H,W] at grid [N,Ho,Wo,2] (normalised xy, align_corners=False)
+    with reflection padding; same values as F.grid_sample, but differentiable twice w.r.t. x."""
+    n, c, h, w = x.shape
+    ix = _reflect_coords(((grid[..., 0] + 1) * w - 1) / 2, w)
+    iy = _reflect_coords(((grid[..., 1] + 1) * h - 1) / 2, h)
+    x0, y0 = ix.floor(), iy.floor()
+    wx, wy = (ix - x0).unsqueeze(1), (iy - y0).unsqueeze(1)
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    flat = x.reshape(n, c, h * w)
+
+    def tap(yy: Tensor, xx: Tensor) -> Tensor:
+        idx = (yy * w + xx).reshape(n, 1, -1).expand(n, c, -1)
+        return flat.gather(2, idx).reshape(n, c, *yy.shape[1:])
+
+    top = tap(y0, x0) * (1 - wx) + tap(y0, x1) * wx
+    bottom = tap(y1, x0) * (1 - wx) + tap(y1, x1) * wx
+    return top * (1 - wy) + bottom * wy
 
 
 def _diag(sx: Tensor, sy: Tensor) -> Tensor:
