@@ -31,6 +31,7 @@ from torch import Tensor
 
 from src.data.text_cache import TextEmbeddingCache, save_text_cache
 from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
+from src.systems.generated_eval import GeneratedEvalHooks
 from src.utils.errors import UserError
 
 __all__ = ["ClipModule", "ClipStepDataModule", "build_caption_list", "identity_captions", "make_pairs"]
@@ -183,7 +184,7 @@ def soft_infonce(img_emb: Tensor, txt_emb: Tensor, caption_ids: Tensor, scale: T
     return 0.5 * (loss_i + loss_t)
 
 
-class ClipModule(pl.LightningModule):
+class ClipModule(GeneratedEvalHooks, pl.LightningModule):
     """LiT training of ``SmallClip``.
 
     Args:
@@ -196,6 +197,8 @@ class ClipModule(pl.LightningModule):
         export_path: SmallClip weights written at the end of training (+ .json + text cache).
         seed: seed of the CPU generator drawing faces/captions.
     """
+
+    test_index_offset = 1_000_000  # test renders disjoint from validation renders
 
     def __init__(self, arch: Optional[Dict[str, Any]] = None, text_cache_path: Optional[str] = None,
                  text_cache_hash: Optional[str] = None, resolution: int = 128, batch_size: int = 256,
@@ -328,24 +331,6 @@ class ClipModule(pl.LightningModule):
         self.log(f"{prefix}/zs_acc", acc, prog_bar=True)
         self.log(f"{prefix}/zs_acc_heldout", acc_h, prog_bar=True)
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        # Different seeds from validation: a disjoint set of renders.
-        self._eval_step(1_000_000 + batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
 
     # ---------------------------------------------------------------- export
     def export(self, path) -> Path:

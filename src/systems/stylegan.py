@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
+from src.systems.generated_eval import GeneratedEvalHooks
 from src.utils.errors import UserError
 
 __all__ = ["StyleGANModule", "RenderStepDataModule", "RandomConvFeatures", "build_feature_extractor"]
@@ -188,7 +189,7 @@ def build_feature_extractor(clip_path: Optional[str] = None, oracle: Optional[nn
 # --------------------------------------------------------------------------------------------
 # the Lightning module
 # --------------------------------------------------------------------------------------------
-class StyleGANModule(pl.LightningModule):
+class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
     """StyleGAN2(-ADA) GAN training with manual optimisation.
 
     Args (all plain values, as Hydra gives them):
@@ -545,23 +546,6 @@ class StyleGANModule(pl.LightningModule):
         with atomic_write(path) as tmp:
             torchvision.utils.save_image(grid, str(tmp))
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
 
     # ---------------------------------------------------------------- checkpoint / export
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
