@@ -27,6 +27,32 @@ def r2_per_param(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - ss_res / ss_tot
 
 
+def observable_mask(target: torch.Tensor) -> torch.Tensor:
+    """Which parameters an image can show at all: target [N, P] normalised -> bool [N, P].
+
+    Gaze is invisible when both eyes are (nearly) closed and the frame colour when there are no
+    glasses; R^2 over such faces would score the oracle on unobservable noise.
+    """
+    nat = PARAM_SPACE.denormalize(target)
+    idx = PARAM_SPACE.idx
+    mask = torch.ones_like(target, dtype=torch.bool)
+    eyes_open = torch.maximum(nat[:, idx("eye_open_l")], nat[:, idx("eye_open_r")]) >= 0.3
+    for name in ("gaze_x", "gaze_y"):
+        mask[:, idx(name)] = eyes_open
+    mask[:, idx("glasses_color")] = nat[:, idx("glasses")] >= 0.5
+    return mask
+
+
+def r2_observable(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """R^2 per parameter over the faces where it is observable (see observable_mask): [P]."""
+    mask = observable_mask(target)
+    out = torch.empty(target.shape[1], device=target.device)
+    for j in range(target.shape[1]):
+        m = mask[:, j]
+        out[j] = r2_per_param(pred[m, j:j + 1], target[m, j:j + 1])[0] if m.sum() > 1 else float("nan")
+    return out
+
+
 class OracleModule(pl.LightningModule):
     """LightningModule around AttributeOracle.
 
@@ -93,6 +119,10 @@ class OracleModule(pl.LightningModule):
         metrics[f"{split}/r2_expression_min"] = float(r2[ex].min())
         metrics[f"{split}/r2_identity_min"] = float(r2[~ex].min())
         metrics[f"{split}/r2_mean"] = float(r2.mean())
+        r2o = r2_observable(pred, target)  # the target metric: attributes judged where visible
+        metrics.update({f"{split}/r2_observable/{name}": float(r2o[i]) for i, name in enumerate(PARAM_SPACE.names)})
+        metrics[f"{split}/r2_observable_expression_min"] = float(r2o[ex].min())
+        metrics[f"{split}/r2_observable_identity_min"] = float(r2o[~ex].min())
         metrics[f"{split}/loss"] = float(F.mse_loss(pred, target))
         self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
         return metrics
