@@ -96,3 +96,20 @@ def test_task_config_composes(tmp_path):
     model, data = instantiate(cfg.model), instantiate(cfg.data)
     assert isinstance(model, OracleModule) and model.hparams.resolution == 128
     assert isinstance(data, pl.LightningDataModule)
+
+
+def test_r2_observable_ignores_gaze_of_closed_eyes():
+    from src.data.synthetic.params import PARAM_SPACE, sample_params
+    from src.systems.oracle import r2_observable, r2_per_param
+
+    p = sample_params(64, torch.Generator().manual_seed(0))
+    closed = torch.arange(64) % 4 == 0
+    p[closed, PARAM_SPACE.idx("eye_open_l")] = 0.0
+    p[closed, PARAM_SPACE.idx("eye_open_r")] = 0.05
+    target = PARAM_SPACE.normalize(p)
+    pred = target.clone()
+    gy = PARAM_SPACE.idx("gaze_y")
+    pred[closed, gy] = 1.0 - target[closed, gy]  # wrong only where the gaze cannot be seen
+    assert r2_per_param(pred, target)[gy] < 0.99
+    assert r2_observable(pred, target)[gy] == pytest.approx(1.0)
+    assert r2_observable(pred, target)[PARAM_SPACE.idx("smile")] == pytest.approx(1.0)
