@@ -90,6 +90,7 @@ def test_animate_mp4_and_latent_input(exported, tmp_path, capsys):
     (["seed=1", "latent=x.npy"], "only one of"),
     (["framez=3"], "framez"),
     (["text="], "text"),
+    (["seed=-1"], "seed"),
 ])
 def test_bad_arguments_one_line(exported, args, needle, tmp_path, capsys):
     base = [f"checkpoint={exported['path']}", f"output={tmp_path / 'o.mp4'}"]

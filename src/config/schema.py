@@ -188,6 +188,8 @@ def validate_config(cfg: DictConfig) -> None:
         if not cond:
             raise UserError(msg)
 
+    if cfg.get("seed") is not None:
+        need(0 <= int(cfg.seed) < 2**32, f"seed must be in [0, 2**32), got {cfg.seed}")
     if "loss" in cfg:
         for key, value in cfg.loss.items():
             need(value >= 0, f"loss.{key} must be >= 0, got {value}")

@@ -73,6 +73,10 @@ class MiniLMTextEncoder:
         out = []
         for i in range(0, len(texts), batch_size):
             chunk = list(texts[i:i + batch_size])
+            for text, ids in zip(chunk, self.tokenizer(chunk, truncation=False)["input_ids"]):
+                if len(ids) > self.max_length:  # never embed a silently truncated prompt
+                    raise UserError(f"prompt too long: {len(ids)} tokens, the text encoder takes at most "
+                                    f"{self.max_length} ('{text[:40]}...')")
             tok = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt").to(self.device)
             hidden = self.model(**tok).last_hidden_state.float()  # [n, T, 384]
