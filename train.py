@@ -19,6 +19,8 @@ from src.config.schema import register_configs, register_resolvers, validate_con
 from src.utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parent
+# paths.root_dir defaults to the repository (assets/, logs/), wherever train.py is started from
+os.environ.setdefault("LGFA_ROOT", str(ROOT))
 register_configs()
 register_resolvers()
 
@@ -29,12 +31,24 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
 
 
+def _instantiate(node: Any) -> Any:
+    """hydra.utils.instantiate on a plain copy; a UserError raised by a constructor (missing file,
+    bad value) comes out as itself, not wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(_plain(node))
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+
+
 def _instantiate_all(group: Optional[DictConfig]) -> list:
-    objs = []
-    for _, node in (group or {}).items():
-        if isinstance(node, DictConfig) and "_target_" in node:
-            objs.append(hydra.utils.instantiate(_plain(node)))
-    return objs
+    return [_instantiate(node) for node in (group or {}).values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path):
@@ -80,8 +94,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_run_metadata(run_dir, OmegaConf.to_yaml(cfg, resolve=True), cfg.seed, ROOT)
 
-    datamodule = hydra.utils.instantiate(_plain(cfg.data))
-    model = hydra.utils.instantiate(_plain(cfg.model))
+    datamodule = _instantiate(cfg.data)
+    model = _instantiate(cfg.model)
     trainer = build_trainer(cfg, run_dir)
 
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -91,3 +91,12 @@ def test_bad_config_value_exits_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
     assert lines == ["error: loss.tau must be > 0, got 0.0"] and "Traceback" not in proc.stderr
+
+
+def test_missing_file_in_a_constructor_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path}",
+                           f"domain.generator.checkpoint={tmp_path / 'missing.pkl'}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "missing.pkl" in errors[0] and "Traceback" not in proc.stderr
