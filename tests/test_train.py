@@ -100,3 +100,24 @@ def test_missing_file_in_a_constructor_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "missing.pkl" in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_training_on_a_latents_file(tiny_overrides, tmp_path):
+    """The paper trains on precomputed (e4e) W+ codes: domain.data.latents feeds them as input faces."""
+    from src.data.prompts import PromptDataModule
+    from train import train
+
+    bank = torch.randn(40, 6, 16)  # the tiny generator: num_ws 6, w_dim 16
+    torch.save(bank, tmp_path / "codes.pt")
+    dm = PromptDataModule({"template": "{}", "concepts": ["a", "b", "c"]}, batch_size=3, latents=str(tmp_path / "codes.pt"))
+    batch = dm.dataset("train")[0]
+    assert batch["ws"].shape == (3, 6, 16)
+    train_rows = {tuple(r.flatten()[:3].tolist()) for r in bank[:36]}
+    assert all(tuple(r.flatten()[:3].tolist()) in train_rows for r in batch["ws"])  # test codes held out
+    cfg = compose_train(tiny_overrides + [f"domain.data.latents={tmp_path / 'codes.pt'}", "debug=fast_dev_run"], tmp_path)
+    assert "train/loss" in train(cfg)
+    torch.save(torch.randn(40, 5, 16), tmp_path / "bad.pt")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path}",
+                           f"domain.data.latents={tmp_path / 'bad.pt'}", "debug=fast_dev_run", "domain.perceptual=none"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2 and "generator takes" in proc.stderr, proc.stderr[-1500:]

@@ -372,7 +372,11 @@ class AnimatorModule(pl.LightningModule):
     def _batch_latents(self, batch: Mapping[str, Any]) -> torch.Tensor:
         if batch.get("ws") is not None:
             ws = batch["ws"].to(self.device).float()
-            return ws[:, None].repeat(1, self.generator.num_ws, 1) if ws.ndim == 2 else ws
+            L, C = self.generator.num_ws, self.generator.w_dim
+            if ws.shape[-1] != C or ws.ndim not in (2, 3) or (ws.ndim == 3 and ws.shape[1] != L):
+                raise UserError(f"input latents have shape {tuple(ws.shape[1:])} per face; the generator takes "
+                                f"W [{C}] or W+ [{L}, {C}]")
+            return ws[:, None].repeat(1, L, 1) if ws.ndim == 2 else ws
         if batch.get("seed") is not None:
             return self.sample_latents(seeds=batch["seed"])
         return self.sample_latents(len(batch["caption"]), seed=int(torch.randint(0, 2**31 - 1, ()).item()))
