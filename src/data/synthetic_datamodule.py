@@ -234,17 +234,24 @@ class _Range(Dataset):
 
 
 class RenderIndexDataModule(pl.LightningDataModule):
-    """Stub data for modules that render their own batches: train yields 0, 1, 2, ... forever,
-    val/test yield batch indices 0..val_batches-1 / 0..test_batches-1 (split across DDP ranks)."""
+    """Data for modules that render their own batches (oracle, GAN, CLIP): only indices.
 
-    def __init__(self, val_batches: int = 4, test_batches: int = 4):
+    train yields 0, 1, 2, ... forever, or ``steps_per_epoch`` indices per epoch when given (an
+    epoch is then a bookkeeping unit); val/test yield batch indices 0..val_batches-1 /
+    0..test_batches-1 (split across DDP ranks), from which the module seeds its renders.
+    """
+
+    def __init__(self, val_batches: int = 4, test_batches: int = 4, steps_per_epoch: int | None = None):
         super().__init__()
         if val_batches < 0 or test_batches < 0:
             raise UserError("val_batches and test_batches must be >= 0")
-        self.val_batches, self.test_batches = val_batches, test_batches
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise UserError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.val_batches, self.test_batches, self.steps_per_epoch = val_batches, test_batches, steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Counter(), batch_size=None)
+        data = _Counter() if self.steps_per_epoch is None else _Range(self.steps_per_epoch)
+        return DataLoader(data, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Range(self.val_batches), batch_size=None)

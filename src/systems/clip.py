@@ -31,6 +31,7 @@ from torch import Tensor
 
 from src.data.text_cache import TextEmbeddingCache, save_text_cache
 from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
+from src.data.synthetic_datamodule import RenderIndexDataModule
 from src.systems.generated_eval import GeneratedEvalHooks
 from src.utils.errors import UserError
 
@@ -140,37 +141,8 @@ def make_pairs(n: int, generator: torch.Generator, resolution: int, device, iden
     return img, captions, concepts
 
 
-class _IndexDataset(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = int(n)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return int(i)
-
-
-class ClipStepDataModule(pl.LightningDataModule):
-    """Yields batch indices; ClipModule renders its pairs inside the step (on its device)."""
-
-    def __init__(self, steps_per_epoch: int = 1000, val_batches: int = 4, test_batches: int = 8):
-        super().__init__()
-        if min(steps_per_epoch, val_batches, test_batches) < 1:
-            raise UserError("data.steps_per_epoch, data.val_batches and data.test_batches must be >= 1")
-        self.steps_per_epoch, self.val_batches, self.test_batches = steps_per_epoch, val_batches, test_batches
-
-    def _loader(self, n: int):
-        return torch.utils.data.DataLoader(_IndexDataset(n), batch_size=None, shuffle=False, num_workers=0)
-
-    def train_dataloader(self):
-        return self._loader(self.steps_per_epoch)
-
-    def val_dataloader(self):
-        return self._loader(self.val_batches)
-
-    def test_dataloader(self):
-        return self._loader(self.test_batches)
+# The data module only hands out step/batch indices: the module renders its data in the step.
+ClipStepDataModule = RenderIndexDataModule
 
 
 def soft_infonce(img_emb: Tensor, txt_emb: Tensor, caption_ids: Tensor, scale: Tensor) -> Tensor:

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
+from src.data.synthetic_datamodule import RenderIndexDataModule
 from src.systems.generated_eval import GeneratedEvalHooks
 from src.utils.errors import UserError
 
@@ -58,48 +59,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------------------------
-# data: the reals are rendered inside the step, so the loader only hands out step indices
-# --------------------------------------------------------------------------------------------
-class _IndexDataset(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = int(n)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return int(i)
-
-
-class RenderStepDataModule(pl.LightningDataModule):
-    """Yields plain ints (the batch index) for training, validation and test.
-
-    train: ``steps_per_epoch`` indices per epoch (an epoch is only a bookkeeping unit: every
-    step renders fresh reals). val/test: ``val_batches`` / ``test_batches`` indices; the module
-    seeds its renders and latents from that index so every evaluation sees the same images.
-    """
-
-    def __init__(self, steps_per_epoch: int = 1000, val_batches: int = 8, test_batches: int = 16):
-        super().__init__()
-        if steps_per_epoch < 1 or val_batches < 1 or test_batches < 1:
-            raise UserError("data.steps_per_epoch, data.val_batches and data.test_batches must be >= 1")
-        self.steps_per_epoch = steps_per_epoch
-        self.val_batches = val_batches
-        self.test_batches = test_batches
-
-    def _loader(self, n: int):
-        # batch_size=None: no collation, each "batch" is the int itself.
-        return torch.utils.data.DataLoader(_IndexDataset(n), batch_size=None, shuffle=False, num_workers=0)
-
-    def train_dataloader(self):
-        return self._loader(self.steps_per_epoch)
-
-    def val_dataloader(self):
-        return self._loader(self.val_batches)
-
-    def test_dataloader(self):
-        return self._loader(self.test_batches)
+# The data module only hands out step/batch indices: the module renders its data in the step.
+RenderStepDataModule = RenderIndexDataModule
 
 
 # --------------------------------------------------------------------------------------------
