@@ -31,19 +31,19 @@ def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torc
     from src.data.synthetic.vocabulary import apply_preset, get
 
     n, t = frames.shape[:2]
-    unit = oracle(frames[:, [0, -1]].reshape(n * 2, *frames.shape[2:])).float().reshape(n, 2, -1)
-    all_unit = oracle(frames.reshape(n * t, *frames.shape[2:])).float().reshape(n, t, -1)
-    start_nat = PARAM_SPACE.clamp(PARAM_SPACE.denormalize(unit[:, 0]))
+    all_unit = oracle(frames.reshape(n * t, *frames.shape[2:])).float().reshape(n, t, -1)  # one pass
+    first, last = all_unit[:, 0], all_unit[:, -1]
+    start_nat = PARAM_SPACE.clamp(PARAM_SPACE.denormalize(first))
     target_unit = PARAM_SPACE.normalize(apply_preset(start_nat, concept, 1.0))
-    required = target_unit - unit[:, 0]                        # [N,P], only preset params are non-zero
+    required = target_unit - first                             # [N,P], only preset params are non-zero
     preset = torch.zeros(required.shape[1], dtype=torch.bool, device=required.device)
     for name in get(concept).preset:
         preset[PARAM_SPACE.idx(name)] = True
     required = torch.where(preset, required, torch.zeros_like(required))
-    change = unit[:, 1] - unit[:, 0]
+    change = last - first
     norm2 = required.pow(2).sum(1)
     reach = (change * required).sum(1) / norm2.clamp_min(1e-8)  # fraction of the required change
-    identity = PARAM_SPACE.mask("identity", device=unit.device)
+    identity = PARAM_SPACE.mask("identity", device=all_unit.device)
     drift = (all_unit - all_unit[:, :1]).abs().amax(dim=1)[:, identity]  # [N, identity params]
     valid = norm2 > 0.05 ** 2  # faces already at the target have nothing to show
     return {"reach": reach, "right_way": (reach > 0).float(), "valid": valid.float(),
