@@ -11,20 +11,14 @@ import torch
 import animate
 from src.systems.animator import AnimatorModule, export_animator, load_animator
 from tests.conftest import ROOT
-from tests.test_animator import PAPER_LOSS, register_tiny_clip, tiny_clip_model, tiny_domain, tiny_generator
+from tests.test_animator import PAPER_LOSS, tiny_domain, write_tiny_models
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny animator exported to safetensors next to its generator and CLIP files (relative names)."""
-    from src.stylegan import save_generator
-
     tmp = tmp_path_factory.mktemp("assets")
-    g_path = save_generator(tiny_generator(), tmp / "G")
-    name = register_tiny_clip(tmp)
-    clip_path = tmp / "clip.pt"
-    torch.save(tiny_clip_model().state_dict(), clip_path)
-    clip_cfg = {"kind": "open_clip", "model_name": name, "pretrained": str(clip_path), "checkpoint": None}
+    g_path, clip_cfg = write_tiny_models(tmp)
     domain = tiny_domain(generator={"checkpoint": str(g_path), "truncation_psi": 0.7, "noise_mode": "const"},
                          clip=clip_cfg, loss_clip=dict(clip_cfg))
     torch.manual_seed(0)

@@ -50,6 +50,19 @@ def register_tiny_clip(tmp_dir: Path) -> str:
     return TINY_CLIP_NAME
 
 
+def write_tiny_models(tmp_dir: Path) -> tuple[Path, dict]:
+    """Save a tiny generator (G.safetensors) and a tiny open_clip model (clip.pt) into ``tmp_dir``.
+    Returns the generator path and a domain clip config that loads the CLIP from its file."""
+    from src.stylegan import save_generator
+
+    g_path = save_generator(tiny_generator(), Path(tmp_dir) / "G")
+    clip_path = Path(tmp_dir) / "clip.pt"
+    torch.save(tiny_clip_model().state_dict(), clip_path)
+    clip_cfg = {"kind": "open_clip", "model_name": register_tiny_clip(tmp_dir), "pretrained": str(clip_path),
+                "checkpoint": None}
+    return g_path, clip_cfg
+
+
 def tiny_domain(**over) -> dict:
     d = {"name": "test", "resolution": 16,
          "generator": {"checkpoint": None, "truncation_psi": 0.7, "noise_mode": "const"},

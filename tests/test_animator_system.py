@@ -11,7 +11,7 @@ import torch
 from src.data.prompts import PromptDataModule
 from src.systems.animator import AnimatorModule, load_animator
 from src.utils.errors import UserError
-from tests.test_animator import PAPER_LOSS, register_tiny_clip, tiny_clip_model, tiny_domain, tiny_generator
+from tests.test_animator import PAPER_LOSS, tiny_clip_model, tiny_domain, tiny_generator, write_tiny_models
 
 
 def build(variant="ours", **kw):
@@ -134,14 +134,8 @@ def test_prompt_datamodule_batches():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A module built from files (generator .safetensors, open_clip .pt), trained 2 steps, saved."""
-    from src.stylegan import save_generator
-
     tmp = tmp_path_factory.mktemp("animator")
-    g_path = save_generator(tiny_generator(), tmp / "G")
-    name = register_tiny_clip(tmp)
-    clip_path = tmp / "clip.pt"
-    torch.save(tiny_clip_model().state_dict(), clip_path)
-    clip_cfg = {"kind": "open_clip", "model_name": name, "pretrained": str(clip_path), "checkpoint": None}
+    g_path, clip_cfg = write_tiny_models(tmp)
     domain = tiny_domain(generator={"checkpoint": str(g_path), "truncation_psi": 0.7, "noise_mode": "const"},
                          clip=clip_cfg, loss_clip=dict(clip_cfg))
     torch.manual_seed(0)

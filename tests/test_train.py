@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, compose_train
-from tests.test_animator import register_tiny_clip, tiny_clip_model, tiny_generator
+from tests.test_animator import write_tiny_models
 
 
 CKPT_EVERY_STEP = "callbacks.model_checkpoint.every_n_train_steps=1"
@@ -17,13 +17,8 @@ CKPT_EVERY_STEP = "callbacks.model_checkpoint.every_n_train_steps=1"
 
 @pytest.fixture(scope="module")
 def tiny_overrides(tmp_path_factory):
-    from src.stylegan import save_generator
-
     tmp = tmp_path_factory.mktemp("tiny")
-    g_path = save_generator(tiny_generator(), tmp / "G")
-    name = register_tiny_clip(tmp)
-    clip_path = tmp / "clip.pt"
-    torch.save(tiny_clip_model().state_dict(), clip_path)
+    g_path, clip_cfg = write_tiny_models(tmp)
     over = ["task=animator", "domain=synthetic", "loss=paper", "hardware=cpu", "logger=csv",
             f"domain.generator.checkpoint={g_path}", "domain.resolution=16", "domain.perceptual=none",
             "domain.identity_metric=none", "domain.prompts.concepts=[smiling,angry,winking]",
@@ -31,8 +26,7 @@ def tiny_overrides(tmp_path_factory):
             "data.batch_size=3", "data.val_batches=1", "data.test_batches=1", "data.train_batches=4",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"]
     for key in ("clip", "loss_clip"):
-        over += [f"domain.{key}.kind=open_clip", f"domain.{key}.model_name={name}",
-                 f"domain.{key}.pretrained={clip_path}", f"domain.{key}.checkpoint=null"]
+        over += [f"domain.{key}.{field}={'null' if value is None else value}" for field, value in clip_cfg.items()]
     return over
 
 
