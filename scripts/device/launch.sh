@@ -7,7 +7,7 @@ export LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 rm -rf /tmp/lgfa_runs
 RUNS=/tmp/lgfa_runs \
-EXTRA_ORACLE="+trainer.max_time=00:00:07:00 ${X_ORACLE:-}" EXTRA_CLIP="+trainer.max_time=00:00:07:00 ${X_CLIP:-}" \
+EXTRA_ORACLE="+trainer.max_time=00:00:${ORACLE_MIN:-7}:00 ${X_ORACLE:-}" EXTRA_CLIP="+trainer.max_time=00:00:${CLIP_MIN:-7}:00 ${X_CLIP:-}" \
 EXTRA_STYLEGAN="+trainer.max_time=00:00:${GAN_MIN:-13}:00 ${X_STYLEGAN:-}" \
 EXTRA_ANIMATOR="+trainer.max_time=00:00:${ANIM_MIN:-6}:00 ${X_ANIMATOR:-}" \
 setsid nohup bash scripts/device/train_embedded.sh > /tmp/lgfa_pipeline.log 2>&1 < /dev/null &

@@ -86,7 +86,10 @@ class OracleModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, target = self._faces((self.hparams.seed, "oracle-train", self.global_step, self.global_rank))
-        loss = F.mse_loss(self.oracle(images).float(), target)
+        # Unobservable targets (gaze behind closed eyes, frame colour without glasses) are noise:
+        # leaving them out of the loss spends the capacity on what an image can show.
+        mask = observable_mask(target).float()
+        loss = ((self.oracle(images).float() - target).pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
