@@ -2,10 +2,16 @@
 
     y = clamp(act(x + b) * gain, -clamp, clamp)
 
+or, with the optional modulated-conv epilogue (x [N, C, *spatial], dim=1):
+
+    y = clamp(act(x * scale[n, c] + addend + b) * gain, -clamp, clamp)
+
 ``b`` (shape [x.shape[dim]]) is broadcast along ``dim``. ``gain=None`` uses the activation's
 default gain, ``alpha=None`` its default alpha (only lrelu uses alpha). ``clamp=None`` or a
 negative value disables clamping. Both implementations support autograd incl. double backward
-(R1 / path-length regularisation); the CUDA one supports at most second order.
+(R1 / path-length regularisation); the CUDA one supports at most second order. With ``scale`` /
+``addend`` the CUDA path fuses them into one forward kernel when no gradient is needed, and
+otherwise applies them with ``torch.addcmul`` before the differentiable fused kernel.
 """
 
 from __future__ import annotations
@@ -69,6 +75,51 @@ def _resolve_params(x, b, dim, act, alpha, gain, clamp):
     return dim, spec, alpha, gain, clamp
 
 
+def _describe(t) -> str:
+    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_epilogue(x, dim, scale, addend) -> None:
+    """UserError unless scale [N, C] / addend ([*spatial], [1|N, 1|C, *spatial]) fit x [N, C, *spatial]."""
+    if scale is None and addend is None:
+        return
+    if x.ndim < 2 or dim != 1:
+        raise UserError(f"bias_act: scale/addend need x of shape [N, C, *spatial] with dim=1, got x "
+                        f"{tuple(x.shape)} and dim={dim}")
+    n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    if scale is not None:
+        if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() or tuple(scale.shape) != (n, c):
+            raise UserError(f"bias_act: scale must be a floating-point tensor of shape [{n}, {c}] (x.shape[:2]), "
+                            f"got {_describe(scale)}")
+        if scale.device != x.device:
+            raise UserError(f"bias_act: scale is on {scale.device} but x is on {x.device}")
+    if addend is not None:
+        ok = isinstance(addend, torch.Tensor) and addend.is_floating_point() and (
+            tuple(addend.shape) == spatial
+            or (addend.ndim == x.ndim and addend.shape[0] in (1, n) and addend.shape[1] in (1, c)
+                and tuple(addend.shape[2:]) == spatial))
+        if not ok:
+            dims = ", ".join(map(str, spatial))
+            raise UserError(f"bias_act: addend must be a floating-point tensor of shape [{dims}] or "
+                            f"[1|{n}, 1|{c}{', ' if dims else ''}{dims}] for x {tuple(x.shape)}, got "
+                            f"{_describe(addend)}")
+        if addend.device != x.device:
+            raise UserError(f"bias_act: addend is on {addend.device} but x is on {x.device}")
+
+
+def _apply_epilogue_ref(x, scale, addend):
+    """x * scale[n, c] + addend in x.dtype, exactly as the generator computed it before fusing
+    (one addcmul when both are given). x [N, C, *spatial] -> same shape and dtype."""
+    if scale is not None:
+        scale = scale.to(x.dtype).reshape(*scale.shape, *([1] * (x.ndim - 2)))
+        if addend is not None:
+            return torch.addcmul(addend.to(x.dtype), x, scale)
+        return x * scale
+    if addend is not None:
+        return x + addend.to(x.dtype)
+    return x
+
+
 def _act_ref(z: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
     if act == "linear":
         return z
@@ -107,8 +158,9 @@ def _bias_act_ref(x, b, dim, act, alpha, gain, clamp):
 
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = "linear",
              alpha: Optional[float] = None, gain: Optional[float] = None,
-             clamp: Optional[float] = None, impl: str = "auto") -> torch.Tensor:
-    """Fused ``clamp(act(x + b) * gain)``.
+             clamp: Optional[float] = None, impl: str = "auto", *,
+             scale: Optional[torch.Tensor] = None, addend: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused ``clamp(act(x * scale + addend + b) * gain)`` (scale / addend optional).
 
     Args:
         x: [..., C, ...] floating tensor (any rank); ``C = x.shape[dim]``.
@@ -119,14 +171,28 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
         gain: output scale (default: sqrt(2) for relu/lrelu/swish, else 1).
         clamp: clamp output to [-clamp, clamp]; None or negative = no clamp.
         impl: 'auto' | 'ref' | 'cuda' (see src.ops.policy).
+        scale: optional per-sample, per-channel multiplier [N, C] for x [N, C, *spatial] (dim must
+            be 1), applied first (the demodulation coefficients of a modulated conv).
+        addend: optional [*spatial], [1|N, 1|C, *spatial] tensor added after scaling and before
+            the bias (the per-pixel noise). Both are cast to x.dtype, as ``torch.addcmul(addend,
+            x, scale)`` in x.dtype would be.
     Returns:
         y with the shape and dtype of x.
     """
     dim, spec, alpha, gain, clamp = _resolve_params(x, b, dim, act, alpha, gain, clamp)
-    plugin = policy.resolve(impl, x, b)
+    _check_epilogue(x, dim, scale, addend)
+    plugin = policy.resolve(impl, x, b, scale, addend)
     if plugin is None or x.dtype not in _CUDA_DTYPES or x.numel() == 0:
-        return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
-    return _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp)
+        return _bias_act_ref(_apply_epilogue_ref(x, scale, addend), b, dim, act, alpha, gain, clamp)
+    if scale is None and addend is None:
+        return _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, b, scale, addend))
+    if needs_grad:
+        # Training / regularisation: the same autograd graph as before the fusion (addcmul, then
+        # the differentiable bias_act kernel), so backward and double backward are unchanged.
+        return _bias_act_cuda(plugin, _apply_epilogue_ref(x, scale, addend), b, dim, spec, alpha, gain, clamp)
+    return _bias_act_epilogue_cuda(plugin, x, b, scale, addend, spec, alpha, gain, clamp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,3 +288,23 @@ def _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp):
         raise UserError(f"bias_act: unsupported bias dtype {b.dtype}")
     c = _Ctx(plugin, dim, spec.cuda_idx, spec.has_2nd_grad, alpha, gain, clamp)
     return _BiasActCuda.apply(x, b, c)
+
+
+def _bias_act_epilogue_cuda(plugin, x, b, scale, addend, spec, alpha, gain, clamp):
+    """Forward-only fused kernel: x [N, C, *spatial], scale [N, C] or None, addend [*spatial] or
+    [1|N, 1|C, *spatial] or None -> y [N, C, *spatial] (contiguous, x.dtype). No autograd graph."""
+    if b is not None and b.dtype not in _CUDA_DTYPES:
+        raise UserError(f"bias_act: unsupported bias dtype {b.dtype}")
+    x = x.contiguous()
+    empty = x.new_empty([0])
+    # Operands in x.dtype, as the reference's addcmul sees them; the kernel reads the addend as
+    # [1|N, 1|C, H*W] rows (stride 0 over broadcast dims).
+    bb = b.to(x.dtype).contiguous() if b is not None else empty
+    ss = scale.to(x.dtype).contiguous() if scale is not None else empty
+    if addend is None:
+        aa = empty
+    elif addend.ndim == x.ndim:
+        aa = addend.to(x.dtype).reshape(addend.shape[0], addend.shape[1], -1).contiguous()
+    else:  # [*spatial]: one map for every sample and channel
+        aa = addend.to(x.dtype).reshape(1, 1, -1).contiguous()
+    return plugin.bias_act_epilogue(x, bb, ss, aa, spec.cuda_idx, alpha, gain, clamp)

@@ -153,6 +153,34 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         [N, O, H*up, W*up] in x.dtype.
     """
     n = x.shape[0]
+    x, dcoefs, noise = _modulated_conv2d_deferred(x, weight, styles, noise=noise, up=up, padding=padding,
+                                                  resample_filter=resample_filter, demodulate=demodulate,
+                                                  fused_modconv=fused_modconv)
+    if dcoefs is not None and noise is not None:
+        return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(n, -1, 1, 1))
+    if dcoefs is not None:
+        return x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+    return x
+
+
+def _modulated_conv2d_deferred(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
+                               noise: Optional[torch.Tensor] = None, up: int = 1, padding: int = 0,
+                               resample_filter: Optional[torch.Tensor] = None, demodulate: bool = True,
+                               fused_modconv: bool = False):
+    """``modulated_conv2d`` with the epilogue of the non-fused demodulated path left undone.
+
+    That path's last step, ``addcmul(noise, y, dcoefs)``, would read and write the largest
+    activations once more; returning its operands lets SynthesisLayer hand them to bias_act,
+    whose CUDA kernel applies them in the same pass as bias + lrelu + clamp.
+
+    Args: as modulated_conv2d.
+    Returns:
+        (y, dcoefs, noise): y [N, O, H*up, W*up] in x.dtype; dcoefs [N, O] fp32 and noise (as given)
+        are None when already applied to y (fused and 1x1 paths, no demodulation) or absent. The
+        modulated conv's output is ``torch.addcmul(noise.to(y.dtype), y, dcoefs.to(y.dtype)[:, :, None, None])``
+        (``y * dcoefs`` without noise).
+    """
+    n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     if x.dtype == torch.float16 and demodulate:
         # fp16: bring weights and styles to O(1) before they meet the activations; demodulation is
@@ -170,18 +198,16 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         if dcoefs is not None:
             w = w * dcoefs.reshape(n, -1, 1)
         y = torch.bmm(w.to(x.dtype), x.reshape(n, in_ch, -1)).reshape(n, out_ch, *x.shape[2:])
-        return y + noise.to(x.dtype) if noise is not None else y
+        return (y + noise.to(x.dtype) if noise is not None else y), None, None
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up=up, padding=padding)
-        if dcoefs is not None and noise is not None:
-            return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(n, -1, 1, 1))
         if dcoefs is not None:
-            return x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+            return x, dcoefs, noise  # the caller applies them (modulated_conv2d / bias_act)
         if noise is not None:
-            return x + noise.to(x.dtype)
-        return x
+            return x + noise.to(x.dtype), None, None
+        return x, None, None
 
     w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)  # [N, O, I, k, k]
     if dcoefs is not None:
@@ -192,7 +218,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     x = x.reshape(n, -1, *x.shape[2:])
     if noise is not None:
         x = x + noise.to(x.dtype)
-    return x
+    return x, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,11 +407,14 @@ class SynthesisLayer(torch.nn.Module):
                 * self.noise_strength
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, demodulate=True, fused_modconv=fused_modconv)
+        # Non-fused path: demodulation and noise come back un-applied and go into bias_act's
+        # epilogue (one pass over the conv output instead of two); reference maths unchanged.
+        x, dcoefs, noise = _modulated_conv2d_deferred(
+            x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
+            resample_filter=self.resample_filter, demodulate=True, fused_modconv=fused_modconv)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain,
-                                 clamp=act_clamp)
+                                 clamp=act_clamp, scale=dcoefs, addend=noise)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, resolution={self.resolution}, "

@@ -5,6 +5,11 @@
 //   order 1: g * act'(z)  * gain * m,   m = [|v * gain| <= clamp]  (m = 1 if clamp < 0)
 //   order 2: g * act''(z) * gain * m
 // All arithmetic is done in the "op-math" type (float for half/bfloat16/float, double for double).
+//
+// Forward-only epilogue variant (bias_act_epilogue_cuda, used by the generator's modulated conv
+// under no_grad): z = x * s[n, c] + a[n?, c?, j] + b[c] for x [N, C, *spatial], so the
+// demodulation scale and the noise are applied in the same pass over x as the bias and activation
+// (the separate addcmul read and wrote the largest activations once more).
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -88,32 +93,55 @@ struct alignas(sizeof(T) * V) VecT {
   T v[V];
 };
 
+// Optional pre-bias terms of the forward epilogue (only read by the EPI = true instantiations).
+// Row r = n * C + c of x [N*C, inner]: scale s[r]; addend row a + n * a_sn + c * a_sc, where a
+// stride of 0 broadcasts the addend over samples / channels.
+template <typename T>
+struct Epilogue {
+  const T* s = nullptr;  // [N * C] or nullptr
+  const T* a = nullptr;  // addend base or nullptr
+  int64_t a_sn = 0;      // elements between samples of the addend (0: broadcast)
+  int64_t a_sc = 0;      // elements between channels of the addend (0: broadcast)
+};
+
 // Layout [rows, inner] with rows = outer * C: one bias value per row (no per-element division)
-// and 16-byte vector accesses (needs inner % V == 0 and 16-byte aligned pointers).
-template <typename T, int ACT, int ORDER>
+// and 16-byte vector accesses (needs inner % V == 0 and 16-byte aligned pointers). With EPI, the
+// scale is one value per row as well, and the addend row is read with the same vector width.
+template <typename T, int ACT, int ORDER, bool EPI>
 __global__ void __launch_bounds__(kThreads) bias_act_rows_kernel(
     const T* __restrict__ x, const T* __restrict__ b, const T* __restrict__ g, T* __restrict__ y,
-    int64_t rows, int64_t inner, int64_t C, at::opmath_type<T> alpha, at::opmath_type<T> gain,
-    at::opmath_type<T> clamp) {
+    Epilogue<T> ep, int64_t rows, int64_t inner, int64_t C, at::opmath_type<T> alpha,
+    at::opmath_type<T> gain, at::opmath_type<T> clamp) {
   using A = at::opmath_type<T>;
   constexpr int V = 16 / sizeof(T);
   using Vec = VecT<T, V>;
+  static_assert(!EPI || ORDER == 0, "the epilogue is forward-only");
   const int64_t nvec = inner / V;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const A bias = b != nullptr ? static_cast<A>(b[r % C]) : A(0);
+    const int64_t c = r % C;
+    const A bias = b != nullptr ? static_cast<A>(b[c]) : A(0);
     const Vec* xr = reinterpret_cast<const Vec*>(x + r * inner);
     const Vec* gr = reinterpret_cast<const Vec*>(g + (ORDER > 0 ? r * inner : 0));
     Vec* yr = reinterpret_cast<Vec*>(y + r * inner);
+    A scale = A(1);
+    const Vec* ar = nullptr;
+    if constexpr (EPI) {
+      if (ep.s != nullptr) scale = static_cast<A>(ep.s[r]);
+      if (ep.a != nullptr) ar = reinterpret_cast<const Vec*>(ep.a + (r / C) * ep.a_sn + c * ep.a_sc);
+    }
     // kUnroll vectors per thread, all loads issued before any use (memory-level parallelism).
     for (int64_t j0 = (int64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x; j0 < nvec;
          j0 += (int64_t)gridDim.x * kThreads * kUnroll) {
-      Vec xin[kUnroll], gin[kUnroll];
+      Vec xin[kUnroll], gin[kUnroll], ain[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t j = j0 + u * kThreads;
         if (j < nvec) {
           xin[u] = xr[j];
           if constexpr (ORDER > 0) gin[u] = gr[j];
+          if constexpr (EPI) {
+            if (ar != nullptr) ain[u] = ar[j];
+          }
         }
       }
 #pragma unroll
@@ -124,7 +152,13 @@ __global__ void __launch_bounds__(kThreads) bias_act_rows_kernel(
 #pragma unroll
         for (int k = 0; k < V; ++k) {
           const A gv = ORDER > 0 ? static_cast<A>(gin[u].v[k]) : A(0);
-          out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(static_cast<A>(xin[u].v[k]) + bias, gv, alpha, gain, clamp));
+          A z = static_cast<A>(xin[u].v[k]);
+          if constexpr (EPI) {
+            // Same order as the reference: addcmul(a, x, s), then + b.
+            z = z * scale;
+            if (ar != nullptr) z += static_cast<A>(ain[u].v[k]);
+          }
+          out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(z + bias, gv, alpha, gain, clamp));
         }
         yr[j] = out;
       }
@@ -132,24 +166,40 @@ __global__ void __launch_bounds__(kThreads) bias_act_rows_kernel(
   }
 }
 
-// Any layout with small `inner` (e.g. [N, C] fully-connected activations): flat grid-stride loop.
-template <typename T, int ACT, int ORDER>
+// Any layout with small `inner` (e.g. [N, C] fully-connected activations), or unaligned data:
+// flat grid-stride loop.
+template <typename T, int ACT, int ORDER, bool EPI>
 __global__ void __launch_bounds__(kThreads) bias_act_flat_kernel(
     const T* __restrict__ x, const T* __restrict__ b, const T* __restrict__ g, T* __restrict__ y,
-    int64_t numel, int64_t inner, int64_t C, at::opmath_type<T> alpha, at::opmath_type<T> gain,
-    at::opmath_type<T> clamp) {
+    Epilogue<T> ep, int64_t numel, int64_t inner, int64_t C, at::opmath_type<T> alpha,
+    at::opmath_type<T> gain, at::opmath_type<T> clamp) {
   using A = at::opmath_type<T>;
+  static_assert(!EPI || ORDER == 0, "the epilogue is forward-only");
   for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < numel;
        i += (int64_t)gridDim.x * kThreads) {
-    const A bias = b != nullptr ? static_cast<A>(b[(i / inner) % C]) : A(0);
+    const int64_t r = i / inner;  // row = n * C + c
+    const int64_t c = r % C;
+    const A bias = b != nullptr ? static_cast<A>(b[c]) : A(0);
     const A gv = ORDER > 0 ? static_cast<A>(g[i]) : A(0);
-    y[i] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(static_cast<A>(x[i]) + bias, gv, alpha, gain, clamp));
+    A z = static_cast<A>(x[i]);
+    if constexpr (EPI) {
+      if (ep.s != nullptr) z = z * static_cast<A>(ep.s[r]);
+      if (ep.a != nullptr) z += static_cast<A>(ep.a[(r / C) * ep.a_sn + c * ep.a_sc + (i - r * inner)]);
+    }
+    y[i] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(z + bias, gv, alpha, gain, clamp));
   }
 }
 
-template <typename T, int ACT, int ORDER>
+// Host-side epilogue operands (undefined tensors = absent); a_sn / a_sc as in Epilogue.
+struct EpilogueArgs {
+  at::Tensor s, a;
+  int64_t a_sn = 0, a_sc = 0;
+};
+
+template <typename T, int ACT, int ORDER, bool EPI>
 void launch(bool has_b, const at::Tensor& x, const at::Tensor& b, const at::Tensor& g, at::Tensor& y,
-            int64_t C, int64_t inner, double alpha, double gain, double clamp) {
+            const EpilogueArgs& epi, int64_t C, int64_t inner, double alpha, double gain,
+            double clamp) {
   using A = at::opmath_type<T>;
   const int64_t numel = x.numel();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -157,33 +207,49 @@ void launch(bool has_b, const at::Tensor& x, const at::Tensor& b, const at::Tens
   const T* bp = has_b ? b.data_ptr<T>() : nullptr;
   const T* gp = ORDER > 0 ? g.data_ptr<T>() : nullptr;
   T* yp = y.data_ptr<T>();
+  Epilogue<T> ep;
+  if constexpr (EPI) {
+    ep.s = epi.s.defined() ? epi.s.data_ptr<T>() : nullptr;
+    ep.a = epi.a.defined() ? epi.a.data_ptr<T>() : nullptr;
+    ep.a_sn = epi.a_sn;
+    ep.a_sc = epi.a_sc;
+  }
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
   constexpr int V = 16 / sizeof(T);
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  // Addend rows start at multiples of `inner` elements from its base, so with inner % V == 0 an
+  // aligned base keeps every row aligned (the same holds for x, g and y).
   const bool vec_ok = inner >= 512 && inner % V == 0 && aligned(xp) && aligned(yp) &&
-                      (ORDER == 0 || aligned(gp));
+                      (ORDER == 0 || aligned(gp)) && (ep.a == nullptr || aligned(ep.a));
   if (vec_ok) {
     const int64_t rows = numel / inner;
     int64_t bx = (inner / V + kThreads * kUnroll - 1) / (kThreads * kUnroll);
     int64_t by = std::min<int64_t>(rows, 65535);
-    bias_act_rows_kernel<T, ACT, ORDER><<<dim3((unsigned)bx, (unsigned)by), kThreads, 0, stream>>>(
-        xp, bp, gp, yp, rows, inner, C, A(alpha), A(gain), A(clamp));
+    bias_act_rows_kernel<T, ACT, ORDER, EPI><<<dim3((unsigned)bx, (unsigned)by), kThreads, 0, stream>>>(
+        xp, bp, gp, yp, ep, rows, inner, C, A(alpha), A(gain), A(clamp));
   } else {
     int64_t blocks = std::min<int64_t>((numel + kThreads - 1) / kThreads, (int64_t)sms * 32);
-    bias_act_flat_kernel<T, ACT, ORDER><<<(unsigned)blocks, kThreads, 0, stream>>>(
-        xp, bp, gp, yp, numel, inner, C, A(alpha), A(gain), A(clamp));
+    bias_act_flat_kernel<T, ACT, ORDER, EPI><<<(unsigned)blocks, kThreads, 0, stream>>>(
+        xp, bp, gp, yp, ep, numel, inner, C, A(alpha), A(gain), A(clamp));
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// order 0 with an epilogue -> the EPI instantiation; orders 1 and 2 never have one.
 template <typename T, int ACT>
 void dispatch_order(int64_t order, bool has_b, const at::Tensor& x, const at::Tensor& b,
-                    const at::Tensor& g, at::Tensor& y, int64_t C, int64_t inner, double alpha,
-                    double gain, double clamp) {
+                    const at::Tensor& g, at::Tensor& y, const EpilogueArgs* epi, int64_t C,
+                    int64_t inner, double alpha, double gain, double clamp) {
+  if (order == 0 && epi != nullptr) {
+    launch<T, ACT, 0, true>(has_b, x, b, g, y, *epi, C, inner, alpha, gain, clamp);
+    return;
+  }
+  TORCH_CHECK(epi == nullptr, "bias_act: the scale/addend epilogue is forward-only (order 0)");
+  const EpilogueArgs none;
 #define LGFA_ORDER_CASE(O)                                                                   \
   if (order == O) {                                                                          \
-    launch<T, ACT, O>(has_b, x, b, g, y, C, inner, alpha, gain, clamp);                      \
+    launch<T, ACT, O, false>(has_b, x, b, g, y, none, C, inner, alpha, gain, clamp);         \
     return;                                                                                  \
   }
   LGFA_ORDER_CASE(0)
@@ -195,11 +261,13 @@ void dispatch_order(int64_t order, bool has_b, const at::Tensor& x, const at::Te
 
 template <typename T>
 void dispatch_act(int64_t act, int64_t order, bool has_b, const at::Tensor& x, const at::Tensor& b,
-                  const at::Tensor& g, at::Tensor& y, int64_t C, int64_t inner, double alpha,
-                  double gain, double clamp) {
+                  const at::Tensor& g, at::Tensor& y, const EpilogueArgs* epi, int64_t C,
+                  int64_t inner, double alpha, double gain, double clamp) {
   switch (act) {
-#define LGFA_ACT_CASE(A_) \
-  case A_: dispatch_order<T, A_>(order, has_b, x, b, g, y, C, inner, alpha, gain, clamp); return;
+#define LGFA_ACT_CASE(A_)                                                                          \
+  case A_:                                                                                         \
+    dispatch_order<T, A_>(order, has_b, x, b, g, y, epi, C, inner, alpha, gain, clamp);           \
+    return;
     LGFA_ACT_CASE(kLinear)
     LGFA_ACT_CASE(kRelu)
     LGFA_ACT_CASE(kLrelu)
@@ -214,6 +282,13 @@ void dispatch_act(int64_t act, int64_t order, bool has_b, const at::Tensor& x, c
   TORCH_CHECK(false, "bias_act: unknown activation id ", act);
 }
 
+void check_bias(const at::Tensor& x, const at::Tensor& b, int64_t C) {
+  TORCH_CHECK(b.is_cuda() && b.device() == x.device(), "bias_act: b must be on x's device");
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias_act: b must have shape [", C, "]");
+  TORCH_CHECK(b.scalar_type() == x.scalar_type(), "bias_act: b must have x's dtype");
+  TORCH_CHECK(b.is_contiguous(), "bias_act: b must be contiguous");
+}
+
 }  // namespace
 
 at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
@@ -224,12 +299,7 @@ at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
               x.dim(), "-D x");
   const bool has_b = b.numel() > 0;
   const int64_t C = x.size(dim);
-  if (has_b) {
-    TORCH_CHECK(b.is_cuda() && b.device() == x.device(), "bias_act: b must be on x's device");
-    TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias_act: b must have shape [", C, "]");
-    TORCH_CHECK(b.scalar_type() == x.scalar_type(), "bias_act: b must have x's dtype");
-    TORCH_CHECK(b.is_contiguous(), "bias_act: b must be contiguous");
-  }
+  if (has_b) check_bias(x, b, C);
   if (order > 0) {
     TORCH_CHECK(g.sizes() == x.sizes(), "bias_act: gradient must have x's shape");
     TORCH_CHECK(g.scalar_type() == x.scalar_type(), "bias_act: gradient must have x's dtype");
@@ -243,7 +313,50 @@ at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
   for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_cuda", [&] {
-    dispatch_act<scalar_t>(act, order, has_b, x, b, g, y, C, inner, alpha, gain, clamp);
+    dispatch_act<scalar_t>(act, order, has_b, x, b, g, y, nullptr, C, inner, alpha, gain, clamp);
+  });
+  return y;
+}
+
+at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::Tensor a,
+                                  int64_t act, double alpha, double gain, double clamp) {
+  TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
+  TORCH_CHECK(x.is_contiguous(), "bias_act: x must be contiguous");
+  TORCH_CHECK(x.dim() >= 2, "bias_act: scale/addend need x of shape [N, C, *spatial], got ", x.dim(), "-D x");
+  TORCH_CHECK(act >= kLinear && act <= kSwish, "bias_act: unknown activation id ", act);
+  const int64_t N = x.size(0), C = x.size(1);
+  int64_t inner = 1;
+  for (int64_t i = 2; i < x.dim(); ++i) inner *= x.size(i);
+  // Undefined or empty tensors mean "absent" (the Python side passes empty ones).
+  const bool has_b = b.defined() && b.numel() > 0;
+  const bool has_s = s.defined() && s.numel() > 0;
+  const bool has_a = a.defined() && a.numel() > 0;
+  if (has_b) check_bias(x, b, C);
+  EpilogueArgs epi;
+  if (has_s) {
+    TORCH_CHECK(s.is_cuda() && s.device() == x.device(), "bias_act: scale must be on x's device");
+    TORCH_CHECK(s.dim() == 2 && s.size(0) == N && s.size(1) == C, "bias_act: scale must have shape [",
+                N, ", ", C, "]");
+    TORCH_CHECK(s.scalar_type() == x.scalar_type(), "bias_act: scale must have x's dtype");
+    TORCH_CHECK(s.is_contiguous(), "bias_act: scale must be contiguous");
+    epi.s = s;
+  }
+  if (has_a) {
+    TORCH_CHECK(a.is_cuda() && a.device() == x.device(), "bias_act: addend must be on x's device");
+    TORCH_CHECK(a.dim() == 3 && (a.size(0) == 1 || a.size(0) == N) && (a.size(1) == 1 || a.size(1) == C) &&
+                    a.size(2) == inner,
+                "bias_act: addend must have shape [1 or ", N, ", 1 or ", C, ", ", inner, "]");
+    TORCH_CHECK(a.scalar_type() == x.scalar_type(), "bias_act: addend must have x's dtype");
+    TORCH_CHECK(a.is_contiguous(), "bias_act: addend must be contiguous");
+    epi.a = a;
+    epi.a_sc = a.size(1) == 1 ? 0 : inner;
+    epi.a_sn = a.size(0) == 1 ? 0 : a.size(1) * inner;
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty_like(x);
+  if (x.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_epilogue_cuda", [&] {
+    dispatch_act<scalar_t>(act, 0, has_b, x, b, at::Tensor(), y, &epi, C, inner, alpha, gain, clamp);
   });
   return y;
 }
