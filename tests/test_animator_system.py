@@ -270,3 +270,18 @@ def test_hydra_containers_become_plain_hparams():
 
     assert plain(dict(m.hparams)) and m.hparams["betas"] == [0.0, 0.99]
     assert m.configure_optimizers().defaults["betas"] == (0.0, 0.99)
+
+
+def test_clip_views_average_the_clip_loss_over_augmented_copies():
+    batch = {"caption": ["The person is smiling.", "The person is angry."], "seed": torch.tensor([4, 5])}
+    m = build("ours", clip_views=3, clip_view_noise=0.02)
+    total, terms, _ = m.compute_losses(batch)
+    assert torch.isfinite(terms["contrastive"])
+    total.backward()
+    assert all(p.grad is not None for p in m.animator.parameters())
+    assert not any("pipe" in k for k in m.state_dict())  # the augmentation is not a weight
+    plain = build("ours")
+    _, plain_terms, _ = plain.compute_losses(batch)
+    assert float(plain_terms["contrastive"]) != float(terms["contrastive"])  # the views change the term
+    with pytest.raises(UserError, match="clip_views"):
+        build("ours", clip_views=-1)

@@ -242,3 +242,44 @@ def test_minilm_refuses_a_prompt_longer_than_its_context():
     assert enc.encode(["The person is smiling."]).shape == (1, 384)
     with pytest.raises(UserError, match="prompt too long"):
         enc.encode(["The person is " + "very " * 300 + "happy."])
+
+
+# ---------------------------------------------------------------- robust training options
+def test_adversarial_examples_stay_in_the_ball_and_raise_the_loss(cache_file):
+    m = _module(cache_file, adv_eps=0.05)
+    m._ensure_generator()
+    img, captions, _ = make_pairs(24, m._gen, 32, "cpu", 0.3, 0.1, allowed=m._allowed)
+    feats, ids = m._text_feats(captions)
+    torch.manual_seed(1)
+    adv = m._adversarial(img, feats, ids)
+    assert adv.shape == img.shape and not adv.requires_grad
+    assert float((adv - img).abs().max()) <= 0.05 + 1e-6 and float(adv.abs().max()) <= 1.0
+    with torch.no_grad():
+        clean = soft_infonce(*m.clip(img, feats)[:2], ids, m.clip(img, feats)[2])
+        attacked = soft_infonce(*m.clip(adv, feats)[:2], ids, m.clip(adv, feats)[2])
+    assert attacked > clean  # the signed-gradient step is an attack, not noise
+    assert all(p.grad is None for p in m.clip.parameters())  # the attack leaves no parameter gradients
+
+
+def test_robust_training_step_logs_both_losses(cache_file):
+    m = _module(cache_file, adv_eps=0.03, augment_p=0.5, noise_std=0.05, adv_weight=0.5)
+    logged = {}
+    m.log = lambda k, v, **kw: logged.__setitem__(k, float(torch.as_tensor(v).detach()))
+    loss = m.training_step(None, 0)
+    assert torch.isfinite(loss)
+    assert abs(float(loss) - 0.5 * (logged["train/loss_clean"] + logged["train/loss_adv"])) < 1e-5
+    assert not any("augment" in k for k in m.state_dict())  # the augmentation is not a weight
+
+
+def test_init_checkpoint_and_bad_robust_options(cache_file, tmp_path):
+    src = _module(cache_file)
+    path = sc.save_small_clip(src.clip, tmp_path / "start.safetensors")
+    m = _module(cache_file, init_checkpoint=str(path))
+    for a, b in zip(m.clip.state_dict().values(), src.clip.state_dict().values()):
+        torch.testing.assert_close(a, b.half().float())  # saved in fp16
+    other = sc.save_small_clip(sc.SmallClip(**{**ARCH, "width": 32}), tmp_path / "other.safetensors")
+    with pytest.raises(UserError, match="another architecture"):
+        _module(cache_file, init_checkpoint=str(other))
+    for bad in (dict(augment_p=1.5), dict(adv_weight=-0.1), dict(adv_eps=-1.0), dict(noise_std=-0.1)):
+        with pytest.raises(UserError):
+            _module(cache_file, **bad)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AugmentPipe", "AdaptiveP"]
+__all__ = ["AugmentPipe", "AdaptiveP", "label_preserving_pipe", "augmented_views"]
 
 
 class AugmentPipe(nn.Module):
@@ -230,3 +230,27 @@ class AdaptiveP(nn.Module):
         pipe.set_p(pipe.p + adjust)
         self.sign_sum.zero_()
         self.count.zero_()
+
+
+def label_preserving_pipe(p: float = 1.0, strength: float = 1.0) -> AugmentPipe:
+    """Augmentations that keep a face caption true: small shifts, zoom and colour changes only.
+
+    No x-flip ("turning left" would become "turning right"), no rotation ("tilting head") and no
+    cutout (it can hide the mouth or an eye). Used to make the small CLIP robust and to average
+    the animator's CLIP loss over views, so that neither can be satisfied by pixel-level patterns.
+    """
+    s = float(strength)
+    return AugmentPipe(p=p, xflip=False, rotate=False, cutout=False, translate_max=0.0625 * s,
+                       scale_std=0.1 * s, brightness_std=0.1 * s, contrast_std=0.25 * s, saturation_std=0.25 * s)
+
+
+def augmented_views(images: Tensor, pipe: AugmentPipe, views: int, noise_std: float = 0.0) -> Tensor:
+    """images [N, C, H, W] -> [(1 + views) * N, C, H, W]: the images, then ``views`` augmented
+    copies (view-major), each with optional Gaussian pixel noise. Differentiable in ``images``."""
+    if views <= 0:
+        return images
+    rep = images.repeat(views, 1, 1, 1)
+    aug = pipe(rep)
+    if noise_std > 0:
+        aug = aug + noise_std * torch.randn_like(aug)
+    return torch.cat([images, aug], dim=0)

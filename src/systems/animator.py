@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 
+from src.data.augment import augmented_views, label_preserving_pipe
 from src.losses.animator import (contrastive_clip_loss, cosine_clip_loss, endpoint_loss, identity_loss,
                                  latent_reg_loss, lpips_identity_loss, smoothness_loss, total_loss)
 from src.networks.animator import DECAYS, RecurrentAnimator
@@ -123,7 +124,8 @@ class AnimatorModule(pl.LightningModule):
                  text_lr: float = 0.0, betas: Sequence[float] = (0.0, 0.999), mapper_hidden: Optional[int] = None,
                  mapper_last_activation: str = "lrelu", mapper_lr_mul: float = 1.0, h0_eval: str = "random",
                  image_offset_schedule: str = "motion", clip_loss: str = "contrastive",
-                 cosine_fallback_weight: float = 0.5, lpips_size: Optional[int] = 224, lpips_path: Optional[str] = None,
+                 cosine_fallback_weight: float = 0.5, clip_views: int = 0, clip_view_noise: float = 0.0,
+                 lpips_size: Optional[int] = 224, lpips_path: Optional[str] = None,
                  video_every_n_steps: int = 500, video_fps: float = 10.0, num_videos: int = 4,
                  hash_check: str = "error", inference_only: bool = False, identity_metric_path: Optional[str] = None,
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
@@ -138,6 +140,8 @@ class AnimatorModule(pl.LightningModule):
         missing = [k for k in LOSS_KEYS if k not in loss]
         if missing:
             raise UserError(f"loss config lacks {', '.join(missing)}")
+        if clip_views < 0 or clip_view_noise < 0:
+            raise UserError(f"model.clip_views and model.clip_view_noise must be >= 0, got {clip_views}, {clip_view_noise}")
         if clip_loss not in ("contrastive", "cosine"):
             raise UserError(f"clip_loss '{clip_loss}' is not contrastive or cosine")
         if hash_check not in ("error", "warn", "off"):
@@ -199,6 +203,11 @@ class AnimatorModule(pl.LightningModule):
         if not inference_only and self.loss_cfg["identity"] > 0 and self.identity_net is None:
             raise UserError("loss.identity > 0 needs an identity network (pass identity_net=...)")
         self.identity_metric_net = self._freeze(identity_metric_net) if identity_metric_net is not None else None
+
+        # CLIP-loss views: the loss is averaged over the last frame and `clip_views` label-preserving
+        # augmented copies, so that it cannot be satisfied by pixel patterns that fool the CLIP.
+        # (kept out of the module tree: its buffer is not a weight and must not enter checkpoints)
+        self._view_pipes: dict[str, nn.Module] = {}
 
         # ---- the trainable animator
         self.animator = RecurrentAnimator(
@@ -416,11 +425,17 @@ class AnimatorModule(pl.LightningModule):
         terms: dict[str, torch.Tensor] = {}
         form, w_clip = self.clip_loss_weight()
         lc = self.loss_clip
-        img_last = lc.encode_image(frames[:, -1])
         with torch.no_grad():
             txt = lc.encode_text(captions)
-        terms[form] = (contrastive_clip_loss(img_last, txt, self.loss_cfg["tau"]) if form == "contrastive"
-                       else cosine_clip_loss(img_last, txt))
+        views = 1 + int(self.hparams.clip_views)
+        last = frames[:, -1]
+        if views > 1:
+            pipe = self._view_pipes.setdefault(str(last.device), label_preserving_pipe(p=1.0).to(last.device))
+            last = augmented_views(last, pipe, views - 1, float(self.hparams.clip_view_noise))
+        img_last = lc.encode_image(last).view(views, len(captions), -1)
+        clip_term = contrastive_clip_loss if form == "contrastive" else cosine_clip_loss
+        terms[form] = torch.stack([clip_term(img_last[v], txt, self.loss_cfg["tau"]) if form == "contrastive"
+                                   else clip_term(img_last[v], txt) for v in range(views)]).mean()
         if self.perceptual is not None:
             terms["lpips"] = lpips_identity_loss(self.perceptual, image, frames[:, 0], frames[:, -1])
         terms["smoothness"] = smoothness_loss(offsets)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from src.data.text_cache import TextEmbeddingCache, save_text_cache
 from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
+from src.data.augment import label_preserving_pipe
 from src.data.synthetic_datamodule import RenderIndexDataModule
 from src.systems.generated_eval import GeneratedEvalHooks
 from src.utils.errors import UserError
@@ -168,6 +169,14 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         identity_prob, neutral_prob: caption mix (see ``make_pairs``).
         export_path: SmallClip weights written at the end of training (+ .json + text cache).
         seed: seed of the CPU generator drawing faces/captions.
+        augment_p, noise_std: label-preserving augmentation (shift/zoom/colour, probability each)
+            and Gaussian pixel noise of the training renders.
+        adv_eps, adv_weight: adversarial training (one signed-gradient step from a random start,
+            L-inf radius adv_eps in [-1, 1] pixel units); the loss is (1 - w) clean + w adversarial.
+            A CLIP that small pixel patterns cannot fool gives the animator gradients that move
+            the face instead of fooling the CLIP. 0 = off.
+        init_checkpoint: start from these SmallClip weights (same architecture), e.g. to
+            fine-tune the shipped CLIP adversarially.
     """
 
     test_index_offset = 1_000_000  # test renders disjoint from validation renders
@@ -176,13 +185,30 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
                  text_cache_hash: Optional[str] = None, resolution: int = 128, batch_size: int = 256,
                  lr: float = 5e-4, weight_decay: float = 0.05, warmup_steps: int = 200,
                  total_steps: Optional[int] = None, identity_prob: float = 0.3, neutral_prob: float = 0.1,
-                 export_path: Optional[str] = None, seed: int = 0):
+                 export_path: Optional[str] = None, seed: int = 0, augment_p: float = 0.0,
+                 noise_std: float = 0.0, adv_eps: float = 0.0, adv_weight: float = 0.5,
+                 init_checkpoint: Optional[str] = None):
         super().__init__()
         from src.systems.stylegan import _plain
 
         arch = _plain(arch)  # plain dict in the checkpoint (weights_only loading)
         self.save_hyperparameters()
         self.clip = SmallClip(**(arch or {}))
+        for name, value in (("augment_p", augment_p), ("adv_weight", adv_weight)):
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"model.{name} must be in [0, 1], got {value}")
+        if noise_std < 0 or adv_eps < 0:
+            raise UserError("model.noise_std and model.adv_eps must be >= 0")
+        if init_checkpoint:
+            from src.networks.small_clip import load_small_clip
+
+            start = load_small_clip(init_checkpoint, text_cache=None)
+            if start.state_dict().keys() != self.clip.state_dict().keys() or any(
+                    a.shape != b.shape for a, b in zip(start.state_dict().values(), self.clip.state_dict().values())):
+                raise UserError(f"model.init_checkpoint {init_checkpoint} has another architecture than model.arch")
+            self.clip.load_state_dict(start.state_dict())
+        # (kept out of the module tree: its buffer is not a weight and must not enter checkpoints)
+        self._augment_pipes: Dict[str, torch.nn.Module] = {}
         cache = self._load_or_build_cache(text_cache_path, text_cache_hash)
         from src.data.synthetic import vocabulary
 
@@ -258,12 +284,37 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         self._ensure_generator()
         img, captions, _ = make_pairs(h.batch_size, self._gen, h.resolution, self.device, h.identity_prob,
                                       h.neutral_prob, allowed=self._allowed)
+        if h.augment_p > 0:
+            pipe = self._augment_pipes.setdefault(str(img.device), label_preserving_pipe(p=h.augment_p).to(img.device))
+            img = pipe(img)
+        if h.noise_std > 0:
+            img = img + h.noise_std * torch.rand(img.shape[0], 1, 1, 1, device=img.device) * torch.randn_like(img)
         feats, ids = self._text_feats(captions)
         img_emb, txt_emb, scale = self.clip(img, feats)
         loss = soft_infonce(img_emb, txt_emb, ids, scale)
+        if h.adv_eps > 0:
+            clean = loss
+            adv = self._adversarial(img.detach(), feats, ids)
+            img_emb, txt_emb, scale = self.clip(adv, feats)
+            loss_adv = soft_infonce(img_emb, txt_emb, ids, scale)
+            loss = (1 - h.adv_weight) * clean + h.adv_weight * loss_adv
+            self.log("train/loss_clean", clean.detach())
+            self.log("train/loss_adv", loss_adv.detach())
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
         return loss
+
+    def _adversarial(self, img: Tensor, feats: Tensor, ids: Tensor) -> Tensor:
+        """FGSM with a random start (one step of 1.25 eps, projected to the eps-ball and [-1, 1]).
+        img [N,3,H,W] -> perturbed copy [N,3,H,W], detached."""
+        eps = float(self.hparams.adv_eps)
+        delta = (torch.rand_like(img) * 2 - 1) * eps
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            ie, te, sc = self.clip((img + delta).clamp(-1, 1), feats)
+            (grad,) = torch.autograd.grad(soft_infonce(ie, te, ids, sc), delta)
+        delta = (delta.detach() + 1.25 * eps * grad.sign()).clamp(-eps, eps)
+        return (img + delta).clamp(-1, 1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # CLIP's clamp of the temperature: at most 100.

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# On one GPU, in the background (setsid): the second half of the embedded-default pipeline.
+#   1. quiet-GPU benchmarks (generator 1024 px, ops) and the GPU test suite
+#   2. adversarial fine-tuning of the shipped CLIP (experiment=embedded_clip_robust)
+#   3. animator variants trained side by side on the shipped generator and the new CLIP
+#   4. export + evaluation of every variant (200 faces x every prompt, with the oracle)
+# Progress: $RUNS/stages; logs: $RUNS/*.log. Variants: ANIM_VARIANTS="name=overrides;name=overrides".
+set -u
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-/tmp/lgfa_ft}
+mkdir -p "$RUNS"
+export PYTHONUNBUFFERED=1 LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips}
+log() { echo "$* $(date +%s)" >> "$RUNS/stages"; }
+G=${G:-assets/stylegan2_synthetic128.safetensors}
+O=${O:-assets/oracle_synthetic.safetensors}
+common="paths.log_dir=$RUNS hardware=gpu logger=csv"
+
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  log start bench
+  timeout 150 python bench/bench_generator.py --res 1024 --batch 16 --no-ref --cudnn-benchmark > "$RUNS/bench_generator.log" 2>&1
+  timeout 90 python bench/bench_generator.py --res 1024 --batch 16 --no-ref >> "$RUNS/bench_generator.log" 2>&1
+  timeout 150 python bench/bench_ops.py > "$RUNS/bench_ops.log" 2>&1
+  log end bench
+fi
+log start clip
+python train.py experiment=embedded_clip_robust +trainer.max_time=00:00:${CLIP_MIN:-4}:00 $common > "$RUNS/clip.log" 2>&1 &
+clip_pid=$!
+[ "${SKIP_TESTS:-0}" = 1 ] || timeout 400 python -m pytest -m gpu -q -p no:cacheprovider tests/ > "$RUNS/gpu_tests.log" 2>&1
+wait $clip_pid
+log end clip rc=$?
+C=$RUNS/clip/runs/embedded-clip-robust/clip_synthetic.safetensors
+[ -f "$C" ] || { log "no CLIP export: stop"; exit 1; }
+
+IFS=';' read -ra variants <<< "${ANIM_VARIANTS:-views=model.clip_views=4 model.clip_view_noise=0.03}"
+for v in "${variants[@]}"; do
+  name=${v%%=*}; overrides=${v#*=}
+  log start animator_$name
+  python train.py experiment=embedded_animator name=anim-$name domain.generator.checkpoint="$G" \
+    domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.identity_metric_path="$O" \
+    model.video_every_n_steps=0 +trainer.max_time=00:00:${ANIM_MIN:-8}:00 $overrides $common \
+    > "$RUNS/animator_$name.log" 2>&1 &
+done
+wait
+log end animators
+for v in "${variants[@]}"; do
+  name=${v%%=*}
+  A=$RUNS/animator/runs/anim-$name
+  ( python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
+      --oracle "$O" --out "$RUNS/assets_$name" > "$RUNS/export_$name.log" 2>&1 &&
+    python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
+      --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda --out "$RUNS/eval_$name.json" \
+      > "$RUNS/evaluate_$name.log" 2>&1; log end evaluate_$name rc=$? ) &
+done
+wait
+log all done

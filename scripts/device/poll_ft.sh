@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# On the GPU machine: wait (WAIT seconds or until done), report finetune_embedded.sh's progress,
+# and bundle its results into $OUT (at most 8 files of <= 16 MiB come back).
+set -u
+WAIT=${WAIT:-0}
+RUNS=${RUNS:-/tmp/lgfa_ft}
+end=$(( $(date +%s) + WAIT ))
+while [ "$(date +%s)" -lt "$end" ] && ! grep -q "all done\|stop" "$RUNS/stages" 2>/dev/null; do sleep 5; done
+cat "$RUNS/stages" 2>/dev/null
+for f in "$RUNS"/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | grep -v "^$" | tail -n 2; done
+[ -n "${OUT:-}" ] || exit 0
+[ -f "$RUNS/clip/runs/embedded-clip-robust/clip_synthetic.safetensors" ] &&
+  tar cf "$OUT/clip.tar" -C "$RUNS/clip/runs/embedded-clip-robust" $(cd "$RUNS/clip/runs/embedded-clip-robust" && ls clip_synthetic.*)
+for d in "$RUNS"/assets_*; do [ -f "$d/animator_synthetic.safetensors" ] && cp "$d/animator_synthetic.safetensors" "$OUT/animator_${d##*assets_}.safetensors"; done
+for d in "$RUNS"/*/runs/*/csv; do n=$(basename "$(dirname "$d")"); cp "$d/metrics.csv" "$RUNS/metrics_$n.csv" 2>/dev/null; done
+(cd "$RUNS" && tar czf "$OUT/results.tgz" $(ls *.log stages *.json metrics_*.csv 2>/dev/null))
+ls -la "$OUT"

@@ -1,0 +1,46 @@
+"""Export G_ema of a StyleGAN training checkpoint (Lightning .ckpt) as safetensors + json.
+
+    python scripts/export_stylegan_ckpt.py RUN/checkpoints/last.ckpt OUT/stylegan2_synthetic128
+
+For runs stopped before their end-of-training export (killed, or out of time). The checkpoint is
+read with weights_only=True: nothing in it is executed.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.utils.errors import UserError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    from src.systems.stylegan import StyleGANModule
+    try:
+        try:
+            ckpt = torch.load(argv[0], map_location="cpu", weights_only=True)
+        except Exception as e:  # unreadable / not a checkpoint
+            raise UserError(f"{argv[0]}: not a loadable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+            raise UserError(f"{argv[0]}: not a Lightning checkpoint (no hyper_parameters/state_dict)")
+        hp = dict(ckpt["hyper_parameters"])
+        hp["export_path"] = None
+        module = StyleGANModule(**hp)
+        module.load_state_dict(ckpt["state_dict"], strict=False)
+        out = module.export_generator(argv[1])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported G_ema of step {ckpt.get('global_step')} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
