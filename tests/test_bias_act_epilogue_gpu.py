@@ -219,10 +219,17 @@ def test_inference_mode_and_requires_grad_without_grad_mode_fuse(spy):
 
 
 def test_plugin_rejects_bad_operands():
-    """The C++ entry's own checks (the Python side normally prevents these)."""
+    """The C++ entry's own checks (the Python side normally prevents these). They raise instead of
+    crashing: their messages format no integers (see check_bias in bias_act.cu)."""
     plugin = build.get_plugin()
     x = torch.randn(2, 3, 8, device="cuda")
     e = x.new_empty([0])
+    with pytest.raises(RuntimeError, match="b must have shape"):
+        plugin.bias_act_epilogue(x, torch.ones(2, device="cuda"), e, e, 0, 0.0, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        plugin.bias_act_epilogue(x, e, e, e, 42, 0.0, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="need x of shape"):
+        plugin.bias_act_epilogue(x[0, 0], e, e, e, 0, 0.0, 1.0, -1.0)
     with pytest.raises(RuntimeError, match="scale must have shape"):
         plugin.bias_act_epilogue(x, e, torch.ones(3, 2, device="cuda"), e, 0, 0.0, 1.0, -1.0)
     with pytest.raises(RuntimeError, match="scale must have x's dtype"):

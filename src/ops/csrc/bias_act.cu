@@ -282,9 +282,12 @@ void dispatch_act(int64_t act, int64_t order, bool has_b, const at::Tensor& x, c
   TORCH_CHECK(false, "bias_act: unknown activation id ", act);
 }
 
+// The messages of the checks below are literals on purpose: with torch 2.11 (cu130) on our H100
+// image, a TORCH_CHECK message that formats an integer crashes the process (SIGSEGV, also from a
+// plain .cpp extension) instead of raising; strings and dtypes format fine.
 void check_bias(const at::Tensor& x, const at::Tensor& b, int64_t C) {
   TORCH_CHECK(b.is_cuda() && b.device() == x.device(), "bias_act: b must be on x's device");
-  TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias_act: b must have shape [", C, "]");
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias_act: b must have shape [C], C = x.size(dim)");
   TORCH_CHECK(b.scalar_type() == x.scalar_type(), "bias_act: b must have x's dtype");
   TORCH_CHECK(b.is_contiguous(), "bias_act: b must be contiguous");
 }
@@ -322,8 +325,8 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
                                   int64_t act, double alpha, double gain, double clamp) {
   TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
   TORCH_CHECK(x.is_contiguous(), "bias_act: x must be contiguous");
-  TORCH_CHECK(x.dim() >= 2, "bias_act: scale/addend need x of shape [N, C, *spatial], got ", x.dim(), "-D x");
-  TORCH_CHECK(act >= kLinear && act <= kSwish, "bias_act: unknown activation id ", act);
+  TORCH_CHECK(x.dim() >= 2, "bias_act: scale/addend need x of shape [N, C, *spatial]");
+  TORCH_CHECK(act >= kLinear && act <= kSwish, "bias_act: unknown activation id");
   const int64_t N = x.size(0), C = x.size(1);
   int64_t inner = 1;
   for (int64_t i = 2; i < x.dim(); ++i) inner *= x.size(i);
@@ -335,8 +338,8 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
   EpilogueArgs epi;
   if (has_s) {
     TORCH_CHECK(s.is_cuda() && s.device() == x.device(), "bias_act: scale must be on x's device");
-    TORCH_CHECK(s.dim() == 2 && s.size(0) == N && s.size(1) == C, "bias_act: scale must have shape [",
-                N, ", ", C, "]");
+    TORCH_CHECK(s.dim() == 2 && s.size(0) == N && s.size(1) == C,
+                "bias_act: scale must have shape [N, C] = x.shape[:2]");
     TORCH_CHECK(s.scalar_type() == x.scalar_type(), "bias_act: scale must have x's dtype");
     TORCH_CHECK(s.is_contiguous(), "bias_act: scale must be contiguous");
     epi.s = s;
@@ -345,7 +348,7 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
     TORCH_CHECK(a.is_cuda() && a.device() == x.device(), "bias_act: addend must be on x's device");
     TORCH_CHECK(a.dim() == 3 && (a.size(0) == 1 || a.size(0) == N) && (a.size(1) == 1 || a.size(1) == C) &&
                     a.size(2) == inner,
-                "bias_act: addend must have shape [1 or ", N, ", 1 or ", C, ", ", inner, "]");
+                "bias_act: addend must have shape [1 or N, 1 or C, prod(x.shape[2:])]");
     TORCH_CHECK(a.scalar_type() == x.scalar_type(), "bias_act: addend must have x's dtype");
     TORCH_CHECK(a.is_contiguous(), "bias_act: addend must be contiguous");
     epi.a = a;
