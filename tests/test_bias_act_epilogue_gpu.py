@@ -28,12 +28,7 @@ REF_TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2
            torch.bfloat16: dict(atol=1e-1, rtol=5e-2), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cuda_policy():
-    policy.reset()
-    policy.configure(impl="auto", on_build_failure="error")  # a failed build must fail the tests
-    yield
-    policy.reset()
+from tests.gpu_helpers import no_tf32, strict_cuda_policy  # noqa: E402,F401  (autouse: a failed build fails)
 
 
 @pytest.fixture
@@ -257,16 +252,6 @@ def _ops_impl(impl):
         policy.configure(impl=before)
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 @pytest.mark.parametrize("num_fp16_res", [0, 2])
 @pytest.mark.parametrize("noise_mode", ["random", "const", "none"])
 @pytest.mark.parametrize("batch", [1, 3])
@@ -282,7 +267,7 @@ def test_generator_cuda_matches_ref_under_no_grad(num_fp16_res, noise_mode, batc
     G = G.eval().cuda()
     z = torch.randn(batch, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     out = {}
-    with torch.no_grad(), _no_tf32():
+    with torch.no_grad(), no_tf32():
         ws = G.mapping(z, None)
         for impl in ("cuda", "ref"):
             with _ops_impl(impl):

@@ -18,12 +18,7 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2e-2,
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cuda_policy():
-    policy.reset()
-    policy.configure(impl="auto", on_build_failure="error")  # a failed build must fail the tests
-    yield
-    policy.reset()
+from tests.gpu_helpers import strict_cuda_policy  # noqa: E402,F401  (autouse: a failed build fails)
 
 
 def _close(a, b, dtype, scale=1.0):

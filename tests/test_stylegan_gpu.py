@@ -9,20 +9,10 @@ import torch
 
 import src.ops
 from src.stylegan import Discriminator, Generator
+from tests.gpu_helpers import no_tf32
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-
-@contextlib.contextmanager
-def no_tf32():
-    """Exact fp32 convs, so that cuda-vs-ref differences are only the ops' own."""
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @contextlib.contextmanager
