@@ -7,6 +7,8 @@
 # Progress: $RUNS/stages; logs: $RUNS/*.log. Variants: ANIM_VARIANTS="name=overrides;name=overrides".
 set -u
 cd "$(dirname "$0")/../.."
+# Lightning wants DD:HH:MM:SS with two-digit fields ("6" is refused at start-up)
+minutes() { local m=$((10#$1)); printf "00:%02d:%02d:00" $((m / 60)) $((m % 60)); }
 RUNS=${RUNS:-/tmp/lgfa_ft}
 mkdir -p "$RUNS"
 export PYTHONUNBUFFERED=1 LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips}
@@ -23,7 +25,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
 fi
 if [ -z "${C:-}" ]; then  # no CLIP given: fine-tune the shipped one adversarially first
   log start clip
-  python train.py experiment=embedded_clip_robust +trainer.max_time=00:00:${CLIP_MIN:-4}:00 $common > "$RUNS/clip.log" 2>&1 &
+  python train.py experiment=embedded_clip_robust +trainer.max_time=$(minutes ${CLIP_MIN:-4}) $common > "$RUNS/clip.log" 2>&1 &
   clip_pid=$!
   [ "${SKIP_TESTS:-0}" = 1 ] || timeout 400 python -m pytest -m gpu -q -p no:cacheprovider tests/ > "$RUNS/gpu_tests.log" 2>&1
   wait $clip_pid
@@ -38,7 +40,7 @@ for v in "${variants[@]}"; do
   log start animator_$name
   python train.py experiment=embedded_animator name=anim-$name domain.generator.checkpoint="$G" \
     domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.identity_metric_path="$O" \
-    model.video_every_n_steps=0 +trainer.max_time=00:00:${ANIM_MIN:-8}:00 $overrides $common \
+    model.video_every_n_steps=0 +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $overrides $common \
     > "$RUNS/animator_$name.log" 2>&1 &
 done
 wait

@@ -3,13 +3,15 @@
 # the background (setsid), time-boxed per stage with trainer.max_time. Results: /tmp/lgfa_runs.
 set -u
 cd "$(dirname "$0")/../.."
+# Lightning wants DD:HH:MM:SS with two-digit fields ("6" is refused at start-up)
+minutes() { local m=$((10#$1)); printf "00:%02d:%02d:00" $((m / 60)) $((m % 60)); }
 export LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 rm -rf /tmp/lgfa_runs
 RUNS=/tmp/lgfa_runs \
-EXTRA_ORACLE="+trainer.max_time=00:00:${ORACLE_MIN:-7}:00 ${X_ORACLE:-}" EXTRA_CLIP="+trainer.max_time=00:00:${CLIP_MIN:-7}:00 ${X_CLIP:-}" \
-EXTRA_STYLEGAN="+trainer.max_time=00:00:${GAN_MIN:-13}:00 ${X_STYLEGAN:-}" \
-EXTRA_ANIMATOR="+trainer.max_time=00:00:${ANIM_MIN:-6}:00 ${X_ANIMATOR:-}" \
+EXTRA_ORACLE="+trainer.max_time=$(minutes ${ORACLE_MIN:-7}) ${X_ORACLE:-}" EXTRA_CLIP="+trainer.max_time=$(minutes ${CLIP_MIN:-7}) ${X_CLIP:-}" \
+EXTRA_STYLEGAN="+trainer.max_time=$(minutes ${GAN_MIN:-13}) ${X_STYLEGAN:-}" \
+EXTRA_ANIMATOR="+trainer.max_time=$(minutes ${ANIM_MIN:-6}) ${X_ANIMATOR:-}" \
 setsid nohup bash scripts/device/train_embedded.sh > /tmp/lgfa_pipeline.log 2>&1 < /dev/null &
 echo "launched pipeline"
 S="trainer.val_check_interval=5 trainer.log_every_n_steps=5 data.val_batches=1 data.test_batches=1"
