@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from src.data.augment import label_preserving_pipe
 from src.data.text_cache import TextEmbeddingCache, save_text_cache
 from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
-from src.data.augment import label_preserving_pipe
 from src.data.synthetic_datamodule import RenderIndexDataModule
 from src.systems.generated_eval import GeneratedEvalHooks
 from src.utils.errors import UserError
