@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.utils.errors import UserError  # noqa: E402
@@ -23,11 +21,9 @@ def main(argv=None) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     from src.systems.stylegan import StyleGANModule
+    from src.utils.checkpoint_io import AtomicCheckpointIO
     try:
-        try:
-            ckpt = torch.load(argv[0], map_location="cpu", weights_only=True)
-        except Exception as e:  # unreadable / not a checkpoint
-            raise UserError(f"{argv[0]}: not a loadable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        ckpt = AtomicCheckpointIO().load_checkpoint(argv[0])
         if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
             raise UserError(f"{argv[0]}: not a Lightning checkpoint (no hyper_parameters/state_dict)")
         hp = dict(ckpt["hyper_parameters"])

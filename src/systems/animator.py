@@ -26,6 +26,7 @@ from src.losses.animator import (contrastive_clip_loss, cosine_clip_loss, endpoi
                                  latent_reg_loss, lpips_identity_loss, smoothness_loss, total_loss)
 from src.networks.animator import DECAYS, RecurrentAnimator
 from src.networks.clip_encoder import ClipEncoder
+from src.utils.checkpoint_io import AtomicCheckpointIO
 from src.utils.errors import UserError
 
 FROZEN = ("generator", "clip", "loss_clip", "perceptual", "identity_net", "identity_metric_net")
@@ -433,9 +434,10 @@ class AnimatorModule(pl.LightningModule):
             pipe = self._view_pipes.setdefault(str(last.device), label_preserving_pipe(p=1.0).to(last.device))
             last = augmented_views(last, pipe, views - 1, float(self.hparams.clip_view_noise))
         img_last = lc.encode_image(last).view(views, len(captions), -1)
-        clip_term = contrastive_clip_loss if form == "contrastive" else cosine_clip_loss
-        terms[form] = torch.stack([clip_term(img_last[v], txt, self.loss_cfg["tau"]) if form == "contrastive"
-                                   else clip_term(img_last[v], txt) for v in range(views)]).mean()
+        if form == "contrastive":
+            terms[form] = torch.stack([contrastive_clip_loss(e, txt, self.loss_cfg["tau"]) for e in img_last]).mean()
+        else:
+            terms[form] = torch.stack([cosine_clip_loss(e, txt) for e in img_last]).mean()
         if self.perceptual is not None:
             terms["lpips"] = lpips_identity_loss(self.perceptual, image, frames[:, 0], frames[:, -1])
         terms["smoothness"] = smoothness_loss(offsets)
@@ -566,11 +568,7 @@ _FILE_KEYS = ("domain.generator.checkpoint", "domain.clip.checkpoint", "domain.l
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[dict, dict, dict]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a loadable checkpoint ({first})") from None
+    ckpt = AtomicCheckpointIO().load_checkpoint(path)
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise UserError(f"{path}: not an animator checkpoint (no hyper_parameters/state_dict)")
     return _plain(dict(ckpt["hyper_parameters"])), ckpt["state_dict"], ckpt.get("frozen_hashes") or {}
