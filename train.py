@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from src.config.schema import register_configs, register_resolvers, validate_config
 from src.utils.errors import UserError
@@ -28,7 +28,7 @@ register_resolvers()
 def _plain(node: Any) -> Any:
     """A resolved, plain-python copy of a config node (no DictConfig/Enum objects that would end up
     in checkpoints and break weights_only loading)."""
-    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
 def _instantiate(node: Any) -> Any:
@@ -77,6 +77,35 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     )
 
 
+def cpu_threads_per_process(hw: DictConfig) -> Optional[int]:
+    """Intra-op CPU threads for this process, or None to keep torch's default.
+
+    hardware.cpu_threads wins; then $OMP_NUM_THREADS (torch reads it itself); else, when several
+    processes share this node (DDP on GPUs), cores // processes. Ranks that each default to all
+    cores oversubscribe the CPU: on 2 H200s (32 cores), two 1024 px animator steps side by side
+    took 154.5 and 128.4 ms with 32 threads each, against 116.7-129.9 ms alone with 1 or 16
+    (bench/bench_ddp_animator.py; docs/results/session3/ddp_scaling.md).
+    """
+    if hw.get("cpu_threads"):
+        return int(hw.cpu_threads)
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    devices = _plain(hw.devices)
+    if hw.accelerator not in ("gpu", "cuda") or "ddp" not in str(hw.strategy):
+        return None
+    if isinstance(devices, (list, tuple)):
+        local = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        import torch
+
+        local = torch.cuda.device_count()
+    else:
+        local = int(devices)
+    if local <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // local)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (resuming from the run dir's last.ckpt when present), then test. Returns the final metrics."""
     import pytorch_lightning as pl
@@ -86,6 +115,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from src.utils.run_meta import save_run_metadata
 
     validate_config(cfg)
+    threads = cpu_threads_per_process(cfg.hardware)
+    if threads:
+        torch.set_num_threads(threads)
     src.ops.configure(impl=cfg.hardware.ops_impl, on_build_failure=cfg.hardware.ops_on_build_failure)
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.hardware.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

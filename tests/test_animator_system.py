@@ -125,8 +125,10 @@ def test_prompt_datamodule_batches():
     assert dm.dataset("val")[0]["caption"] != dm.dataset("train")[0]["caption"] or \
         not torch.equal(dm.dataset("val")[0]["seed"], b0["seed"])
     assert len(list(dm.train_dataloader())) == 5
-    with pytest.raises(UserError, match="distinct prompts"):
-        PromptDataModule({"template": "{}", "concepts": ["a", "b"]}, batch_size=3)
+    assert b0["candidates"] == b0["caption"]  # batch_size <= prompts: the batch's own prompts
+    # more samples than prompts: further permutations, each prompt at most ceil(3/2) = 2 times
+    small = PromptDataModule({"template": "{}", "concepts": ["a", "b"]}, batch_size=3).dataset("train")[0]
+    assert sorted(small["candidates"]) == ["a", "b"] and max(small["caption"].count(c) for c in "ab") == 2
     with pytest.raises(UserError, match="duplicates"):
         PromptDataModule({"template": "{}", "concepts": ["a", "a"]}, batch_size=1)
 

@@ -115,3 +115,31 @@ def test_training_on_a_latents_file(tiny_overrides, tmp_path):
                            f"domain.data.latents={tmp_path / 'bad.pt'}", "debug=fast_dev_run", "domain.perceptual=none"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 2 and "generator takes" in proc.stderr, proc.stderr[-1500:]
+
+
+def test_cpu_threads_per_ddp_rank(monkeypatch):
+    """DDP ranks on one node share its cores instead of each taking all of them."""
+    from omegaconf import OmegaConf
+
+    import train
+
+    def hw(**kw):
+        return OmegaConf.create({**dict(accelerator="gpu", devices=2, strategy="ddp", cpu_threads=None), **kw})
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 32)
+    assert train.cpu_threads_per_process(hw()) == 16
+    assert train.cpu_threads_per_process(hw(devices=[0, 1, 2, 3])) == 8
+    assert train.cpu_threads_per_process(hw(cpu_threads=3)) == 3
+    assert train.cpu_threads_per_process(hw(devices=1)) is None  # one process: torch's default
+    assert train.cpu_threads_per_process(hw(accelerator="cpu", strategy="ddp_spawn")) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert train.cpu_threads_per_process(hw()) is None  # the user's setting, read by torch itself
+
+
+def test_bad_cpu_threads_is_rejected(tmp_path):
+    from src.config.schema import validate_config
+
+    cfg = compose_train(["hardware=ddp", "hardware.cpu_threads=0"], tmp_path)
+    with pytest.raises(Exception, match="cpu_threads"):
+        validate_config(cfg)

@@ -113,6 +113,7 @@ class HardwareConfig:
     deterministic: bool = False
     ops_impl: str = "auto"            # auto | ref | cuda (src.ops policy)
     ops_on_build_failure: str = "error"  # error | fallback
+    cpu_threads: Optional[int] = None  # intra-op CPU threads per process; null: $OMP_NUM_THREADS, else cores / local processes
 
 
 @dataclass
@@ -200,6 +201,8 @@ def validate_config(cfg: DictConfig) -> None:
         need(str(hw.precision) in _PRECISIONS, f"hardware.precision '{hw.precision}' is not one of {sorted(_PRECISIONS)}")
         need(hw.num_workers >= 0, f"hardware.num_workers must be >= 0, got {hw.num_workers}")
         need(hw.ops_impl in {"auto", "ref", "cuda"}, f"hardware.ops_impl '{hw.ops_impl}' is not one of auto, ref, cuda")
+        need(hw.get("cpu_threads") is None or hw.cpu_threads >= 1,
+             f"hardware.cpu_threads must be null or >= 1, got {hw.get('cpu_threads')}")
         need(hw.ops_on_build_failure in {"error", "fallback"}, f"hardware.ops_on_build_failure '{hw.ops_on_build_failure}' is not error or fallback")
     if "domain" in cfg and cfg.domain.get("name") not in (None, "???"):
         d = cfg.domain

@@ -1,22 +1,41 @@
-"""Batches of distinct prompts for the animator (any domain).
+"""Batches of prompts for the animator (any domain), the same under any number of DDP ranks.
 
 Each item of the datasets is already a whole batch (the DataLoader uses ``batch_size=None``):
 
-    dict(caption=list[str] of B distinct prompts, concept=LongTensor[B], seed=LongTensor[B])
+    dict(caption=list[str] (B), concept=LongTensor[B], seed=LongTensor[B],
+         candidates=list[str] (M <= B * world): the distinct prompts of the GLOBAL batch)
     (+ ws=[B,num_ws,w_dim] or [B,w_dim] when a latents file is given)
 
-``seed`` gives every sample its own latent seed, so the input faces are reproducible and differ
-between DDP ranks (ranks see different item indices through Lightning's DistributedSampler;
-items are a pure function of (seed, split, index)). The contrastive loss needs the prompts of a
-batch to be distinct, hence batch_size <= number of concepts.
+Why global batches: training with k DDP ranks of B samples each must be exactly training with
+one process of k*B samples (same seed -> same weights up to rounding). So training item i is
+a *global* batch of B*world samples, a pure function of (seed, split, i, B*world), and rank r
+takes its samples [r*B, (r+1)*B). With world = 1 item i is bit for bit what it was before
+there were global batches (same generator, same draws in the same order).
+
+* Prompts are distinct within a global batch when B*world <= number of prompts; beyond that
+  further seeded permutations of the prompts are appended, so a prompt appears at most
+  ceil(B*world / P) times.
+* ``seed`` gives every sample its own latent seed (input faces independent of the split).
+* ``candidates`` lists the global batch's distinct prompts in order of first appearance; every
+  rank gets the same list, so every rank can build the contrastive loss's negatives of the
+  union batch without any collective (with world = 1 and B <= P it equals ``caption``).
+* Every rank iterates the same global items in the same order: the training loader's sampler
+  (:class:`SameOrderOnEveryRank`) draws one permutation per epoch from (seed, epoch) and is a
+  DistributedSampler subclass, so Lightning neither replaces it by its rank-sharding sampler
+  nor forgets to call ``set_epoch`` (also after a resume, with the restored epoch).
+  An epoch is ``train_batches`` steps whatever the number of ranks (training is step-based).
+
+Validation/test items are batches of B (world = 1 items) that Lightning's DistributedSampler
+shards over the ranks, as before; their metrics are averaged with sync_dist.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import hashlib
+from typing import Any, Iterator, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from src.utils.errors import UserError
 
@@ -33,35 +52,83 @@ def make_prompts(template: str, concepts: Sequence[str]) -> list[str]:
     return out
 
 
-class PromptBatches(Dataset):
-    """``length`` batches of ``batch_size`` distinct prompts; item i is fixed by (seed, split, i).
+def distinct_in_order(items: Sequence[str]) -> list[str]:
+    """The distinct entries of ``items`` in order of first appearance."""
+    return list(dict.fromkeys(items))
 
+
+class PromptBatches(Dataset):
+    """``length`` batches; item i is rank ``rank``'s slice of global batch i (see the module docstring).
+
+    batch_size: samples per rank (B); the global batch has B * world_size samples.
     latents: optional bank [M, num_ws, w_dim] (or [M, w_dim]) of input faces (e.g. e4e codes, as the
-    paper trains on); each batch then carries ``ws`` drawn from it instead of sampled faces.
+    paper trains on); each sample then carries a code drawn from it instead of a sampled face.
     """
 
     def __init__(self, prompts: Sequence[str], batch_size: int, length: int, seed: int, split: str,
-                 latents: torch.Tensor | None = None):
-        if batch_size > len(prompts):
-            raise UserError(f"batch_size {batch_size} exceeds the {len(prompts)} distinct prompts of the domain "
-                            "(the contrastive loss needs distinct prompts in a batch)")
+                 latents: torch.Tensor | None = None, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if not prompts:
+            raise UserError("the domain has no prompts")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} of world size {world_size} is out of range")
         self.prompts, self.batch_size, self.length = list(prompts), batch_size, length
         self.seed = int(seed) + _SPLIT_OFFSET[split]
         self.latents = latents
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def global_item(self, index: int) -> dict[str, Any]:
+        """Global batch ``index``: all B*world samples (caption, concept [G], seed [G], candidates, ws)."""
         if not 0 <= index < self.length:
             raise IndexError(index)
+        size = self.batch_size * self.world_size
         g = torch.Generator().manual_seed(self.seed * 7919 + index)
-        concept = torch.randperm(len(self.prompts), generator=g)[: self.batch_size]
-        seeds = torch.randint(0, 2**31 - 1, (self.batch_size,), generator=g)
-        item = dict(caption=[self.prompts[int(c)] for c in concept], concept=concept, seed=seeds)
+        # first permutation as the batch-of-B items always drew it; more only when size > P
+        perms = [torch.randperm(len(self.prompts), generator=g)]
+        while len(perms) * len(self.prompts) < size:
+            perms.append(torch.randperm(len(self.prompts), generator=g))
+        concept = torch.cat(perms)[:size]
+        seeds = torch.randint(0, 2**31 - 1, (size,), generator=g)
+        captions = [self.prompts[int(c)] for c in concept]
+        item = dict(caption=captions, concept=concept, seed=seeds, candidates=distinct_in_order(captions))
         if self.latents is not None:
-            item["ws"] = self.latents[torch.randint(0, len(self.latents), (self.batch_size,), generator=g)]
+            item["ws"] = self.latents[torch.randint(0, len(self.latents), (size,), generator=g)]
         return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.global_item(index)
+        if self.world_size == 1:
+            return item
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        # clone: a view would carry the whole global tensor's storage through worker pipes
+        return {k: v if k == "candidates" else v[lo:hi] if isinstance(v, list) else v[lo:hi].clone()
+                for k, v in item.items()}
+
+
+class SameOrderOnEveryRank(DistributedSampler):
+    """All indices of ``dataset`` in one seeded permutation per epoch, the SAME on every rank.
+
+    A DistributedSampler (num_replicas 1) only so that Lightning keeps it: Lightning injects its
+    rank-sharding sampler into loaders whose sampler is not a DistributedSampler, and it calls
+    ``set_epoch`` on the loader's sampler at every epoch start (the restored epoch after a resume).
+    The permutation depends on (seed, epoch) only, never on the rank or the number of workers
+    (a map-style DataLoader returns its workers' items in sampler order).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        super().__init__(dataset, num_replicas=1, rank=0, shuffle=True, seed=int(seed), drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        key = hashlib.sha256(f"prompt-batches/order/{self.seed}/{self.epoch}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
 
 def split_latents(latents: torch.Tensor, split: str, eval_fraction: float = 0.05) -> torch.Tensor:
@@ -78,11 +145,14 @@ class PromptDataModule(pl.LightningDataModule):
     """Prompt batches for training/validation/testing of the animator.
 
     prompts: ``{template, concepts}`` (the domain's ``prompts`` node).
-    train_batches: batches per training epoch (training is step-based; epochs only re-seed nothing).
+    batch_size: samples per rank; a training step sees batch_size * world_size (global batch).
+    train_batches: global batches per training epoch (training is step-based; each epoch draws a new
+    order of them from (seed, epoch)). rank/world_size: override the rank detection (tests).
     """
 
     def __init__(self, prompts: Mapping[str, Any], batch_size: int = 4, seed: int = 0, train_batches: int = 1000,
-                 val_batches: int = 4, test_batches: int = 8, num_workers: int = 0, latents: str | None = None):
+                 val_batches: int = 4, test_batches: int = 8, num_workers: int = 0, latents: str | None = None,
+                 rank: int | None = None, world_size: int | None = None):
         super().__init__()
         self.latents = None
         if latents:  # input faces from a file (e4e W+ codes ...) instead of sampled ones
@@ -94,24 +164,37 @@ class PromptDataModule(pl.LightningDataModule):
         self.prompt_list = make_prompts(prompts["template"], list(prompts["concepts"]))
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if not self.prompt_list:
+            raise UserError("domain.prompts.concepts is empty")
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.lengths = {"train": train_batches, "val": val_batches, "test": test_batches}
-        # validate batch_size against the vocabulary at construction, not at the first batch
-        PromptBatches(self.prompt_list, batch_size, 1, seed, "train")
+        self._rank, self._world = rank, world_size
 
-    def dataset(self, split: str) -> PromptBatches:
+    def rank_world(self) -> tuple[int, int]:
+        """(global rank, world size): explicit override, else the attached trainer's, else (0, 1)."""
+        if self._rank is not None or self._world is not None:
+            return int(self._rank or 0), int(self._world or 1)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        return 0, 1
+
+    def dataset(self, split: str, rank: int = 0, world_size: int = 1) -> PromptBatches:
         bank = split_latents(self.latents, split) if self.latents is not None else None
-        return PromptBatches(self.prompt_list, self.batch_size, self.lengths[split], self.seed, split, bank)
+        return PromptBatches(self.prompt_list, self.batch_size, self.lengths[split], self.seed, split, bank,
+                             rank=rank, world_size=world_size)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=None, shuffle=shuffle, num_workers=self.num_workers,
+    def _loader(self, dataset: Dataset, sampler: DistributedSampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, sampler=sampler, shuffle=False, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # this rank's slices of the global batches, in the order every rank uses
+        data = self.dataset("train", *self.rank_world())
+        return self._loader(data, SameOrderOnEveryRank(data, self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader(self.dataset("val"))  # batches of B, sharded over ranks by Lightning
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader(self.dataset("test"))

@@ -17,21 +17,38 @@ def similarity_matrix(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.
     return F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).t()
 
 
-def contrastive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+def contrastive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tau: float = 0.07,
+                          positive: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Contrastive CLIP loss of the paper on the last frames.
 
-    L = mean_i log(1 + sum_j exp((s_ij - s_ii) / tau)),  s_ij = cos(image_i, text_j),
-    with j running over ALL prompts of the batch, j = i included, exactly as the paper's method
-    description writes it. The j = i term contributes exp(0) = 1, so the loss is
-    mean_i log(2 + sum_{j != i} exp((s_ij - s_ii)/tau)) and its minimum is log 2, not 0; the
-    gradient is the same as without that constant term up to the scale of the log argument.
-    The batch prompts must be distinct (the data modules guarantee it).
+    L = mean_i log(1 + sum_j exp((s_ij - s_i,pos(i)) / tau)),  s_ij = cos(image_i, text_j),
+    with j running over ALL candidate prompts, j = pos(i) included, exactly as the paper's method
+    description writes it when the candidates are the batch's prompts. The j = pos(i) term
+    contributes exp(0) = 1, so the minimum is log 2, not 0; the gradient is the same as without
+    that constant term up to the scale of the log argument.
 
-    image_emb [N,D], text_emb [N,D] (row i is frame i's prompt) -> scalar.
-    Computed as a logsumexp over [0, a_i1, ..., a_iN] for numerical stability.
+    image_emb [N,D]; text_emb [M,D]: the candidate prompts, which must be distinct (a duplicate
+    of image i's own prompt would count as its negative); positive: LongTensor [N], the row of
+    text_emb holding image i's own prompt. Default (positive None): M == N and row i is image i's
+    prompt (pos(i) = i), the batch-local form.
+
+    Under DDP every rank passes the same candidates (the distinct prompts of the global batch),
+    so a rank's loss over its images is the union batch's loss restricted to those rows.
+    Computed as a logsumexp over [0, a_i1, ..., a_iM] for numerical stability.
     """
-    s = similarity_matrix(image_emb, text_emb)  # [N,N]
-    a = (s - s.diagonal()[:, None]) / tau
+    s = similarity_matrix(image_emb, text_emb)  # [N,M]
+    if positive is None:
+        if s.shape[0] != s.shape[1]:
+            raise ValueError(f"{s.shape[0]} images and {s.shape[1]} prompts: pass positive= (the row of each "
+                             "image's prompt among the candidates)")
+        own = s.diagonal()[:, None]
+    else:
+        positive = torch.as_tensor(positive, device=s.device, dtype=torch.long)
+        if positive.shape != (s.shape[0],):
+            raise ValueError(f"positive must be [N] = [{s.shape[0]}], got {tuple(positive.shape)}")
+        # a one-hot row sum rather than gather: no scatter-add (CUDA atomics) in the backward
+        own = (s * F.one_hot(positive, s.shape[1]).to(s.dtype)).sum(1, keepdim=True)  # [N,1]
+    a = (s - own) / tau
     a = torch.cat([torch.zeros_like(a[:, :1]), a], dim=1)  # the "1 +" term
     return torch.logsumexp(a, dim=1).mean()
 

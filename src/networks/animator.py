@@ -22,7 +22,7 @@ Frame latents:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -119,7 +119,8 @@ class Mapper(nn.Module):
 class RecurrentAnimator(nn.Module):
     """Text-driven latent trajectory generator.
 
-    forward(w_input [N,L,C], text_emb [N,D], image_emb [N,D], num_frames T, decay, strength)
+    forward(w_input [N,L,C], text_emb [N,D], image_emb [N,D], num_frames T, decay, strength,
+            generator | h0_seeds [N] (h_0 noise, see initial_hidden))
       -> dict(ws [N,T,L,C], offsets [N,T,L,C] = ws - w_input, motion [N,T,D] = d_t,
               image_offset [N,L,C], image_scale [N,T])
     """
@@ -145,11 +146,26 @@ class RecurrentAnimator(nn.Module):
         self.image_mapper = (Mapper(embed_dim, num_ws, w_dim, mapper_hidden, mapper_last_activation, mapper_lr_mul)
                              if use_image_mapper else None)
 
-    def initial_hidden(self, n: int, device, dtype, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """h_0 [N,hidden]: h0_std * N(0,I) (from ``generator`` when given); zero in eval if h0_eval='zero'."""
+    def initial_hidden(self, n: int, device, dtype, generator: Optional[torch.Generator] = None,
+                       seeds: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
+        """h_0 [N,hidden]: h0_std * N(0,I); zero in eval if h0_eval='zero'.
+
+        seeds: one int per row; row i is drawn from its own CPU generator seeded with seeds[i], so
+        it does not depend on the other rows (training: the same h_0 per sample whatever the batch
+        split over DDP ranks). Else ``generator`` draws all N rows together (inference with one
+        seed), else the global RNG.
+        """
         if (not self.training and self.h0_eval == "zero") or self.h0_std == 0:
             return torch.zeros(n, self.hidden, device=device, dtype=dtype)
-        if generator is not None:
+        if seeds is not None:
+            if generator is not None:
+                raise ValueError("give generator or seeds, not both")
+            seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+            if len(seeds) != n:
+                raise ValueError(f"{len(seeds)} h0 seeds for {n} rows")
+            noise = torch.stack([torch.randn(self.hidden, generator=torch.Generator().manual_seed(int(s)), dtype=dtype)
+                                 for s in seeds]).to(device)
+        elif generator is not None:
             noise = torch.randn(n, self.hidden, generator=generator, device=generator.device, dtype=dtype)
             noise = noise.to(device)
         else:
@@ -158,12 +174,14 @@ class RecurrentAnimator(nn.Module):
 
     def trajectory(self, text_emb: torch.Tensor, image_emb: torch.Tensor, num_frames: int,
                    decay: str = "none", strength: float = 1.0,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Embedding-space motion d_t = z_t - z_0: [N,D],[N,D] -> [N,T,D] with d_0 = 0."""
+                   generator: Optional[torch.Generator] = None,
+                   h0_seeds: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
+        """Embedding-space motion d_t = z_t - z_0: [N,D],[N,D] -> [N,T,D] with d_0 = 0.
+        generator / h0_seeds [N]: see :meth:`initial_hidden`."""
         if num_frames < 2:
             raise UserError(f"num_frames must be >= 2, got {num_frames}")
         z0 = F.normalize(text_emb.float(), dim=-1) + F.normalize(image_emb.float(), dim=-1).detach()
-        h = self.initial_hidden(z0.shape[0], z0.device, z0.dtype, generator)
+        h = self.initial_hidden(z0.shape[0], z0.device, z0.dtype, generator, h0_seeds)
         z = z0
         motion = [torch.zeros_like(z0)]
         for r in step_sizes(num_frames, decay, strength, self.step_base):
@@ -174,11 +192,12 @@ class RecurrentAnimator(nn.Module):
 
     def forward(self, w_input: torch.Tensor, text_emb: torch.Tensor, image_emb: torch.Tensor,
                 num_frames: int, decay: str = "none", strength: float = 1.0,
-                generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+                generator: Optional[torch.Generator] = None,
+                h0_seeds: Optional[Sequence[int] | torch.Tensor] = None) -> dict[str, torch.Tensor]:
         n, T = w_input.shape[0], num_frames
         if w_input.shape[1:] != (self.num_ws, self.w_dim):
             raise UserError(f"w_input must be [N,{self.num_ws},{self.w_dim}], got {tuple(w_input.shape)}")
-        motion = self.trajectory(text_emb, image_emb, T, decay, strength, generator)  # [N,T,D]
+        motion = self.trajectory(text_emb, image_emb, T, decay, strength, generator, h0_seeds)  # [N,T,D]
         D = motion.shape[-1]
         if self.image_mapper is not None:
             image_offset = self.image_mapper(F.normalize(image_emb.float(), dim=-1))  # [N,L,C]

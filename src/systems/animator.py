@@ -32,6 +32,7 @@ from src.utils.errors import UserError
 FROZEN = ("generator", "clip", "loss_clip", "perceptual", "identity_net", "identity_metric_net")
 LOSS_KEYS = ("contrastive", "lpips", "smoothness", "endpoint", "latent", "identity", "tau")
 CHECKPOINT_FORMAT = "lgfa-animator-1"
+H0_SEED_OFFSET = 2**31  # training h_0 seed of a sample = its latent seed + this (see AnimatorModule._h0_seeds)
 
 
 def _plain(node: Any) -> Any:
@@ -391,11 +392,45 @@ class AnimatorModule(pl.LightningModule):
             return self.sample_latents(seeds=batch["seed"])
         return self.sample_latents(len(batch["caption"]), seed=int(torch.randint(0, 2**31 - 1, ()).item()))
 
-    def _h0_generator(self, batch: Mapping[str, Any]) -> Optional[torch.Generator]:
+    def _h0_seeds(self, batch: Mapping[str, Any]) -> Optional[torch.Tensor]:
+        """Training h_0 seeds [N]: one per sample, from the sample's own latent seed, so that h_0 of a
+        sample does not depend on how a batch is split over DDP ranks. Offset by 2**31 because the
+        data module's latent seeds lie in [0, 2**31): h_0 and z never come from the same stream."""
         seed = batch.get("seed")
         if seed is None:
             return None
-        return torch.Generator().manual_seed(int(seed[0]) if isinstance(seed, (list, torch.Tensor)) else int(seed))
+        seed = torch.as_tensor(seed, dtype=torch.long).reshape(-1).cpu()
+        return seed + H0_SEED_OFFSET
+
+    def _eval_seed(self, batch: Mapping[str, Any]) -> int:
+        """The one seed of an evaluation batch's h_0 draws (animate() seeds the whole batch with it)."""
+        seed = batch.get("seed")
+        if seed is None:
+            return 0
+        return int(seed[0]) if isinstance(seed, (list, tuple, torch.Tensor)) else int(seed)
+
+    def contrastive_candidates(self, batch: Mapping[str, Any]) -> tuple[list[str], torch.Tensor]:
+        """(candidate prompts [M], positive [N]) of the contrastive loss: the negatives of every image
+        and the row of each image's own prompt among them.
+
+        batch["candidates"] (the data module's distinct prompts of the whole GLOBAL batch, the same
+        on every DDP rank) when present: a rank then computes the union batch's loss on its rows.
+        Else the local captions, which must be distinct (a repeated prompt would be its own negative).
+        """
+        captions = list(batch["caption"])
+        if batch.get("candidates") is None:
+            if len(set(captions)) != len(captions):
+                raise UserError("the contrastive loss needs distinct prompts in a batch (or a batch['candidates'] "
+                                "list of the distinct prompts to contrast against)")
+            return captions, torch.arange(len(captions))
+        candidates = list(batch["candidates"])
+        if len(set(candidates)) != len(candidates):
+            raise UserError("batch['candidates'] must list distinct prompts")
+        row = {c: j for j, c in enumerate(candidates)}
+        missing = sorted({c for c in captions if c not in row})
+        if missing:
+            raise UserError(f"batch['candidates'] lacks the batch's prompts {missing}")
+        return candidates, torch.tensor([row[c] for c in captions])
 
     def clip_loss_weight(self) -> tuple[str, float]:
         """('contrastive'|'cosine', weight) of the text-alignment term."""
@@ -405,17 +440,26 @@ class AnimatorModule(pl.LightningModule):
         return ("cosine" if self.hparams.clip_loss == "cosine" else "contrastive"), w
 
     def compute_losses(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-        """One training forward: returns (total, {term: value}, outputs)."""
+        """One training forward: returns (total, {term: value}, outputs).
+
+        batch: caption list[str] (N), seed [N] (latent and h_0 seeds) or ws [N,L,C] / [N,C], and
+        optionally candidates list[str] (M) for the contrastive loss (see contrastive_candidates).
+        Every term is a mean over the N local samples, so with equal N per DDP rank the gradient
+        average of DDP is the gradient of the union batch. Nothing here draws from a random stream
+        shared by the batch's samples when clip_views = 0 and the generator's noise_mode is not
+        'random' (else equivalence with one process holds in distribution only).
+        """
         captions = list(batch["caption"])
-        if len(set(captions)) != len(captions) and self.clip_loss_weight()[0] == "contrastive":
-            raise UserError("the contrastive loss needs distinct prompts in a batch")
+        form, w_clip = self.clip_loss_weight()
+        if form == "contrastive":
+            candidates, positive = self.contrastive_candidates(batch)  # validate before the expensive part
         T = int(self.hparams.train_frames)
         w_input = self._batch_latents(batch)
         with torch.no_grad():
             image = self.render_image(w_input)  # the input face is the generator's own image of w_input
             image_emb = self.clip.encode_image(image)
         text_emb = self._text_embedding(captions)
-        out = self.animator(w_input, text_emb, image_emb, T, decay="none", generator=self._h0_generator(batch))
+        out = self.animator(w_input, text_emb, image_emb, T, decay="none", h0_seeds=self._h0_seeds(batch))
         ws, offsets = out["ws"], out["offsets"]
         if self.hparams.variant == "ours" and self.noise_mode != "random":
             # frame 0 is the input face exactly (ws[:,0] == w_input): render only frames 1..T-1
@@ -424,19 +468,23 @@ class AnimatorModule(pl.LightningModule):
             frames = self.synthesize(ws)
 
         terms: dict[str, torch.Tensor] = {}
-        form, w_clip = self.clip_loss_weight()
         lc = self.loss_clip
-        with torch.no_grad():
-            txt = lc.encode_text(captions)
         views = 1 + int(self.hparams.clip_views)
         last = frames[:, -1]
         if views > 1:
+            # random augmentation from the global RNG: per rank, so DDP matches one process in distribution only
             pipe = self._view_pipes.setdefault(str(last.device), label_preserving_pipe(p=1.0).to(last.device))
             last = augmented_views(last, pipe, views - 1, float(self.hparams.clip_view_noise))
         img_last = lc.encode_image(last).view(views, len(captions), -1)
         if form == "contrastive":
-            terms[form] = torch.stack([contrastive_clip_loss(e, txt, self.loss_cfg["tau"]) for e in img_last]).mean()
+            with torch.no_grad():
+                txt = lc.encode_text(candidates)  # [M,D], the same on every rank
+            positive = positive.to(txt.device)
+            terms[form] = torch.stack([contrastive_clip_loss(e, txt, self.loss_cfg["tau"], positive=positive)
+                                       for e in img_last]).mean()
         else:
+            with torch.no_grad():
+                txt = lc.encode_text(captions)
             terms[form] = torch.stack([cosine_clip_loss(e, txt) for e in img_last]).mean()
         if self.perceptual is not None:
             terms["lpips"] = lpips_identity_loss(self.perceptual, image, frames[:, 0], frames[:, -1])
@@ -512,10 +560,8 @@ class AnimatorModule(pl.LightningModule):
         captions = list(batch["caption"])
         w_input = self._batch_latents(batch)
         image = self.render_image(w_input).clamp(-1, 1)  # as the returned frames
-        gen = self._h0_generator(batch)
         out = self.animate(w_input, captions, num_frames=int(self.hparams.val_frames),
-                           decay=self.hparams.val_decay, image=image,
-                           seed=int(gen.initial_seed()) if gen is not None else 0)
+                           decay=self.hparams.val_decay, image=image, seed=self._eval_seed(batch))
         identity_fn, prefix = self._identity_fn()
         return video_metrics(out["frames"], ws=out["ws"], image=image, clip=self._metric_clip(), prompts=captions,
                              prompt_list=self.prompt_list or None, identity_fn=identity_fn, identity_prefix=prefix)
