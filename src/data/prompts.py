@@ -37,6 +37,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from src.data.ranks import rank_and_world
 from src.utils.errors import UserError
 
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
@@ -171,13 +172,8 @@ class PromptDataModule(pl.LightningDataModule):
         self._rank, self._world = rank, world_size
 
     def rank_world(self) -> tuple[int, int]:
-        """(global rank, world size): explicit override, else the attached trainer's, else (0, 1)."""
-        if self._rank is not None or self._world is not None:
-            return int(self._rank or 0), int(self._world or 1)
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
-        return 0, 1
+        """(global rank, world size): explicit override, else the trainer's (src.data.ranks)."""
+        return rank_and_world(self, self._rank, self._world)
 
     def dataset(self, split: str, rank: int = 0, world_size: int = 1) -> PromptBatches:
         bank = split_latents(self.latents, split) if self.latents is not None else None

@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from src.data.ranks import rank_and_world
 from src.data.synthetic import vocabulary
 from src.data.synthetic.params import neutral_params, sample_params
 from src.data.synthetic.render import render
@@ -37,12 +38,6 @@ def derive_seed(*keys) -> int:
     """A 63-bit seed from any printable keys (stable across processes and Python versions)."""
     h = hashlib.sha256("/".join(str(k) for k in keys).encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class BatchMaker:
@@ -184,13 +179,8 @@ class SyntheticDataModule(pl.LightningDataModule):
                           self.strength_range, self.identity_prob, self.neutral_prob, heldout)
 
     def rank_world(self) -> tuple[int, int]:
-        """(global rank, world size): explicit override, else the trainer's, else torch.distributed."""
-        if self._rank is not None or self._world is not None:
-            return int(self._rank or 0), int(self._world or 1)
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return int(trainer.global_rank), int(trainer.world_size)
-        return _dist_rank_world()
+        """(global rank, world size): explicit override, else the trainer's (src.data.ranks)."""
+        return rank_and_world(self, self._rank, self._world)
 
     def setup(self, stage: str | None = None) -> None:
         if self._val is None:
