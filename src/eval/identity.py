@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.ops.resize import resize
 from src.utils.errors import UserError
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]
@@ -51,7 +52,7 @@ def _resize(frames: torch.Tensor, size: int) -> torch.Tensor:
     if frames.shape[-2:] == (size, size):
         return frames
     shrink = min(frames.shape[-2:]) > size
-    return F.interpolate(frames.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return resize(frames.float(), (size, size), mode="bilinear", antialias=shrink)
 
 
 # ----------------------------------------------------------------------------------- dlib
@@ -108,14 +109,14 @@ class SEModule(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
         self.sigmoid = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+        # a mean, not AdaptiveAvgPool2d(1): the same value, and its CUDA backward is deterministic
+        return x * self.sigmoid(self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
 
 
 class BottleneckIRSE(nn.Module):
@@ -239,7 +240,7 @@ class ArcFaceEmbedder:
         x = frames.float().clamp(-1, 1)
         if self.crop == "ffhq":
             x = _resize(x, 256)[:, :, 35:223, 32:220]
-        return F.adaptive_avg_pool2d(x, (112, 112))
+        return resize(x, (112, 112), mode="area")  # adaptive average pooling (deterministic on CUDA)
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:

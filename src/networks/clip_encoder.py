@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.ops.resize import resize
 from src.utils.errors import UserError
 
 # OpenAI CLIP statistics (open_clip's OPENAI_DATASET_MEAN / STD); used when a model carries none.
@@ -65,7 +66,7 @@ def preprocess_images(img: torch.Tensor, size: int, mean: Sequence[float], std: 
     if (h, w) != (size, size):
         scale = size / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode=interpolation, align_corners=False, antialias=True)
+        x = resize(x, (nh, nw), mode=interpolation, antialias=True)
         top, left = (nh - size) // 2, (nw - size) // 2
         x = x[:, :, top:top + size, left:left + size]
         # bicubic overshoots; the PIL pipeline stores uint8 images, i.e. clipped to [0, 1]
@@ -212,8 +213,7 @@ class ClipEncoder(nn.Module):
         if self.kind == "embedded":
             x = img.float()
             if x.shape[-2:] != (self.image_size, self.image_size):
-                x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.interpolation,
-                                  align_corners=False, antialias=True).clamp(-1, 1)
+                x = resize(x, (self.image_size, self.image_size), mode=self.interpolation, antialias=True).clamp(-1, 1)
             emb = self.model.encode_image(x)
         else:
             x = self.preprocess(img).to(self.device)

