@@ -140,4 +140,10 @@ def test_evaluate_cli_prints_json_with_oracle_scores(exported, tmp_path, capsys)
         assert key in s, key
     assert s["frame0_psnr"] >= 99.0  # frame 0 is the input face exactly
     assert 0.0 <= s["text_top1"] <= 1.0 and set(result["per_concept"]) == {"smiling", "winking"}
+    # drift per identity attribute: every identity attribute, averaging to the scalar drift
+    from src.data.synthetic import PARAM_SPACE
+
+    by_attr = s["oracle_identity_drift_by_attribute"]
+    assert list(by_attr) == PARAM_SPACE.identity_names and all(v >= 0 for v in by_attr.values())
+    assert abs(sum(by_attr.values()) / len(by_attr) - s["oracle_identity_drift"]) < 1e-5
     assert evaluate.main(["/nonexistent.safetensors"]) == 2

@@ -26,7 +26,8 @@ from src.utils.errors import UserError
 
 
 def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch.Tensor]:
-    """Per-video oracle scores. frames [N,T,3,H,W]; returns tensors [N]."""
+    """Per-video oracle scores. frames [N,T,3,H,W]; returns tensors [N] (identity_drift_by_attribute:
+    [N, identity attributes], in the order of PARAM_SPACE.identity_names)."""
     from src.data.synthetic import PARAM_SPACE
     from src.data.synthetic.vocabulary import apply_preset, get
 
@@ -47,7 +48,7 @@ def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torc
     drift = (all_unit - all_unit[:, :1]).abs().amax(dim=1)[:, identity]  # [N, identity params]
     valid = norm2 > 0.05 ** 2  # faces already at the target have nothing to show
     return {"reach": reach, "right_way": (reach > 0).float(), "valid": valid.float(),
-            "identity_drift": drift.mean(1), "identity_drift_max": drift.amax(1)}
+            "identity_drift": drift.mean(1), "identity_drift_max": drift.amax(1), "identity_drift_by_attribute": drift}
 
 
 @torch.no_grad()
@@ -57,6 +58,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
     """Animate ``n_faces`` faces (seeds face_seed_offset + i) with every concept's prompt."""
     from tqdm import tqdm
 
+    from src.data.synthetic import PARAM_SPACE
     from src.eval.metrics import ClipFrechetDistance, video_metrics
 
     domain = module.hparams["domain"]
@@ -74,6 +76,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
     for concept, prompt in zip(concepts, prompt_list):
         sums: dict[str, float] = defaultdict(float)
         oracle_sums: dict[str, float] = defaultdict(float)
+        drift_by_attribute = torch.zeros(len(PARAM_SPACE.identity_names))
         valid_total = 0.0
         for start in range(0, n_faces, batch):
             seeds = list(range(face_seed_offset + start, face_seed_offset + min(n_faces, start + batch)))
@@ -96,6 +99,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
                     oracle_sums[k] += (s[k] * valid).sum().item()
                 for k in ("identity_drift", "identity_drift_max"):
                     oracle_sums[k] += s[k].sum().item()
+                drift_by_attribute += s["identity_drift_by_attribute"].sum(0).cpu()
             bar.update(len(seeds))
         row = {k: v / n_faces for k, v in sums.items()}
         if oracle is not None:
@@ -107,9 +111,16 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
         per_concept[concept] = row
         for k, v in row.items():
             totals[k] += v
+        if oracle is not None:  # which identity attributes move (a dict, kept out of the scalar sums)
+            row["oracle_identity_drift_by_attribute"] = dict(zip(PARAM_SPACE.identity_names,
+                                                                 (drift_by_attribute / n_faces).tolist()))
         count += 1
     bar.close()
     summary = {k: v / count for k, v in totals.items() if k != "oracle_valid_videos"}
+    if oracle is not None:
+        summary["oracle_identity_drift_by_attribute"] = {
+            name: sum(r["oracle_identity_drift_by_attribute"][name] for r in per_concept.values()) / count
+            for name in PARAM_SPACE.identity_names}
     try:
         summary.update(fd.compute())
     except RuntimeError as e:  # too few faces for a covariance: report, do not fail the evaluation
