@@ -145,5 +145,4 @@ def test_evaluate_cli_prints_json_with_oracle_scores(exported, tmp_path, capsys)
 
     by_attr = s["oracle_identity_drift_by_attribute"]
     assert list(by_attr) == PARAM_SPACE.identity_names and all(v >= 0 for v in by_attr.values())
-    assert abs(sum(by_attr.values()) / len(by_attr) - s["oracle_identity_drift"]) < 1e-5
     assert evaluate.main(["/nonexistent.safetensors"]) == 2

@@ -113,3 +113,27 @@ def test_r2_observable_ignores_gaze_of_closed_eyes():
     assert r2_per_param(pred, target)[gy] < 0.99
     assert r2_observable(pred, target)[gy] == pytest.approx(1.0)
     assert r2_observable(pred, target)[PARAM_SPACE.idx("smile")] == pytest.approx(1.0)
+
+
+def test_identity_drift_skips_unobservable_attributes():
+    """Evaluation drift: the frame colour of absent glasses is untrained oracle noise and must not count."""
+    from src.data.synthetic import PARAM_SPACE
+    from src.eval.evaluate import _oracle_scores
+
+    n, t = 2, 3
+    base = torch.full((len(PARAM_SPACE),), 0.5)
+    base[PARAM_SPACE.idx("glasses")] = 0.0  # no glasses: their frame colour cannot be seen
+    readings = base.repeat(n, t, 1).clone()
+    readings[:, 1:, PARAM_SPACE.idx("glasses_color")] += 0.5  # noise where there is nothing to see
+    readings[1, 1:, PARAM_SPACE.idx("skin_tone")] += 0.2  # a real identity change in video 1
+
+    def oracle(frames):  # frames [n*t,3,H,W] -> the scripted readings
+        return readings.reshape(n * t, -1)
+
+    s = _oracle_scores(oracle, torch.zeros(n, t, 3, 8, 8), "smiling")
+    names = PARAM_SPACE.identity_names
+    seen = s["identity_observable"]
+    assert seen[:, names.index("glasses_color")].sum() == 0 and seen[:, names.index("skin_tone")].all()
+    assert s["identity_drift_max"][0] == 0
+    assert torch.isclose(s["identity_drift_max"][1], torch.tensor(0.2))
+    assert torch.isclose(s["identity_drift"][1], torch.tensor(0.2) / seen[1].sum())

@@ -26,9 +26,12 @@ from src.utils.errors import UserError
 
 
 def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch.Tensor]:
-    """Per-video oracle scores. frames [N,T,3,H,W]; returns tensors [N] (identity_drift_by_attribute:
-    [N, identity attributes], in the order of PARAM_SPACE.identity_names)."""
-    from src.data.synthetic import PARAM_SPACE
+    """Per-video oracle scores. frames [N,T,3,H,W]; returns tensors [N], and
+    identity_drift_by_attribute / identity_observable [N, identity attributes] (PARAM_SPACE.identity_names).
+
+    Identity drift skips what the input face cannot show (observable_mask of frame 0: the frame
+    colour of absent glasses), where the oracle's reading is untrained noise."""
+    from src.data.synthetic import PARAM_SPACE, observable_mask
     from src.data.synthetic.vocabulary import apply_preset, get
 
     n, t = frames.shape[:2]
@@ -46,9 +49,12 @@ def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torc
     reach = (change * required).sum(1) / norm2.clamp_min(1e-8)  # fraction of the required change
     identity = PARAM_SPACE.mask("identity", device=all_unit.device)
     drift = (all_unit - all_unit[:, :1]).abs().amax(dim=1)[:, identity]  # [N, identity params]
+    seen = observable_mask(first.clamp(0, 1))[:, identity]
+    drift = torch.where(seen, drift, torch.zeros_like(drift))
     valid = norm2 > 0.05 ** 2  # faces already at the target have nothing to show
     return {"reach": reach, "right_way": (reach > 0).float(), "valid": valid.float(),
-            "identity_drift": drift.mean(1), "identity_drift_max": drift.amax(1), "identity_drift_by_attribute": drift}
+            "identity_drift": drift.sum(1) / seen.sum(1).clamp_min(1), "identity_drift_max": drift.amax(1),
+            "identity_drift_by_attribute": drift, "identity_observable": seen.float()}
 
 
 @torch.no_grad()
@@ -77,6 +83,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
         sums: dict[str, float] = defaultdict(float)
         oracle_sums: dict[str, float] = defaultdict(float)
         drift_by_attribute = torch.zeros(len(PARAM_SPACE.identity_names))
+        observable_count = torch.zeros(len(PARAM_SPACE.identity_names))
         valid_total = 0.0
         for start in range(0, n_faces, batch):
             seeds = list(range(face_seed_offset + start, face_seed_offset + min(n_faces, start + batch)))
@@ -100,6 +107,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
                 for k in ("identity_drift", "identity_drift_max"):
                     oracle_sums[k] += s[k].sum().item()
                 drift_by_attribute += s["identity_drift_by_attribute"].sum(0).cpu()
+                observable_count += s["identity_observable"].sum(0).cpu()
             bar.update(len(seeds))
         row = {k: v / n_faces for k, v in sums.items()}
         if oracle is not None:
@@ -112,8 +120,8 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
         for k, v in row.items():
             totals[k] += v
         if oracle is not None:  # which identity attributes move (a dict, kept out of the scalar sums)
-            row["oracle_identity_drift_by_attribute"] = dict(zip(PARAM_SPACE.identity_names,
-                                                                 (drift_by_attribute / n_faces).tolist()))
+            row["oracle_identity_drift_by_attribute"] = dict(zip(
+                PARAM_SPACE.identity_names, (drift_by_attribute / observable_count.clamp_min(1)).tolist()))
         count += 1
     bar.close()
     summary = {k: v / count for k, v in totals.items() if k != "oracle_valid_videos"}

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from src.data.synthetic.params import PARAM_SPACE, sample_params
+from src.data.synthetic.params import PARAM_SPACE, observable_mask, sample_params
 from src.data.synthetic.render import render
 from src.data.synthetic_datamodule import derive_seed
 from src.networks.oracle import AttributeOracle, save_oracle
@@ -25,22 +25,6 @@ def r2_per_param(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     ss_res = ((pred - target) ** 2).sum(0)
     ss_tot = ((target - target.mean(0)) ** 2).sum(0).clamp(min=1e-12)
     return 1.0 - ss_res / ss_tot
-
-
-def observable_mask(target: torch.Tensor) -> torch.Tensor:
-    """Which parameters an image can show at all: target [N, P] normalised -> bool [N, P].
-
-    Gaze is invisible when both eyes are (nearly) closed and the frame colour when there are no
-    glasses; R^2 over such faces would score the oracle on unobservable noise.
-    """
-    nat = PARAM_SPACE.denormalize(target)
-    idx = PARAM_SPACE.idx
-    mask = torch.ones_like(target, dtype=torch.bool)
-    eyes_open = torch.maximum(nat[:, idx("eye_open_l")], nat[:, idx("eye_open_r")]) >= 0.3
-    for name in ("gaze_x", "gaze_y"):
-        mask[:, idx(name)] = eyes_open
-    mask[:, idx("glasses_color")] = nat[:, idx("glasses")] >= 0.5
-    return mask
 
 
 def r2_observable(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,10 @@ from src.data.synthetic.params import (
     ParamSpace,
     ParamSpec,
     neutral_params,
+    observable_mask,
     sample_params,
 )
 from src.data.synthetic.render import render
 
 __all__ = ["render", "ParamSpace", "ParamSpec", "PARAMS", "PARAM_SPACE", "NUM_PARAMS", "HAIR_STYLES",
-           "sample_params", "neutral_params", "vocabulary"]
+           "sample_params", "neutral_params", "observable_mask", "vocabulary"]

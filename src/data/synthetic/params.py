@@ -166,6 +166,22 @@ PARAM_SPACE = ParamSpace(PARAMS)
 NUM_PARAMS = len(PARAMS)
 
 
+def observable_mask(target: torch.Tensor) -> torch.Tensor:
+    """Which parameters an image can show at all: target [N, P] normalised -> bool [N, P].
+
+    Gaze is invisible when both eyes are (nearly) closed and the frame colour when there are no
+    glasses; R^2 over such faces would score the oracle on unobservable noise.
+    """
+    nat = PARAM_SPACE.denormalize(target)
+    idx = PARAM_SPACE.idx
+    mask = torch.ones_like(target, dtype=torch.bool)
+    eyes_open = torch.maximum(nat[:, idx("eye_open_l")], nat[:, idx("eye_open_r")]) >= 0.3
+    for name in ("gaze_x", "gaze_y"):
+        mask[:, idx(name)] = eyes_open
+    mask[:, idx("glasses_color")] = nat[:, idx("glasses")] >= 0.5
+    return mask
+
+
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
