@@ -28,7 +28,9 @@ register_resolvers()
 def _plain(node: Any) -> Any:
     """A resolved, plain-python copy of a config node (no DictConfig/Enum objects that would end up
     in checkpoints and break weights_only loading)."""
-    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return node
 
 
 def _instantiate(node: Any) -> Any:

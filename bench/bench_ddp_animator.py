@@ -296,13 +296,7 @@ def make_clip(name: str, tiny: bool) -> nn.Module:
             from None
     finally:
         root.setLevel(level)
-    pp = open_clip.get_model_preprocess_cfg(model)
-    size = pp.get("size")
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    return ClipEncoder(model.eval(), kind="open_clip", tokenizer=open_clip.get_tokenizer(name), image_size=size,
-                       mean=pp.get("mean", CLIP_MEAN), std=pp.get("std", CLIP_STD),
-                       interpolation="bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear",
-                       source=f"open_clip:{name}:random")
+    return ClipEncoder.wrap_open_clip(model, open_clip.get_tokenizer(name), source=f"open_clip:{name}:random")
 
 
 def build_module(args: argparse.Namespace):

@@ -30,7 +30,6 @@ shards over the ranks, as before; their metrics are averaged with sync_dist.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Iterator, Mapping, Sequence
 
 import pytorch_lightning as pl
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from src.data.ranks import rank_and_world
 from src.utils.errors import UserError
+from src.utils.seeds import derive_seed
 
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
@@ -124,8 +124,7 @@ class SameOrderOnEveryRank(DistributedSampler):
         super().__init__(dataset, num_replicas=1, rank=0, shuffle=True, seed=int(seed), drop_last=False)
 
     def __iter__(self) -> Iterator[int]:
-        key = hashlib.sha256(f"prompt-batches/order/{self.seed}/{self.epoch}".encode()).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+        g = torch.Generator().manual_seed(derive_seed("prompt-batches/order", self.seed, self.epoch))
         return iter(torch.randperm(len(self.dataset), generator=g).tolist())
 
     def __len__(self) -> int:

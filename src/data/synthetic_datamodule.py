@@ -17,7 +17,6 @@ yields step indices only.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 from typing import Iterator, Sequence
 
@@ -30,14 +29,9 @@ from src.data.synthetic import vocabulary
 from src.data.synthetic.params import neutral_params, sample_params
 from src.data.synthetic.render import render
 from src.utils.errors import UserError
+from src.utils.seeds import derive_seed
 
 MODES = ("clip", "animator", "gan")
-
-
-def derive_seed(*keys) -> int:
-    """A 63-bit seed from any printable keys (stable across processes and Python versions)."""
-    h = hashlib.sha256("/".join(str(k) for k in keys).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 class BatchMaker:

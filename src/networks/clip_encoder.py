@@ -167,6 +167,16 @@ class ClipEncoder(nn.Module):
         except Exception as e:  # unknown name/tag, network failure, key mismatch: one clear line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"could not load open_clip model '{name}' with pretrained '{pretrained}': {first}") from None
+        return cls.wrap_open_clip(model, tokenizer, weight_files=files,
+                                  source=f"open_clip:{name}:{Path(pretrained).name if files else pretrained}")
+
+    @classmethod
+    def wrap_open_clip(cls, model: nn.Module, tokenizer: Any, weight_files: Sequence[str] = (),
+                       source: str = "open_clip") -> "ClipEncoder":
+        """An open_clip model (already built, e.g. with random weights for a benchmark) with the
+        preprocessing its own config declares (input size, mean/std, interpolation)."""
+        import open_clip
+
         pp = open_clip.get_model_preprocess_cfg(model)
         size = pp.get("size", None)
         size = size[0] if isinstance(size, (tuple, list)) else size
@@ -174,7 +184,7 @@ class ClipEncoder(nn.Module):
         return cls(model.eval(), kind="open_clip", tokenizer=tokenizer, image_size=size,
                    mean=pp.get("mean", CLIP_MEAN), std=pp.get("std", CLIP_STD),
                    interpolation="bicubic" if interp == "bicubic" else "bilinear",
-                   weight_files=files, source=f"open_clip:{name}:{Path(pretrained).name if files else pretrained}")
+                   weight_files=weight_files, source=source)
 
     # ------------------------------------------------------------------ encoding
     @property

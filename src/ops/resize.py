@@ -72,7 +72,19 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antia
         return _interpolate(x, (h_out, w_out), mode, antialias)
     h_in, w_in = x.shape[-2:]
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    m_h = resize_matrix(h_in, h_out, mode, antialias).to(device=x.device, dtype=dtype)
-    m_w = resize_matrix(w_in, w_out, mode, antialias).to(device=x.device, dtype=dtype)
-    y = torch.matmul(torch.matmul(m_h, x.to(dtype)), m_w.t())  # [.., h_out, W] then [.., h_out, w_out]
+    m_h = _matrix_on(h_in, h_out, mode, antialias, x.device, dtype)
+    m_w_t = _matrix_on(w_in, w_out, mode, antialias, x.device, dtype).t()
+    y = torch.matmul(torch.matmul(m_h, x.to(dtype)), m_w_t)  # [.., h_out, W] then [.., h_out, w_out]
     return y.to(x.dtype)
+
+
+def _matrix_on(size_in: int, size_out: int, mode: str, antialias: bool, device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+    """resize_matrix on ``device`` in ``dtype``, cached: a training step must not copy it to the GPU again."""
+    key = (size_in, size_out, mode, bool(antialias), str(device), dtype)
+    m = _matrices.get(key)
+    if m is None:
+        m = resize_matrix(size_in, size_out, mode, antialias).to(device=device, dtype=dtype)
+        with _lock:
+            _matrices[key] = m
+    return m

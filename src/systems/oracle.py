@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from src.data.synthetic.params import PARAM_SPACE, observable_mask, sample_params
 from src.data.synthetic.render import render
-from src.data.synthetic_datamodule import derive_seed
 from src.networks.oracle import AttributeOracle, save_oracle
 from src.utils.errors import UserError
+from src.utils.seeds import derive_seed
 
 
 def r2_per_param(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
