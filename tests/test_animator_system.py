@@ -287,3 +287,15 @@ def test_clip_views_average_the_clip_loss_over_augmented_copies():
     assert float(plain_terms["contrastive"]) != float(terms["contrastive"])  # the views change the term
     with pytest.raises(UserError, match="clip_views"):
         build("ours", clip_views=-1)
+
+
+def test_batch_transfer_keeps_seeds_on_the_cpu():
+    # The seeds only seed CPU generators: moving them to the GPU would force a read-back (host
+    # sync) every step. "meta" stands in for the accelerator here.
+    m = build()
+    batch = {"caption": ["a", "b"], "seed": torch.tensor([3, 4]), "ws": torch.zeros(2, 4)}
+    moved = m.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["seed"] is batch["seed"] and moved["seed"].device.type == "cpu"
+    assert moved["ws"].device.type == "meta" and moved["caption"] == ["a", "b"]
+    plain = m.transfer_batch_to_device({"ws": torch.zeros(1)}, torch.device("meta"), 0)
+    assert plain["ws"].device.type == "meta"

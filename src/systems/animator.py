@@ -380,6 +380,16 @@ class AnimatorModule(pl.LightningModule):
         return dict(frames=frames.clamp(-1, 1), ws=out["ws"], offsets=out["offsets"])
 
     # ------------------------------------------------------------------ training
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the batch, except its ``seed`` entry [N]: the seeds only seed CPU generators (latent z,
+        h_0), so on the GPU they would be read back every step, a host sync per step."""
+        if isinstance(batch, Mapping) and isinstance(batch.get("seed"), torch.Tensor):
+            rest = {k: v for k, v in batch.items() if k != "seed"}
+            moved = super().transfer_batch_to_device(rest, device, dataloader_idx)
+            moved["seed"] = batch["seed"]
+            return moved
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def _batch_latents(self, batch: Mapping[str, Any]) -> torch.Tensor:
         if batch.get("ws") is not None:
             ws = batch["ws"].to(self.device).float()
