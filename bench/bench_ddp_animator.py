@@ -33,8 +33,8 @@ How the time is measured, and why this way
 * CUDA events, not host clocks: every phase boundary records an event on the compute stream and
   all events are read after ONE torch.cuda.synchronize() at the end of a phase of the benchmark
   (warm-up | timed steps with gradient sync | timed steps under ``no_sync``). No synchronisation is
-  added inside a step, so the GPU pipeline runs as in training (the module itself synchronises
-  once per step when it reads the per-sample seeds on the host, as it does under Lightning).
+  added inside a step, so the GPU pipeline runs as in training (the per-sample seeds stay on the
+  CPU, as ``AnimatorModule.transfer_batch_to_device`` leaves them under Lightning).
   An event pair measures GPU time between the two points, including GPU idle time caused by the
   host, which is a real cost of the step. The benchmark's phases are separated by
   synchronize + barrier so that every rank starts a phase together. On CPU the clock is
@@ -96,6 +96,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from src.data.prompts import distinct_in_order  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 
 RESULT_FORMAT = "lgfa-ddp-animator-bench-1"
@@ -391,10 +392,10 @@ def global_batch(step: int, prompts: list[str], size: int, data_seed: int) -> di
 
 def local_batch(gb: dict, rank: int, batch: int, device: torch.device, candidates: bool) -> dict:
     lo, hi = rank * batch, (rank + 1) * batch
-    out = dict(caption=gb["caption"][lo:hi], concept=gb["concept"][lo:hi].to(device),
-               seed=gb["seed"][lo:hi].to(device))
+    # seeds stay on the CPU: they only seed CPU generators (as under Lightning, see the docstring)
+    out = dict(caption=gb["caption"][lo:hi], concept=gb["concept"][lo:hi].to(device), seed=gb["seed"][lo:hi])
     if candidates:
-        out["candidates"] = list(dict.fromkeys(gb["caption"]))  # distinct, in order of appearance
+        out["candidates"] = distinct_in_order(gb["caption"])
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from src.data.prompts import distinct_in_order
 from src.utils.errors import UserError
 
 
@@ -42,7 +43,7 @@ def text_alignment(clip, frames: torch.Tensor, prompts: Sequence[str],
     _check_video(frames)
     if len(prompts) != frames.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {frames.shape[0]} videos")
-    candidates = list(dict.fromkeys(prompt_list if prompt_list is not None else prompts))
+    candidates = distinct_in_order(prompt_list if prompt_list is not None else prompts)
     missing = [p for p in prompts if p not in candidates]
     if missing:
         raise UserError(f"prompt not in the prompt list: '{missing[0]}'")
