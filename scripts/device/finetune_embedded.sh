@@ -2,8 +2,12 @@
 # On one GPU, in the background (setsid): the second half of the embedded-default pipeline.
 #   1. quiet-GPU benchmarks (generator 1024 px, ops) and the GPU test suite
 #   2. adversarial fine-tuning of the shipped CLIP (experiment=embedded_clip_robust)
-#   3. animator variants trained side by side on the shipped generator and the new CLIP
-#   4. export + evaluation of every variant (200 faces x every prompt, with the oracle)
+#   3. with TRAIN_FACE_ID=1: the face recogniser of the identity loss (experiment=embedded_face_id),
+#      else FID= an existing one (optional)
+#   4. animator variants trained side by side on the shipped generator and the new CLIP (with FID
+#      the identity-loss network is configured; a variant turns the loss on with loss.identity=W)
+#   5. export + evaluation of every variant (200 faces x every prompt, with the oracle; EVAL_STRENGTHS
+#      lists inference strengths, default 1.0)
 # Progress: $RUNS/stages; logs: $RUNS/*.log. Variants: ANIM_VARIANTS="name=overrides;name=overrides".
 set -u
 cd "$(dirname "$0")/../.."
@@ -33,6 +37,15 @@ if [ -z "${C:-}" ]; then  # no CLIP given: fine-tune the shipped one adversarial
   C=$RUNS/clip/runs/embedded-clip-robust/clip_synthetic.safetensors
 fi
 [ -f "$C" ] || { log "no CLIP export: stop"; exit 1; }
+if [ "${TRAIN_FACE_ID:-0}" = 1 ]; then
+  log start face_id
+  python train.py experiment=embedded_face_id +trainer.max_time=$(minutes ${FID_MIN:-5}) $common > "$RUNS/face_id.log" 2>&1
+  log end face_id rc=$?
+  FID=$RUNS/face_id/runs/embedded-face-id/face_id_synthetic.safetensors
+  [ -f "$FID" ] || { log "no face-id export: stop"; exit 1; }
+fi
+id_overrides=""
+[ -n "${FID:-}" ] && id_overrides="domain.identity_loss.kind=synthetic domain.identity_loss.checkpoint=$FID"
 
 IFS=';' read -ra variants <<< "${ANIM_VARIANTS:-views=model.clip_views=4 model.clip_view_noise=0.03}"
 for v in "${variants[@]}"; do
@@ -40,7 +53,7 @@ for v in "${variants[@]}"; do
   log start animator_$name
   python train.py experiment=embedded_animator name=anim-$name domain.generator.checkpoint="$G" \
     domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.identity_metric_path="$O" \
-    model.video_every_n_steps=0 +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $overrides $common \
+    model.video_every_n_steps=0 +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $id_overrides $overrides $common \
     > "$RUNS/animator_$name.log" 2>&1 &
 done
 wait
@@ -49,10 +62,12 @@ for v in "${variants[@]}"; do
   name=${v%%=*}
   A=$RUNS/animator/runs/anim-$name
   ( python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
-      --oracle "$O" --out "$RUNS/assets_$name" > "$RUNS/export_$name.log" 2>&1 &&
-    python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
-      --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda --out "$RUNS/eval_$name.json" \
-      > "$RUNS/evaluate_$name.log" 2>&1; log end evaluate_$name rc=$? ) &
+      --oracle "$O" ${FID:+--face-id "$FID"} --out "$RUNS/assets_$name" > "$RUNS/export_$name.log" 2>&1 &&
+    for s in ${EVAL_STRENGTHS:-1.0}; do
+      python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
+        --strength $s --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
+        --out "$RUNS/eval_${name}_s$s.json" > "$RUNS/evaluate_${name}_s$s.log" 2>&1; log end evaluate_${name}_s$s rc=$?
+    done ) &
 done
 wait
 log all done

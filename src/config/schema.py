@@ -37,6 +37,19 @@ class IdentityMetric(str, Enum):
     none = "none"
 
 
+class IdentityLossKind(str, Enum):
+    synthetic = "synthetic"   # the synthetic domain's face recogniser (task=face_id)
+    arcface = "arcface"       # IR-SE50 weights (model_ir_se50.pth), FFHQ crop
+    none = "none"
+
+
+@dataclass
+class IdentityLossConfig:
+    """The network of the animator's identity loss (loss.identity > 0 needs one)."""
+    kind: IdentityLossKind = IdentityLossKind.none
+    checkpoint: Optional[str] = None
+
+
 class Perceptual(str, Enum):
     lpips_alex = "lpips_alex"
     lpips_vgg = "lpips_vgg"
@@ -86,6 +99,7 @@ class DomainConfig:
     loss_clip: ClipConfig = field(default_factory=ClipConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     identity_metric: IdentityMetric = IdentityMetric.none
+    identity_loss: IdentityLossConfig = field(default_factory=IdentityLossConfig)
     perceptual: Perceptual = Perceptual.lpips_alex
     data: DomainDataConfig = field(default_factory=DomainDataConfig)
 
@@ -210,6 +224,9 @@ def validate_config(cfg: DictConfig) -> None:
              f"domain.resolution must be a power of two in 4..1024, got {d.resolution}")
         need(0.0 <= d.generator.truncation_psi <= 2.0, f"domain.generator.truncation_psi must be in [0, 2], got {d.generator.truncation_psi}")
         need("{}" in d.prompts.template, f"domain.prompts.template must contain '{{}}', got '{d.prompts.template}'")
+        if "loss" in cfg and cfg.loss.get("identity", 0) > 0 and "identity_loss" in d:
+            need(str(getattr(d.identity_loss.kind, "value", d.identity_loss.kind)) != "none",
+                 "loss.identity > 0 needs a network: set domain.identity_loss.kind (synthetic | arcface) and .checkpoint")
     if "task" in cfg:
         need(cfg.task.monitor_mode in {"min", "max"}, f"task.monitor_mode must be min or max, got {cfg.task.monitor_mode}")
     if "frames" in cfg:  # animate config

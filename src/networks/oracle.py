@@ -5,7 +5,6 @@ Outputs are the parameters normalised to [0, 1] (src.data.synthetic.PARAM_SPACE.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch.nn as nn
 from src.data.synthetic.params import NUM_PARAMS, PARAM_SPACE
 from src.ops.resize import resize
 from src.utils.errors import UserError
-from src.utils.io import atomic_write, atomic_write_text
+from src.networks.weights_file import load_net_state, read_net_files, save_net
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -77,46 +76,22 @@ def oracle_attributes(oracle: AttributeOracle, images: torch.Tensor) -> dict[str
     return {name: natural[:, i] for i, name in enumerate(PARAM_SPACE.names)}
 
 
-def _stem(path: str | Path) -> Path:
-    p = Path(path)
-    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-
-
 def save_oracle(oracle: AttributeOracle, path: str | Path) -> Path:
     """Write <path>.safetensors (weights) and <path>.json (init kwargs + parameter names) atomically.
 
     Returns the .safetensors path.
     """
-    from safetensors.torch import save_file
-
-    stem = _stem(path)
-    weights = stem.with_name(stem.name + ".safetensors")
     meta = {"class": "AttributeOracle", "init_kwargs": oracle.init_kwargs, "param_names": PARAM_SPACE.names}
-    state = {k: v.detach().cpu().contiguous() for k, v in oracle.state_dict().items()}
-    with atomic_write(weights) as tmp:
-        save_file(state, str(tmp))
-    atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(meta, indent=2))
-    return weights
+    return save_net(oracle, path, meta)
 
 
 def load_oracle(path: str | Path, device: str | torch.device = "cpu") -> AttributeOracle:
     """Load an oracle written by save_oracle (path with or without suffix); returns it in eval mode."""
-    from safetensors.torch import load_file
-
-    stem = _stem(path)
-    weights, meta_path = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-    if not weights.is_file() or not meta_path.is_file():
-        raise UserError(f"oracle weights not found: need {weights} and {meta_path}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        kwargs = dict(meta["init_kwargs"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{meta_path} is not an oracle description ({e})") from None
+    meta, weights = read_net_files(path, "oracle")
     if meta.get("param_names") != PARAM_SPACE.names:
-        raise UserError(f"{meta_path} was trained for other face parameters than this renderer's")
-    oracle = AttributeOracle(**kwargs)
+        raise UserError(f"{weights.with_suffix('.json')} was trained for other face parameters than this renderer's")
     try:
-        oracle.load_state_dict(load_file(str(weights)))
-    except RuntimeError as e:
-        raise UserError(f"{weights} does not match its architecture: {str(e).splitlines()[0]}") from None
-    return oracle.to(device).eval()
+        oracle = AttributeOracle(**meta["init_kwargs"])
+    except TypeError as e:
+        raise UserError(f"{weights.with_suffix('.json')}: bad oracle arguments ({e})") from None
+    return load_net_state(oracle, weights).to(device).eval()

@@ -201,9 +201,20 @@ class AnimatorModule(pl.LightningModule):
             self.perceptual = self._freeze(perceptual)
             self.frozen_sources["perceptual"] = ([f] if (f := getattr(perceptual, "weights_file", None)) else [],
                                                  self.perceptual)
+        id_files: list[str] = []
+        if identity_net is None and not inference_only and self.loss_cfg["identity"] > 0:
+            from src.networks.face_id import build_identity_net, identity_net_files
+
+            id_kind = _get(domain, "identity_loss.kind", "none")
+            id_ckpt = _get(domain, "identity_loss.checkpoint")
+            identity_net = build_identity_net(id_kind, id_ckpt)
+            id_files = identity_net_files(id_kind, id_ckpt) if identity_net is not None else []
         self.identity_net = self._freeze(identity_net) if identity_net is not None else None
         if not inference_only and self.loss_cfg["identity"] > 0 and self.identity_net is None:
-            raise UserError("loss.identity > 0 needs an identity network (pass identity_net=...)")
+            raise UserError("loss.identity > 0 needs an identity network: set domain.identity_loss.kind and "
+                            ".checkpoint (or pass identity_net=...)")
+        if self.identity_net is not None:
+            self.frozen_sources["identity_net"] = (id_files, self.identity_net)
         self.identity_metric_net = self._freeze(identity_metric_net) if identity_metric_net is not None else None
 
         # CLIP-loss views: the loss is averaged over the last frame and `clip_views` label-preserving
@@ -620,7 +631,8 @@ class AnimatorModule(pl.LightningModule):
 
 # config entries that name files; relative paths in an exported animator are relative to its folder
 _FILE_KEYS = ("domain.generator.checkpoint", "domain.clip.checkpoint", "domain.loss_clip.checkpoint",
-              "domain.clip.pretrained", "domain.loss_clip.pretrained", "identity_metric_path")
+              "domain.clip.pretrained", "domain.loss_clip.pretrained", "domain.identity_loss.checkpoint",
+              "identity_metric_path")
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[dict, dict, dict]:

@@ -7,8 +7,6 @@ faces (seeded by split and batch index) and report R^2 per parameter.
 """
 from __future__ import annotations
 
-import math
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -17,6 +15,7 @@ from src.data.synthetic.params import PARAM_SPACE, observable_mask, sample_param
 from src.data.synthetic.render import render
 from src.networks.oracle import AttributeOracle, save_oracle
 from src.utils.errors import UserError
+from src.systems.schedules import adamw_warmup_cosine, schedule_length
 from src.utils.seeds import derive_seed
 
 
@@ -120,24 +119,10 @@ class OracleModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
 
-    def _total_steps(self) -> int:
-        if self.hparams.max_steps:
-            return int(self.hparams.max_steps)
-        ms = getattr(self.trainer, "max_steps", -1) if self.trainer is not None else -1
-        return int(ms) if ms and ms > 0 else 10_000
-
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.oracle.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total, warm = self._total_steps(), max(0, int(self.hparams.warmup_steps))
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        total = schedule_length(self, self.hparams.max_steps)
+        return adamw_warmup_cosine(self.oracle.parameters(), self.hparams.lr, self.hparams.weight_decay, total,
+                                   self.hparams.warmup_steps)
 
     def save_weights(self, path: str) -> str:
         """Save the oracle as <path>.safetensors + <path>.json (atomic); returns the weights path."""

@@ -272,3 +272,46 @@ def nearest_palette_index(t: torch.Tensor, n_colors: int) -> torch.Tensor:
     """Index of the palette entry closest to t [...] (for captions)."""
     return (t.clamp(0, 1) * (n_colors - 1)).round().long()
 
+
+
+def with_expressions_of(identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+    """Faces with the identity parameters of ``identity`` and the expression/pose of ``expression``
+    (both [N, P] natural units) -> [N, P]."""
+    mask = PARAM_SPACE.mask("expression", identity.device)
+    return torch.where(mask, expression.to(identity.device), identity)
+
+
+def identity_twins(params: torch.Tensor, generator: torch.Generator, changes: int = 1,
+                   min_step: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Near-twins: copies of ``params`` [N, P] (natural units) with ``changes`` visible identity
+    attributes per face moved by at least ``min_step`` of their range (discrete ones switched to
+    another class). Expressions are untouched. Returns (twins [N, P], changed [N, P] bool).
+
+    Hard negatives for identity recognition: a twin differs from its original only where a
+    recogniser that ignores fine attributes (eye size, mouth width) cannot tell them apart.
+    The frame colour counts only for faces with glasses (otherwise it is invisible).
+    """
+    if generator.device.type != "cpu":
+        raise UserError("identity_twins needs a CPU torch.Generator")
+    if not 1 <= changes <= len(PARAM_SPACE.identity_names) or not 0.0 < min_step <= 0.5:
+        raise UserError(f"identity_twins: changes must be 1..{len(PARAM_SPACE.identity_names)} and "
+                        f"min_step in (0, 0.5], got {changes}, {min_step}")
+    sp, dev = PARAM_SPACE, params.device
+    p = params.detach().float().cpu()
+    n = p.shape[0]
+    unit = sp.normalize(p)
+    candidates = sp.mask("identity") & observable_mask(unit)        # [N, P]
+    scores = torch.rand(n, len(sp), generator=generator).masked_fill(~candidates, -1.0)
+    chosen = torch.zeros_like(candidates)
+    chosen.scatter_(1, scores.topk(changes, dim=1).indices, True)
+    # continuous: a step of min_step .. min_step + 0.5 of the range, reflected back into [0, 1]
+    step = min_step + 0.5 * torch.rand(n, len(sp), generator=generator)
+    sign = torch.where(torch.rand(n, len(sp), generator=generator) < 0.5, -1.0, 1.0)
+    moved = unit + sign * step
+    moved = torch.where((moved < 0) | (moved > 1), unit - sign * step, moved).clamp(0, 1)
+    out = torch.where(chosen, sp.denormalize(moved), p)  # untouched columns bit for bit
+    for i, s in enumerate(sp.specs):  # discrete: any other class
+        if s.discrete:
+            shift = torch.randint(1, s.classes, (n,), generator=generator).float()
+            out[:, i] = torch.where(chosen[:, i], (p[:, i].round() + shift) % s.classes, p[:, i])
+    return torch.where(chosen, sp.clamp(out), p).to(dev), chosen.to(dev)
