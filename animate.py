@@ -89,7 +89,8 @@ def run(cfg) -> Path:
     with torch.no_grad():
         segments = []
         for i, prompt in enumerate(tqdm(prompts, desc="animating", unit="prompt", disable=len(prompts) == 1)):
-            out = module.animate(ws, [prompt], num_frames=cfg.frames, decay=cfg.decay, strength=cfg.strength)
+            out = module.animate(ws, [prompt], num_frames=cfg.frames, decay=cfg.decay, strength=cfg.strength,
+                                 motion_total=cfg.get("motion_total"))
             frames = out["frames"][0]
             # chained segments start from the previous last frame: drop the repeated first frame
             segments.append(frames if i == 0 else frames[1:])

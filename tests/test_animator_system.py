@@ -299,3 +299,28 @@ def test_batch_transfer_keeps_seeds_on_the_cpu():
     assert moved["ws"].device.type == "meta" and moved["caption"] == ["a", "b"]
     plain = m.transfer_batch_to_device({"ws": torch.zeros(1)}, torch.device("meta"), 0)
     assert plain["ws"].device.type == "meta"
+
+
+def test_motion_total_train_matches_the_training_step_sum():
+    """Inference videos move as far in total as training videos: sum r_t = 0.8 (T_train - 1) / T_train
+    whatever the frame count and decay; 'paper' keeps the authors' step sizes."""
+    from src.networks.animator import step_sizes, training_matched_strength
+
+    for frames, decay in ((16, "linear"), (16, "none"), (9, "sqrt"), (24, "exp"), (4, "none")):
+        k = training_matched_strength(frames, decay, train_frames=4)
+        assert sum(step_sizes(frames, decay, k)) == pytest.approx(0.6)
+    assert training_matched_strength(16, "linear", 4) == pytest.approx(1.6)
+    assert training_matched_strength(4, "none", 4) == pytest.approx(1.0)
+    m = build()
+    w = m.sample_latents(2, seed=3)
+    prompts = ["The person is smiling.", "The person is angry."]
+    k = training_matched_strength(5, "linear", 4)
+    trained = m.animate(w, prompts, num_frames=5, decay="linear")  # hparams default: train
+    paper_scaled = m.animate(w, prompts, num_frames=5, decay="linear", strength=k, motion_total="paper")
+    torch.testing.assert_close(trained["ws"], paper_scaled["ws"])
+    paper = m.animate(w, prompts, num_frames=5, decay="linear", motion_total="paper")
+    assert not torch.allclose(paper["ws"][:, -1], trained["ws"][:, -1])  # 5 linear frames: factor 1.5
+    with pytest.raises(UserError, match="motion_total"):
+        m.animate(w, prompts, motion_total="more")
+    with pytest.raises(UserError, match="motion_total"):
+        build(motion_total="more")

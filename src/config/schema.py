@@ -179,6 +179,7 @@ class AnimateConfig:
     fps: float = 10.0
     strength: float = 1.0
     decay: str = "linear"             # none | linear | sqrt | exp | const
+    motion_total: Optional[str] = None  # train | paper (null: the checkpoint's setting)
     output: str = "animation.mp4"     # .mp4 | .gif | .webp ; a PNG strip is written beside it
     strip: bool = True
     projection_steps: int = 300
@@ -234,6 +235,8 @@ def validate_config(cfg: DictConfig) -> None:
         need(cfg.fps > 0, f"fps must be > 0, got {cfg.fps}")
         need(0 < cfg.strength <= 10, f"strength must be in (0, 10], got {cfg.strength}")
         need(cfg.decay in _DECAYS, f"decay '{cfg.decay}' is not one of {sorted(_DECAYS)}")
+        need(cfg.get("motion_total") in (None, "train", "paper"),
+             f"motion_total '{cfg.get('motion_total')}' is not train or paper")
         need(cfg.projection_steps >= 1, f"projection_steps must be >= 1, got {cfg.projection_steps}")
         sources = [k for k in ("image", "latent", "seed") if cfg.get(k) is not None]
         need(len(sources) <= 1, f"give only one of image=, latent=, seed= (got {', '.join(sources)})")

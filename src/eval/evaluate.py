@@ -60,13 +60,15 @@ def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torc
 @torch.no_grad()
 def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, decay: str = "linear",
              strength: float = 1.0, oracle=None, concepts: Optional[Sequence[str]] = None,
-             face_seed_offset: int = 10_000, progress: bool = True) -> dict:
-    """Animate ``n_faces`` faces (seeds face_seed_offset + i) with every concept's prompt."""
+             face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None) -> dict:
+    """Animate ``n_faces`` faces (seeds face_seed_offset + i) with every concept's prompt.
+    motion_total: see AnimatorModule.animate (default: the checkpoint's setting)."""
     from tqdm import tqdm
 
     from src.data.synthetic import PARAM_SPACE
     from src.eval.metrics import ClipFrechetDistance, video_metrics
 
+    motion_total = motion_total or module.hparams.get("motion_total", "train")
     domain = module.hparams["domain"]
     template = domain["prompts"]["template"]
     concepts = list(concepts or domain["prompts"]["concepts"])
@@ -90,7 +92,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
             w = module.sample_latents(seeds=seeds)
             image = module.render_image(w).clamp(-1, 1)
             out = module.animate(w, [prompt] * len(seeds), num_frames=frames, decay=decay, strength=strength,
-                                 image=image, seed=start)
+                                 image=image, seed=start, motion_total=motion_total)
             video = out["frames"]
             m = video_metrics(video, ws=out["ws"], image=image, clip=module.clip, prompts=[prompt] * len(seeds),
                               prompt_list=prompt_list)
@@ -134,7 +136,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
     except RuntimeError as e:  # too few faces for a covariance: report, do not fail the evaluation
         summary["clip_fd_error"] = str(e)
     return {"summary": summary, "per_concept": per_concept,
-            "settings": {"faces": n_faces, "frames": frames, "decay": decay, "strength": strength,
+            "settings": {"faces": n_faces, "frames": frames, "decay": decay, "strength": strength, "motion_total": motion_total,
                          "concepts": concepts, "face_seed_offset": face_seed_offset}}
 
 
@@ -146,6 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--decay", default="linear")
     ap.add_argument("--strength", type=float, default=1.0)
+    ap.add_argument("--motion-total", choices=("train", "paper"), default=None,
+                    help="train: a video moves as far as a training video; paper: the authors' step sizes "
+                         "(default: the checkpoint's setting)")
     ap.add_argument("--oracle", default=None, help="synthetic-domain attribute oracle (.safetensors)")
     ap.add_argument("--concepts", nargs="*", default=None, help="default: the domain's prompt concepts")
     ap.add_argument("--device", default="cpu")
@@ -165,7 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from src.networks.oracle import load_oracle
 
             oracle = load_oracle(args.oracle, device=args.device).eval()
-        result = evaluate(module, args.faces, args.frames, args.batch, args.decay, args.strength, oracle, args.concepts)
+        result = evaluate(module, args.faces, args.frames, args.batch, args.decay, args.strength, oracle, args.concepts,
+                          motion_total=args.motion_total)
         text = json.dumps(result, indent=2)
         if args.out:
             atomic_write_text(args.out, text)

@@ -57,6 +57,23 @@ def step_sizes(num_frames: int, decay: str = "none", strength: float = 1.0, base
     return [base / num_frames * decay_factor(t, num_frames, decay) * strength for t in range(1, num_frames)]
 
 
+MOTION_TOTALS = ("train", "paper")
+
+
+def training_matched_strength(num_frames: int, decay: str, train_frames: int, base: float = 0.8) -> float:
+    """Factor on r_t that makes a T-frame video under ``decay`` move as far in total as a training
+    video (``train_frames`` frames, no decay): sum_t r_t = base * (train_frames - 1) / train_frames.
+
+    The paper's inference (r_t = base / T * decay(t, T)) moves less than training: a 16-frame
+    linear-decay video sums to 0.375 against 0.6 for the 4-frame training videos (factor 1.6), so
+    the last frame stops short of where the CLIP loss put it; the factor keeps the decay's shape.
+    """
+    inference_total = sum(step_sizes(num_frames, decay, 1.0, base))
+    if inference_total <= 0:
+        raise UserError(f"decay '{decay}' gives no motion over {num_frames} frames")
+    return sum(step_sizes(train_frames, "none", 1.0, base)) / inference_total
+
+
 class PixelNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) over the feature axis. x: [N,F] -> [N,F]."""
 

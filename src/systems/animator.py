@@ -24,7 +24,7 @@ import torch.nn as nn
 from src.data.augment import augmented_views, label_preserving_pipe
 from src.losses.animator import (contrastive_clip_loss, cosine_clip_loss, endpoint_loss, identity_loss,
                                  latent_reg_loss, lpips_identity_loss, smoothness_loss, total_loss)
-from src.networks.animator import DECAYS, RecurrentAnimator
+from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
 from src.networks.clip_encoder import ClipEncoder
 from src.utils.checkpoint_io import AtomicCheckpointIO
 from src.utils.errors import UserError
@@ -130,6 +130,7 @@ class AnimatorModule(pl.LightningModule):
                  lpips_size: Optional[int] = 224, lpips_path: Optional[str] = None,
                  video_every_n_steps: int = 500, video_fps: float = 10.0, num_videos: int = 4,
                  hash_check: str = "error", inference_only: bool = False, identity_metric_path: Optional[str] = None,
+                 motion_total: str = "train",
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
                  loss_clip: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
                  identity_net: Optional[nn.Module] = None, identity_metric_net: Optional[nn.Module] = None):
@@ -148,6 +149,8 @@ class AnimatorModule(pl.LightningModule):
             raise UserError(f"clip_loss '{clip_loss}' is not contrastive or cosine")
         if hash_check not in ("error", "warn", "off"):
             raise UserError(f"hash_check '{hash_check}' is not error, warn or off")
+        if motion_total not in MOTION_TOTALS:
+            raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
         if val_decay not in DECAYS:
             raise UserError(f"val_decay '{val_decay}' is not one of {', '.join(DECAYS)}")
         if train_frames < 2 or val_frames < 2:
@@ -355,17 +358,27 @@ class AnimatorModule(pl.LightningModule):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def animate(self, w_input: torch.Tensor, prompts: Sequence[str], num_frames: int = 16, decay: str = "linear",
-                strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0) -> dict[str, torch.Tensor]:
+                strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0,
+                motion_total: Optional[str] = None) -> dict[str, torch.Tensor]:
         """Animate faces from prompts.
 
         w_input [N,L,C] (or [L,C]); prompts: N prompts (one prompt is used for all N);
         image [N,3,H,W] in [-1,1]: the face shown to CLIP (default: G.synthesis(w_input)).
+        motion_total (default: hparams.motion_total): 'train' scales the step sizes so that the video
+        moves as far in total as a training video (see training_matched_strength), then ``strength``
+        multiplies; 'paper' uses the authors' r_t = 0.8 / T * decay(t, T) * strength.
         Returns dict(frames [N,T,3,H,W] in [-1,1], ws [N,T,L,C], offsets [N,T,L,C]).
         """
         if decay not in DECAYS:
             raise UserError(f"decay '{decay}' is not one of {', '.join(DECAYS)}")
         if num_frames < 2:
             raise UserError(f"num_frames must be >= 2, got {num_frames}")
+        motion_total = motion_total or self.hparams.get("motion_total", "train")
+        if motion_total not in MOTION_TOTALS:
+            raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
+        if motion_total == "train":
+            strength = strength * training_matched_strength(num_frames, decay, int(self.hparams.train_frames),
+                                                            self.animator.step_base)
         device = next(self.generator.parameters()).device
         w_input = w_input.to(device).float()
         if w_input.ndim == 2:
