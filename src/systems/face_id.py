@@ -42,7 +42,9 @@ def degrade(images: torch.Tensor, generator: torch.Generator, strength: float) -
     out = torch.where((u[:, 0] < 0.5).view(n, 1, 1, 1), blurred, out)
     contrast = 1.0 + strength * 0.3 * (u[:, 1] - 0.5).view(n, 1, 1, 1)
     out = out * contrast
-    noise = torch.randn(images.shape, generator=generator).to(dev)
+    # noise drawn on the images' device (a CPU draw of [3B,3,R,R] would bound the step time)
+    device_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    noise = torch.randn(images.shape, generator=device_gen, device=dev)
     out = out + strength * 0.05 * u[:, 2].view(n, 1, 1, 1) * noise
     return out.clamp(-1, 1)
 
