@@ -137,3 +137,31 @@ def test_identity_drift_skips_unobservable_attributes():
     assert s["identity_drift_max"][0] == 0
     assert torch.isclose(s["identity_drift_max"][1], torch.tensor(0.2))
     assert torch.isclose(s["identity_drift"][1], torch.tensor(0.2) / seen[1].sum())
+
+
+def test_identity_drift_of_discrete_attributes_counts_class_changes_only():
+    """Glasses and hair style drift only when the rounded class changes (then by the whole range)."""
+    from src.data.synthetic import PARAM_SPACE
+    from src.eval.evaluate import _oracle_scores
+
+    n, t = 3, 4
+    base = torch.full((len(PARAM_SPACE),), 0.5)
+    base[PARAM_SPACE.idx("glasses")] = 0.1          # reads "no glasses"
+    base[PARAM_SPACE.idx("glasses_color")] = 0.5
+    readings = base.repeat(n, t, 1).clone()
+    g = PARAM_SPACE.idx("glasses")
+    readings[0, 2, g] = 0.4                          # uncertain, still no glasses: no drift
+    readings[1, 3, g] = 0.7                          # glasses appear: a full change
+    hs = PARAM_SPACE.idx("hair_style")               # 6 classes: unit 0.5 is class 2.5 -> rounds to 2
+    readings[2, 1, hs] = 0.45                        # class 2.25 -> 2: the same style
+
+    def oracle(frames):
+        return readings.reshape(n * t, -1)
+
+    s = _oracle_scores(oracle, torch.zeros(n, t, 3, 8, 8), "smiling")
+    names = PARAM_SPACE.identity_names
+    d = s["identity_drift_by_attribute"]
+    assert d[0, names.index("glasses")] == 0 and d[2, names.index("hair_style")] == 0
+    assert d[1, names.index("glasses")] == 1
+    assert s["identity_drift_max"][0] == 0 and s["identity_drift_max"][2] == 0
+    assert s["identity_drift_raw"][0] > 0  # the raw readings count the uncertain glasses

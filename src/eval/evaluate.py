@@ -8,7 +8,8 @@ frame-0 PSNR against the input face, smoothness (pixel/latent second differences
 With the synthetic domain's attribute oracle: whether the prompt's target attributes move the
 right way (projection of the change onto the preset's required change > 0), how much of the
 required change is reached (that projection as a fraction), and how far identity attributes drift
-(max over frames of |a_t - a_0|, in units of each attribute's range). Per corpus: Frechet distance
+(max over frames of |a_t - a_0|, in units of each attribute's range; a discrete attribute counts 1
+when its class changes, else 0). Per corpus: Frechet distance
 of CLIP features of last frames vs input faces.
 """
 from __future__ import annotations
@@ -48,12 +49,24 @@ def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torc
     norm2 = required.pow(2).sum(1)
     reach = (change * required).sum(1) / norm2.clamp_min(1e-8)  # fraction of the required change
     identity = PARAM_SPACE.mask("identity", device=all_unit.device)
-    drift = (all_unit - all_unit[:, :1]).abs().amax(dim=1)[:, identity]  # [N, identity params]
+    # discrete attributes (glasses on/off, hair style) change only when their class changes: the
+    # oracle regresses class indices, and a reading between two classes is uncertainty, not a change
+    # (a class flip counts as the whole range, as a continuous attribute moved end to end)
+    read = PARAM_SPACE.normalize(PARAM_SPACE.clamp(PARAM_SPACE.denormalize(all_unit)))
+    discrete = torch.tensor([s.discrete for s in PARAM_SPACE.specs], device=all_unit.device)
+    read = torch.where(discrete, read, all_unit)
+    step = (read - read[:, :1]).abs()
+    step = torch.where(discrete & (step > 0), torch.ones_like(step), step)
+    drift = step.amax(dim=1)[:, identity]  # [N, identity params]
     seen = observable_mask(first.clamp(0, 1))[:, identity]
     drift = torch.where(seen, drift, torch.zeros_like(drift))
+    # the raw readings, discrete ones too (the definition before session 5, for comparison)
+    raw = (all_unit - all_unit[:, :1]).abs().amax(dim=1)[:, identity]
+    raw = torch.where(seen, raw, torch.zeros_like(raw))
     valid = norm2 > 0.05 ** 2  # faces already at the target have nothing to show
     return {"reach": reach, "right_way": (reach > 0).float(), "valid": valid.float(),
             "identity_drift": drift.sum(1) / seen.sum(1).clamp_min(1), "identity_drift_max": drift.amax(1),
+            "identity_drift_raw": raw.sum(1) / seen.sum(1).clamp_min(1),
             "identity_drift_by_attribute": drift, "identity_observable": seen.float()}
 
 
@@ -106,7 +119,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
                 valid_total += valid.sum().item()
                 for k in ("reach", "right_way"):
                     oracle_sums[k] += (s[k] * valid).sum().item()
-                for k in ("identity_drift", "identity_drift_max"):
+                for k in ("identity_drift", "identity_drift_max", "identity_drift_raw"):
                     oracle_sums[k] += s[k].sum().item()
                 drift_by_attribute += s["identity_drift_by_attribute"].sum(0).cpu()
                 observable_count += s["identity_observable"].sum(0).cpu()
@@ -118,6 +131,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
             row["oracle_valid_videos"] = valid_total
             row["oracle_identity_drift"] = oracle_sums["identity_drift"] / n_faces
             row["oracle_identity_drift_max"] = oracle_sums["identity_drift_max"] / n_faces
+            row["oracle_identity_drift_raw"] = oracle_sums["identity_drift_raw"] / n_faces
         per_concept[concept] = row
         for k, v in row.items():
             totals[k] += v
