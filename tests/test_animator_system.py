@@ -324,3 +324,18 @@ def test_motion_total_train_matches_the_training_step_sum():
         m.animate(w, prompts, motion_total="more")
     with pytest.raises(UserError, match="motion_total"):
         build(motion_total="more")
+
+
+def test_without_image_mapper_the_offsets_are_motion_only_and_reload(tmp_path):
+    from src.systems.animator import export_animator
+
+    m = build(use_image_mapper=False)
+    assert m.animator.image_mapper is None
+    assert not any(k.startswith("animator.image_mapper") for k in m.trainable_state_dict())
+    w = m.sample_latents(2, seed=3)
+    out = m.animate(w, ["The person is smiling."], num_frames=4)
+    assert torch.equal(out["ws"][:, 0], w)
+    path = export_animator(m, tmp_path / "a.safetensors")
+    back = load_animator(path, generator=m.generator, clip=m.clip)
+    assert back.animator.image_mapper is None
+    torch.testing.assert_close(back.animate(w, ["The person is smiling."], num_frames=4)["ws"], out["ws"])

@@ -130,7 +130,7 @@ class AnimatorModule(pl.LightningModule):
                  lpips_size: Optional[int] = 224, lpips_path: Optional[str] = None,
                  video_every_n_steps: int = 500, video_fps: float = 10.0, num_videos: int = 4,
                  hash_check: str = "error", inference_only: bool = False, identity_metric_path: Optional[str] = None,
-                 motion_total: str = "train",
+                 motion_total: str = "train", use_image_mapper: bool = True,
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
                  loss_clip: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
                  identity_net: Optional[nn.Module] = None, identity_metric_net: Optional[nn.Module] = None):
@@ -229,7 +229,8 @@ class AnimatorModule(pl.LightningModule):
         self.animator = RecurrentAnimator(
             embed_dim=self.clip.embed_dim, num_ws=self.generator.num_ws, w_dim=self.generator.w_dim, hidden=hidden,
             variant=variant, mapper_hidden=mapper_hidden, mapper_last_activation=mapper_last_activation,
-            mapper_lr_mul=mapper_lr_mul, h0_eval=h0_eval, image_offset_schedule=image_offset_schedule)
+            mapper_lr_mul=mapper_lr_mul, h0_eval=h0_eval, image_offset_schedule=image_offset_schedule,
+            use_image_mapper=use_image_mapper)
         self.frozen_hashes = {name: self._hash(name) for name in self.frozen_sources}
 
     # ------------------------------------------------------------------ construction helpers
