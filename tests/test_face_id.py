@@ -182,3 +182,24 @@ def test_animator_builds_its_identity_loss_from_the_domain(tmp_path):
         build(domain=tiny_domain(), loss=loss)
     m = build(domain=domain, loss=loss, inference_only=True)  # inference never loads it
     assert m.identity_net is None
+
+
+def test_identity_experiment_points_at_the_shipped_recogniser(tmp_path):
+    from pathlib import Path
+
+    from src.config.schema import validate_config
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["experiment=embedded_animator_identity"], tmp_path)
+    validate_config(cfg)
+    assert cfg.loss.identity > 0 and str(cfg.domain.identity_loss.kind.value) == "synthetic"
+    net = build_identity_net("synthetic", cfg.domain.identity_loss.checkpoint)
+    assert Path(cfg.domain.identity_loss.checkpoint).is_file() and net.embed_dim == 128
+    g = torch.Generator().manual_seed(0)
+    anchor = sample_params(16, g)
+    positive = with_expressions_of(anchor, sample_params(16, g))   # same person, new expression and pose
+    twin = with_expressions_of(identity_twins(anchor, g, changes=1)[0], sample_params(16, g))
+    with torch.no_grad():
+        a, p, n = net(render(torch.cat([anchor, positive, twin]), 128)).chunk(3)
+    cos_p, cos_n = (a * p).sum(1), (a * n).sum(1)
+    assert cos_p.mean() > 0.9 and cos_p.mean() - cos_n.mean() > 0.2 and (cos_p > cos_n).float().mean() >= 0.8
