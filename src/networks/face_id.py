@@ -12,7 +12,6 @@ one from ``domain.identity_loss``.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.networks.oracle import _block
+from src.networks.oracle import conv_trunk_and_head
 from src.networks.weights_file import load_net_state, read_net_files, save_net, weights_stem
 from src.ops.resize import resize
 from src.utils.errors import UserError
@@ -44,15 +43,7 @@ class SyntheticFaceID(nn.Module):
             raise UserError(f"face-id embed_dim must be >= 2 and width, hidden >= 1, got {embed_dim}, {width}, {hidden}")
         self.init_kwargs = {"resolution": resolution, "width": width, "hidden": hidden, "embed_dim": embed_dim}
         self.resolution, self.embed_dim = resolution, embed_dim
-        n_down = int(math.log2(resolution)) - 2  # down to 4x4
-        chans = [min(width * 2 ** i, width * 8) for i in range(n_down)]
-        layers, cin = [], 3
-        for c in chans:
-            layers.append(_block(cin, c))
-            cin = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, hidden), nn.SiLU(inplace=True),
-                                  nn.Linear(hidden, embed_dim))
+        self.features, self.head = conv_trunk_and_head(resolution, width, hidden, embed_dim)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dim() != 4 or img.shape[1] != 3:

@@ -25,6 +25,19 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def conv_trunk_and_head(resolution: int, width: int, hidden: int, outputs: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """(features, head): stride-2 blocks from ``resolution`` down to 4x4 (channels ``width``, doubling
+    per stage, capped at 8x), then Flatten - Linear(hidden) - SiLU - Linear(outputs). The 4x4 map is
+    flattened rather than pooled: positions matter (gaze, yaw, which eye, eye spacing)."""
+    n_down = int(math.log2(resolution)) - 2
+    layers, cin = [], 3
+    for c in [min(width * 2 ** i, width * 8) for i in range(n_down)]:
+        layers.append(_block(cin, c))
+        cin = c
+    head = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, hidden), nn.SiLU(inplace=True), nn.Linear(hidden, outputs))
+    return nn.Sequential(*layers), head
+
+
 class AttributeOracle(nn.Module):
     """CNN regressing normalised face parameters.
 
@@ -40,15 +53,7 @@ class AttributeOracle(nn.Module):
             raise UserError(f"oracle resolution must be a power of two >= 16, got {resolution}")
         self.init_kwargs = {"resolution": resolution, "num_params": num_params, "width": width, "hidden": hidden}
         self.resolution, self.num_params = resolution, num_params
-        n_down = int(math.log2(resolution)) - 2  # down to 4x4
-        chans = [min(width * 2 ** i, width * 8) for i in range(n_down)]
-        layers, cin = [], 3
-        for c in chans:
-            layers.append(_block(cin, c))
-            cin = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, hidden), nn.SiLU(inplace=True),
-                                  nn.Linear(hidden, num_params))
+        self.features, self.head = conv_trunk_and_head(resolution, width, hidden, num_params)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dim() != 4 or img.shape[1] != 3:

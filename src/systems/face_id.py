@@ -22,7 +22,7 @@ from src.data.synthetic.render import render
 from src.networks.face_id import SyntheticFaceID, save_face_id
 from src.ops.resize import resize
 from src.utils.errors import UserError
-from src.systems.schedules import adamw_warmup_cosine, schedule_length
+from src.systems.render_trained import RenderTrainedModule
 from src.utils.seeds import derive_seed
 
 
@@ -62,7 +62,7 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tenso
     return 0.5 * (F.cross_entropy(logits_a, target) + F.cross_entropy(logits_p, target))
 
 
-class FaceIDModule(pl.LightningModule):
+class FaceIDModule(RenderTrainedModule):
     """LightningModule around SyntheticFaceID.
 
     resolution/width/hidden/embed_dim: architecture; batch_size: identities per step and rank (x3
@@ -119,12 +119,6 @@ class FaceIDModule(pl.LightningModule):
         self._outputs[split].append(torch.cat([torch.stack([cos_p, cos_n, cos_other], 1),
                                                changed.float().to(a.device)], 1).detach())
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
     def _eval_end(self, split: str) -> dict[str, float]:
         outs = self._outputs[split]
         self._outputs[split] = []
@@ -149,21 +143,6 @@ class FaceIDModule(pl.LightningModule):
         self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
         return metrics
 
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    def configure_optimizers(self):
-        total = schedule_length(self, self.hparams.max_steps)
-        return adamw_warmup_cosine(self.net.parameters(), self.hparams.lr, self.hparams.weight_decay, total,
-                                   self.hparams.warmup_steps)
-
     def save_weights(self, path: str) -> str:
         """Save the network as <path>.safetensors (fp16) + <path>.json (atomic); returns the weights path."""
         return str(save_face_id(self.net, path, {"trained_steps": int(self.global_step), "seed": self.hparams.seed}))
-
-    def on_fit_end(self) -> None:
-        if self.hparams.export_path and self.global_rank == 0:
-            self.save_weights(self.hparams.export_path)

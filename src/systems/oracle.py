@@ -15,7 +15,7 @@ from src.data.synthetic.params import PARAM_SPACE, observable_mask, sample_param
 from src.data.synthetic.render import render
 from src.networks.oracle import AttributeOracle, save_oracle
 from src.utils.errors import UserError
-from src.systems.schedules import adamw_warmup_cosine, schedule_length
+from src.systems.render_trained import RenderTrainedModule
 from src.utils.seeds import derive_seed
 
 
@@ -36,7 +36,7 @@ def r2_observable(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class OracleModule(pl.LightningModule):
+class OracleModule(RenderTrainedModule):
     """LightningModule around AttributeOracle.
 
     resolution/width/hidden: oracle architecture; batch_size: faces rendered per step (per rank);
@@ -54,6 +54,9 @@ class OracleModule(pl.LightningModule):
         self.save_hyperparameters()
         self.oracle = AttributeOracle(resolution=resolution, num_params=len(PARAM_SPACE), width=width, hidden=hidden)
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+
+    def trained_network(self) -> torch.nn.Module:
+        return self.oracle  # (the attribute name is the key prefix of existing checkpoints)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """img [N, 3, H, W] in [-1, 1] -> [N, P] normalised parameters."""
@@ -82,12 +85,6 @@ class OracleModule(pl.LightningModule):
         pred = self.oracle(images).float()
         self._outputs[split].append((pred.detach(), target))
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
     def _eval_end(self, split: str) -> dict[str, float]:
         outs = self._outputs[split]
         self._outputs[split] = []
@@ -113,21 +110,6 @@ class OracleModule(pl.LightningModule):
         self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
         return metrics
 
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
-    def configure_optimizers(self):
-        total = schedule_length(self, self.hparams.max_steps)
-        return adamw_warmup_cosine(self.oracle.parameters(), self.hparams.lr, self.hparams.weight_decay, total,
-                                   self.hparams.warmup_steps)
-
     def save_weights(self, path: str) -> str:
         """Save the oracle as <path>.safetensors + <path>.json (atomic); returns the weights path."""
         return str(save_oracle(self.oracle, path))
-
-    def on_fit_end(self) -> None:
-        if self.hparams.export_path and self.global_rank == 0:
-            self.save_weights(self.hparams.export_path)
