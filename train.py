@@ -1,7 +1,7 @@
 """Train a model of the project: python train.py task=animator domain=synthetic loss=paper hardware=cpu
 
 Tasks: stylegan (GAN training of the generator), clip (small LiT CLIP), oracle (attribute regressor),
-animator (the paper's method). See README.md for sweeps, multi-GPU and SLURM.
+face_id (face recogniser of the synthetic domain, for the identity loss), animator (the paper's method). See README.md for sweeps, multi-GPU and SLURM.
 """
 from __future__ import annotations
 
