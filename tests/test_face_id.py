@@ -203,3 +203,11 @@ def test_identity_experiment_points_at_the_shipped_recogniser(tmp_path):
         a, p, n = net(render(torch.cat([anchor, positive, twin]), 128)).chunk(3)
     cos_p, cos_n = (a * p).sum(1), (a * n).sum(1)
     assert cos_p.mean() > 0.9 and cos_p.mean() - cos_n.mean() > 0.2 and (cos_p > cos_n).float().mean() >= 0.8
+
+
+def test_twins_never_change_what_cannot_be_seen_even_when_asked_for_many():
+    p = sample_params(50, torch.Generator().manual_seed(3))
+    p[:, PARAM_SPACE.idx("glasses")] = 0.0  # frame colour invisible: 19 visible identity attributes
+    twins, changed = identity_twins(p, torch.Generator().manual_seed(4), changes=20)
+    assert (changed.sum(1) == 19).all() and not changed[:, PARAM_SPACE.idx("glasses_color")].any()
+    assert not changed[:, ~PARAM_SPACE.mask("identity")].any()

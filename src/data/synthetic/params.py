@@ -304,6 +304,7 @@ def identity_twins(params: torch.Tensor, generator: torch.Generator, changes: in
     scores = torch.rand(n, len(sp), generator=generator).masked_fill(~candidates, -1.0)
     chosen = torch.zeros_like(candidates)
     chosen.scatter_(1, scores.topk(changes, dim=1).indices, True)
+    chosen &= candidates  # a face with fewer visible identity attributes than ``changes`` gets fewer
     # continuous: a step of min_step .. min_step + 0.5 of the range, reflected back into [0, 1]
     step = min_step + 0.5 * torch.rand(n, len(sp), generator=generator)
     sign = torch.where(torch.rand(n, len(sp), generator=generator) < 0.5, -1.0, 1.0)
