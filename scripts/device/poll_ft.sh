@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: wait (WAIT seconds or until done), report finetune_embedded.sh's progress,
 # and bundle its results into $OUT (at most 8 files of <= 16 MiB come back).
+# Poll back to back (WAIT up to ~540 s per call): a lent machine left idle for ~30 s is handed back,
+# and the background runs on it die with it (session 5 lost a round of three animators that way).
 set -u
 WAIT=${WAIT:-0}
 RUNS=${RUNS:-/tmp/lgfa_ft}
