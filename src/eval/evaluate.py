@@ -55,14 +55,15 @@ def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torc
     read = PARAM_SPACE.normalize(PARAM_SPACE.clamp(PARAM_SPACE.denormalize(all_unit)))
     discrete = torch.tensor([s.discrete for s in PARAM_SPACE.specs], device=all_unit.device)
     read = torch.where(discrete, read, all_unit)
-    step = (read - read[:, :1]).abs()
-    step = torch.where(discrete & (step > 0), torch.ones_like(step), step)
-    drift = step.amax(dim=1)[:, identity]  # [N, identity params]
     seen = observable_mask(first.clamp(0, 1))[:, identity]
-    drift = torch.where(seen, drift, torch.zeros_like(drift))
+
+    def max_change(step: torch.Tensor) -> torch.Tensor:  # [N,T,P] -> [N, identity params], 0 where unseen
+        return torch.where(seen, step.amax(dim=1)[:, identity], 0.0)
+
+    step = (read - read[:, :1]).abs()
+    drift = max_change(torch.where(discrete & (step > 0), torch.ones_like(step), step))
     # the raw readings, discrete ones too (the definition before session 5, for comparison)
-    raw = (all_unit - all_unit[:, :1]).abs().amax(dim=1)[:, identity]
-    raw = torch.where(seen, raw, torch.zeros_like(raw))
+    raw = max_change((all_unit - all_unit[:, :1]).abs())
     valid = norm2 > 0.05 ** 2  # faces already at the target have nothing to show
     return {"reach": reach, "right_way": (reach > 0).float(), "valid": valid.float(),
             "identity_drift": drift.sum(1) / seen.sum(1).clamp_min(1), "identity_drift_max": drift.amax(1),
@@ -81,7 +82,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
     from src.data.synthetic import PARAM_SPACE
     from src.eval.metrics import ClipFrechetDistance, video_metrics
 
-    motion_total = motion_total or module.hparams.get("motion_total", "train")
+    motion_total = module.resolve_motion_total(motion_total)
     domain = module.hparams["domain"]
     template = domain["prompts"]["template"]
     concepts = list(concepts or domain["prompts"]["concepts"])

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.networks.oracle import conv_trunk_and_head
-from src.networks.weights_file import load_net_state, read_net_files, save_net, weights_stem
+from src.networks.weights_file import load_net_state, net_files, read_net_files, save_net
 from src.ops.resize import resize
 from src.utils.errors import UserError
 
@@ -114,6 +114,5 @@ def build_identity_net(kind: str, checkpoint: Optional[str], device: str | torch
 def identity_net_files(kind: str, checkpoint: str) -> list[str]:
     """The files of an identity-loss network (hashed into animator checkpoints)."""
     if str(getattr(kind, "value", kind)) == "synthetic":
-        stem = weights_stem(checkpoint)
-        return [str(stem.with_name(stem.name + ".safetensors")), str(stem.with_name(stem.name + ".json"))]
+        return [str(f) for f in net_files(checkpoint)]
     return [str(checkpoint)]

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from src.data.synthetic.params import NUM_PARAMS, PARAM_SPACE
+from src.networks.weights_file import load_net_state, read_net_files, save_net
 from src.ops.resize import resize
 from src.utils.errors import UserError
-from src.networks.weights_file import load_net_state, read_net_files, save_net
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -21,6 +21,12 @@ def weights_stem(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
+def net_files(path: str | Path) -> tuple[Path, Path]:
+    """(<stem>.safetensors, <stem>.json) of a stored network given either name or the stem."""
+    stem = weights_stem(path)
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
 def save_net(net: nn.Module, path: str | Path, meta: dict[str, Any], dtype: Optional[torch.dtype] = None) -> Path:
     """Write <stem>.safetensors and <stem>.json (``meta``) atomically; returns the .safetensors path.
 
@@ -28,22 +34,20 @@ def save_net(net: nn.Module, path: str | Path, meta: dict[str, Any], dtype: Opti
     """
     from safetensors.torch import save_file
 
-    stem = weights_stem(path)
-    weights = stem.with_name(stem.name + ".safetensors")
+    weights, meta_path = net_files(path)
     state = {}
     for k, v in net.state_dict().items():
         v = v.detach().cpu()
         state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
     with atomic_write(weights) as tmp:
         save_file(state, str(tmp))
-    atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps(meta, indent=2))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return weights
 
 
 def read_net_files(path: str | Path, what: str) -> tuple[dict[str, Any], Path]:
     """(meta dict, weights path) of a stored network; ``what`` names it in errors ('oracle')."""
-    stem = weights_stem(path)
-    weights, meta_path = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    weights, meta_path = net_files(path)
     if not weights.is_file() or not meta_path.is_file():
         raise UserError(f"{what} weights not found: need {weights} and {meta_path}")
     try:

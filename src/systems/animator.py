@@ -357,6 +357,14 @@ class AnimatorModule(pl.LightningModule):
             return self.clip.encode_text(prompts)
 
     # ------------------------------------------------------------------ inference
+    def resolve_motion_total(self, requested: Optional[str] = None) -> str:
+        """``requested`` ('train' | 'paper'), or the checkpoint's setting (checkpoints from before the
+        option: 'train')."""
+        motion_total = requested or self.hparams.get("motion_total", "train")
+        if motion_total not in MOTION_TOTALS:
+            raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
+        return motion_total
+
     @torch.no_grad()
     def animate(self, w_input: torch.Tensor, prompts: Sequence[str], num_frames: int = 16, decay: str = "linear",
                 strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0,
@@ -374,10 +382,7 @@ class AnimatorModule(pl.LightningModule):
             raise UserError(f"decay '{decay}' is not one of {', '.join(DECAYS)}")
         if num_frames < 2:
             raise UserError(f"num_frames must be >= 2, got {num_frames}")
-        motion_total = motion_total or self.hparams.get("motion_total", "train")
-        if motion_total not in MOTION_TOTALS:
-            raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
-        if motion_total == "train":
+        if self.resolve_motion_total(motion_total) == "train":
             strength = strength * training_matched_strength(num_frames, decay, int(self.hparams.train_frames),
                                                             self.animator.step_base)
         device = next(self.generator.parameters()).device

@@ -36,9 +36,9 @@ def adamw_warmup_cosine(params, lr: float, weight_decay: float, total: int, warm
 class RenderTrainedModule(pl.LightningModule):
     """Base of the render-trained LightningModules.
 
-    Subclasses set ``self.net`` (the trained network; or override ``trained_network``), and implement ``_eval_step(split, batch)``,
-    ``_eval_end(split) -> metrics`` and ``save_weights(path) -> str``; their hparams hold lr,
-    weight_decay, warmup_steps, max_steps and export_path.
+    Subclasses set ``self.net`` (the trained network; or override ``trained_network``) and implement
+    ``_eval_step(split, batch)``, ``_eval_end(split) -> metrics`` and ``save_weights(path) -> str``;
+    their hparams hold lr, weight_decay, warmup_steps, max_steps and export_path.
     """
 
     def trained_network(self) -> torch.nn.Module:
@@ -67,8 +67,8 @@ class RenderTrainedModule(pl.LightningModule):
 
     def configure_optimizers(self):
         total = schedule_length(self, self.hparams.max_steps)
-        return adamw_warmup_cosine(self.trained_network().parameters(), self.hparams.lr, self.hparams.weight_decay, total,
-                                   self.hparams.warmup_steps)
+        return adamw_warmup_cosine(self.trained_network().parameters(), self.hparams.lr,
+                                   self.hparams.weight_decay, total, self.hparams.warmup_steps)
 
     def on_fit_end(self) -> None:
         if self.hparams.export_path and self.global_rank == 0:

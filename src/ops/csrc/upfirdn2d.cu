@@ -272,8 +272,9 @@ at::Tensor upfirdn2d_cuda(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, 
     switch (variant) {
       case 1: {
         constexpr int kRows = 16;  // output rows per thread (8 and 32 measured slower on an H100)
-        dim3 g((unsigned)((OW + 31) / 32), (unsigned)((OH + kRows * (kThreads / 32) - 1) / (kRows * (kThreads / 32))),
-               (unsigned)std::min<int64_t>(p.nc, 65535));
+        const int64_t row_blocks = (OH + kRows * (kThreads / 32) - 1) / (kRows * (kThreads / 32));
+        TORCH_CHECK(row_blocks <= 65535, "upfirdn2d: output too tall for the CUDA kernel");
+        dim3 g((unsigned)((OW + 31) / 32), (unsigned)row_blocks, (unsigned)std::min<int64_t>(p.nc, 65535));
         fir_direct_kernel<scalar_t, 4, 4, kRows><<<g, kThreads, 0, stream>>>(xp, fp, yp, p);
         break;
       }
