@@ -194,3 +194,36 @@ def test_bad_arguments():
         m(w, te, ie, 1)
     with pytest.raises(UserError, match="w_input"):
         m(torch.zeros(2, 4, 4), te, ie, 3)
+
+
+@pytest.mark.parametrize("variant", ["ours", "paper"])
+def test_w_offset_space_moves_every_layer_by_the_same_offset(variant):
+    m = make(variant, offset_space="w")
+    assert m.motion_mapper.num_ws == 1 and m.image_mapper.num_ws == 1  # a W offset, not one per layer
+    w, te, ie = inputs()
+    out = m(w, te, ie, num_frames=4)
+    off = out["offsets"]
+    assert off.shape == (2, 4, 3, 4) and off[:, 1:].abs().sum() > 0
+    torch.testing.assert_close(off, off[:, :, :1].expand_as(off))  # the same offset on every layer
+    if variant == "ours":
+        assert torch.equal(out["ws"][:, 0], w)
+
+
+@pytest.mark.parametrize("space", ["wplus", "w"])
+def test_offset_layers_keep_the_other_layers_at_the_input(space):
+    m = make(offset_space=space, offset_layers=[0, 2])
+    w, te, ie = inputs()
+    out = m(w, te, ie, num_frames=4)
+    assert torch.equal(out["ws"][:, :, 1], w[:, None, 1].expand(2, 4, 4))  # layer 1 never moves
+    assert out["offsets"][:, 1:, 0].abs().sum() > 0 and out["offsets"][:, 1:, 2].abs().sum() > 0
+    # the loss reaches the mappers through the kept layers only, and still reaches them
+    out["ws"][:, -1].sum().backward()
+    assert m.motion_mapper.net[-1].weight.grad.abs().sum() > 0
+
+
+def test_offset_space_and_layers_reject_bad_values():
+    with pytest.raises(UserError, match="offset_space"):
+        make(offset_space="s")
+    for layers in ([], [3], [-1], [0, 0]):
+        with pytest.raises(UserError, match="offset_layers"):
+            make(offset_layers=layers)

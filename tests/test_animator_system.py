@@ -339,3 +339,16 @@ def test_without_image_mapper_the_offsets_are_motion_only_and_reload(tmp_path):
     back = load_animator(path, generator=m.generator, clip=m.clip)
     assert back.animator.image_mapper is None
     torch.testing.assert_close(back.animate(w, ["The person is smiling."], num_frames=4)["ws"], out["ws"])
+
+
+def test_w_space_offsets_on_chosen_layers_export_and_reload(tmp_path):
+    from src.systems.animator import export_animator
+
+    m = build(offset_space="w", offset_layers=[0, 1])
+    w = m.sample_latents(2, seed=3)
+    out = m.animate(w, ["The person is smiling."], num_frames=4)
+    assert torch.equal(out["ws"][:, :, 2:], w[:, None, 2:].expand_as(out["ws"][:, :, 2:]))
+    path = export_animator(m, tmp_path / "a.safetensors")
+    back = load_animator(path, generator=m.generator, clip=m.clip)
+    assert back.animator.offset_space == "w" and back.animator.offset_layers == [0, 1]
+    torch.testing.assert_close(back.animate(w, ["The person is smiling."], num_frames=4)["ws"], out["ws"])

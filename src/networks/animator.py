@@ -32,6 +32,7 @@ from src.utils.errors import UserError
 
 DECAYS = ("none", "linear", "sqrt", "exp", "const")
 VARIANTS = ("ours", "paper")
+OFFSET_SPACES = ("wplus", "w")
 
 
 def decay_factor(t: int, num_frames: int, decay: str) -> float:
@@ -145,7 +146,8 @@ class RecurrentAnimator(nn.Module):
     def __init__(self, embed_dim: int, num_ws: int, w_dim: int, hidden: int = 384, variant: str = "ours",
                  mapper_hidden: Optional[int] = None, mapper_last_activation: str = "lrelu",
                  mapper_lr_mul: float = 1.0, step_base: float = 0.8, h0_std: float = 0.01,
-                 h0_eval: str = "random", image_offset_schedule: str = "motion", use_image_mapper: bool = True):
+                 h0_eval: str = "random", image_offset_schedule: str = "motion", use_image_mapper: bool = True,
+                 offset_space: str = "wplus", offset_layers: Optional[Sequence[int]] = None):
         super().__init__()
         if variant not in VARIANTS:
             raise UserError(f"animator variant '{variant}' is not one of {', '.join(VARIANTS)}")
@@ -153,15 +155,36 @@ class RecurrentAnimator(nn.Module):
             raise UserError(f"h0_eval '{h0_eval}' is not random or zero")
         if image_offset_schedule not in ("motion", "linear"):
             raise UserError(f"image_offset_schedule '{image_offset_schedule}' is not motion or linear")
+        if offset_space not in OFFSET_SPACES:
+            raise UserError(f"offset_space '{offset_space}' is not one of {', '.join(OFFSET_SPACES)}")
+        layer_mask = torch.ones(num_ws, 1)
+        if offset_layers is not None:
+            layers = [int(i) for i in offset_layers]
+            bad = [i for i in layers if not 0 <= i < num_ws]
+            if not layers or bad or len(set(layers)) != len(layers):
+                raise UserError(f"offset_layers must be distinct W+ layer indices in [0, {num_ws - 1}], "
+                                f"got {list(offset_layers)}")
+            layer_mask = torch.zeros(num_ws, 1)
+            layer_mask[layers] = 1.0
+        self.offset_space = offset_space
+        self.offset_layers = None if offset_layers is None else sorted(int(i) for i in offset_layers)
+        # not persistent: it follows from the constructor arguments, and checkpoints without it load
+        self.register_buffer("layer_mask", layer_mask, persistent=False)
+        mapped_ws = 1 if offset_space == "w" else num_ws
         self.embed_dim, self.num_ws, self.w_dim, self.hidden = embed_dim, num_ws, w_dim, hidden
         self.variant, self.step_base, self.h0_std, self.h0_eval = variant, step_base, h0_std, h0_eval
         self.image_offset_schedule = image_offset_schedule
         self.W1 = nn.Linear(embed_dim, hidden)
         self.W2 = nn.Linear(2 * hidden, embed_dim)
         self.W3 = nn.Linear(2 * hidden, hidden)
-        self.motion_mapper = Mapper(embed_dim, num_ws, w_dim, mapper_hidden, mapper_last_activation, mapper_lr_mul)
-        self.image_mapper = (Mapper(embed_dim, num_ws, w_dim, mapper_hidden, mapper_last_activation, mapper_lr_mul)
+        self.motion_mapper = Mapper(embed_dim, mapped_ws, w_dim, mapper_hidden, mapper_last_activation, mapper_lr_mul)
+        self.image_mapper = (Mapper(embed_dim, mapped_ws, w_dim, mapper_hidden, mapper_last_activation, mapper_lr_mul)
                              if use_image_mapper else None)
+
+    def place(self, offset: torch.Tensor) -> torch.Tensor:
+        """A mapper's output [M,1|L,C] -> W+ offset [M,L,C]: a W offset is shared by every layer;
+        layers outside offset_layers get zero."""
+        return offset.expand(offset.shape[0], self.num_ws, self.w_dim) * self.layer_mask.to(offset.dtype)
 
     def initial_hidden(self, n: int, device, dtype, generator: Optional[torch.Generator] = None,
                        seeds: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
@@ -217,19 +240,19 @@ class RecurrentAnimator(nn.Module):
         motion = self.trajectory(text_emb, image_emb, T, decay, strength, generator, h0_seeds)  # [N,T,D]
         D = motion.shape[-1]
         if self.image_mapper is not None:
-            image_offset = self.image_mapper(F.normalize(image_emb.float(), dim=-1))  # [N,L,C]
+            image_offset = self.place(self.image_mapper(F.normalize(image_emb.float(), dim=-1)))  # [N,L,C]
         else:
             image_offset = w_input.new_zeros(n, self.num_ws, self.w_dim)
 
         if self.variant == "paper":
-            mot = self.motion_mapper(motion.reshape(n * T, D)).view(n, T, self.num_ws, self.w_dim)
+            mot = self.place(self.motion_mapper(motion.reshape(n * T, D))).view(n, T, self.num_ws, self.w_dim)
             scale = torch.ones(n, T, device=w_input.device, dtype=w_input.dtype)
             offsets = image_offset[:, None] + mot
         else:
             # frames 1..T-1 only: frame 0's offset is zero by construction (d_0 = 0, s_0 = 0), kept
             # exactly zero instead of relying on M(d_0) - M(0) cancelling bit for bit.
             moving = motion[:, 1:].reshape(n * (T - 1), D)
-            mot = self.motion_mapper(moving) - self.motion_mapper(motion.new_zeros(1, D))
+            mot = self.place(self.motion_mapper(moving) - self.motion_mapper(motion.new_zeros(1, D)))
             mot = mot.view(n, T - 1, self.num_ws, self.w_dim)
             scale = self.image_scale(motion).to(w_input.dtype)  # [N,T], scale[:,0] = 0
             rest = scale[:, 1:, None, None] * image_offset[:, None] + mot

@@ -130,7 +130,8 @@ class AnimatorModule(pl.LightningModule):
                  lpips_size: Optional[int] = 224, lpips_path: Optional[str] = None,
                  video_every_n_steps: int = 500, video_fps: float = 10.0, num_videos: int = 4,
                  hash_check: str = "error", inference_only: bool = False, identity_metric_path: Optional[str] = None,
-                 motion_total: str = "train", use_image_mapper: bool = True,
+                 motion_total: str = "train", use_image_mapper: bool = True, offset_space: str = "wplus",
+                 offset_layers: Optional[Sequence[int]] = None,
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
                  loss_clip: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
                  identity_net: Optional[nn.Module] = None, identity_metric_net: Optional[nn.Module] = None):
@@ -230,7 +231,7 @@ class AnimatorModule(pl.LightningModule):
             embed_dim=self.clip.embed_dim, num_ws=self.generator.num_ws, w_dim=self.generator.w_dim, hidden=hidden,
             variant=variant, mapper_hidden=mapper_hidden, mapper_last_activation=mapper_last_activation,
             mapper_lr_mul=mapper_lr_mul, h0_eval=h0_eval, image_offset_schedule=image_offset_schedule,
-            use_image_mapper=use_image_mapper)
+            use_image_mapper=use_image_mapper, offset_space=offset_space, offset_layers=offset_layers)
         self.frozen_hashes = {name: self._hash(name) for name in self.frozen_sources}
 
     # ------------------------------------------------------------------ construction helpers
