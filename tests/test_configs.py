@@ -43,6 +43,15 @@ def test_every_option_composes(group, tmp_path):
         validate_config(cfg)
 
 
+def test_shipped_and_session4_animator_recipes(tmp_path):
+    shipped = compose_train(["experiment=embedded_animator"], tmp_path)
+    assert list(shipped.model.offset_layers) == list(range(8)) and shipped.loss.identity == 7.0
+    assert shipped.trainer.max_steps == 6000 and shipped.model.offset_space == "wplus"
+    old = compose_train(["experiment=embedded_animator_session4"], tmp_path)
+    assert old.model.offset_layers is None and old.loss.identity == 0.0 and old.trainer.max_steps == 3000
+    assert old.loss.contrastive == shipped.loss.contrastive == 2.0 and old.model.clip_views == 4
+
+
 def test_paper_weights():
     cfg = OmegaConf.load(ROOT / "conf" / "loss" / "paper.yaml")
     assert dict(cfg) == {"contrastive": 0.5, "lpips": 1.0, "smoothness": 1.0, "endpoint": 1.0,
@@ -71,6 +80,10 @@ def test_typos_and_types_fail_at_compose(override, needle, tmp_path):
     ("hardware.precision=17-mixed", "hardware.precision"),
     ("domain.resolution=100", "domain.resolution"),
     ("hardware.ops_impl=triton", "hardware.ops_impl"),
+    ("model.offset_space=style", "model.offset_space"),
+    ("model.offset_layers=[0,0]", "model.offset_layers"),
+    ("model.offset_layers=[-1]", "model.offset_layers"),
+    ("model.offset_layers=[]", "model.offset_layers"),
 ])
 def test_bad_values_fail_validation(override, needle, tmp_path):
     cfg = compose_train([override], tmp_path)

@@ -184,13 +184,13 @@ def test_animator_builds_its_identity_loss_from_the_domain(tmp_path):
     assert m.identity_net is None
 
 
-def test_identity_experiment_points_at_the_shipped_recogniser(tmp_path):
+def test_shipped_animator_experiment_points_at_the_shipped_recogniser(tmp_path):
     from pathlib import Path
 
     from src.config.schema import validate_config
     from tests.conftest import compose_train
 
-    cfg = compose_train(["experiment=embedded_animator_identity"], tmp_path)
+    cfg = compose_train(["experiment=embedded_animator"], tmp_path)
     validate_config(cfg)
     assert cfg.loss.identity > 0 and str(cfg.domain.identity_loss.kind.value) == "synthetic"
     net = build_identity_net("synthetic", cfg.domain.identity_loss.checkpoint)

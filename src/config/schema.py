@@ -230,6 +230,13 @@ def validate_config(cfg: DictConfig) -> None:
                  "loss.identity > 0 needs a network: set domain.identity_loss.kind (synthetic | arcface) and .checkpoint")
     if "task" in cfg:
         need(cfg.task.monitor_mode in {"min", "max"}, f"task.monitor_mode must be min or max, got {cfg.task.monitor_mode}")
+    model = cfg.get("model")
+    if model is not None and "offset_space" in model:  # animator: checked here so a sweep fails before it starts
+        need(model.offset_space in {"wplus", "w"}, f"model.offset_space '{model.offset_space}' is not wplus or w")
+        layers = model.get("offset_layers")
+        need(layers is None or (len(layers) > 0 and len(set(layers)) == len(layers)
+                                and all(isinstance(i, int) and i >= 0 for i in layers)),
+             f"model.offset_layers must be null or a list of distinct W+ layer indices >= 0, got {layers}")
     if "frames" in cfg:  # animate config
         need(2 <= cfg.frames <= 512, f"frames must be in 2..512, got {cfg.frames}")
         need(cfg.fps > 0, f"fps must be > 0, got {cfg.fps}")
