@@ -9,6 +9,11 @@
 #   5. export + evaluation of every variant (200 faces x every prompt, with the oracle; EVAL_STRENGTHS
 #      lists inference strengths, default 1.0)
 # Progress: $RUNS/stages; logs: $RUNS/*.log. Variants: ANIM_VARIANTS="name=overrides;name=overrides".
+# Transfer to a lent device: the working tree is about 55 MB of the 64 MiB a call may carry, so carry
+# only the wheels the device lacks (antlr4, ftfy, hydra-core, omegaconf, open-clip-torch, wcwidth) and
+# the LPIPS weights in fp16 (4.8 MB; session 6), made once with
+#   python -c "from safetensors.torch import load_file, save_file; sd = load_file('A'); save_file({k: v.half().contiguous() for k, v in sd.items()}, 'B')"
+# and point LGFA_LPIPS_DIR at B's folder.
 set -u
 cd "$(dirname "$0")/../.."
 # Lightning wants DD:HH:MM:SS with two-digit fields ("6" is refused at start-up)
