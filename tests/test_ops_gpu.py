@@ -158,6 +158,51 @@ def test_upfirdn2d_forward_and_grads(case, dtype):
         _close(c, r, dtype, scale=4 * max(1.0, float(gain)))
 
 
+# The plain 4x4 filter runs a direct kernel with two columns per lane where pairs stay aligned
+# (even width and output width, aligned data; an odd left padding shifts the loads by one column)
+# and one column per lane otherwise. The gradient runs it again with the mirrored padding.
+DIRECT_CASES = [
+    ((2, 3, 16, 16), [2, 1, 2, 1]),      # pairs; StyleGAN's filter2d padding
+    ((1, 2, 9, 130), [2, 1, 1, 2]),      # pairs; width not a multiple of 64: a partly idle warp
+    ((1, 2, 40, 70), [0, 4, 3, 0]),      # pairs; halo lanes at the right edge, padding only right
+    ((1, 2, 21, 66), [-2, 4, -1, 2]),    # pairs; cropping on the left
+    ((1, 3, 17, 13), [1, 0, 0, 1]),      # odd width: one column per lane
+    ((2, 2, 33, 64), [1, 2, 2, 1]),      # odd left padding: pairs shifted by one column
+    ((1, 2, 12, 130), [-1, 2, 3, 0]),    # odd cropping on the left: shifted pairs
+    ((1, 2, 12, 31), [2, 1, 1, 2]),      # odd width: one column per lane
+    ((1, 2, 5, 4), [2, 2, 2, 2]),        # tiny: pairs, most lanes idle
+]
+
+
+@pytest.mark.parametrize("case", range(len(DIRECT_CASES)))
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_filter2d_direct_kernel_matches_reference(case, dtype, aligned):
+    shape, pad = DIRECT_CASES[case]
+    g = torch.Generator(device="cuda").manual_seed(100 + case)
+    x = torch.randn(shape, device="cuda", generator=g).to(dtype)
+    if not aligned:  # a contiguous view one element into its storage: the pair loads would be misaligned
+        buf = torch.empty(x.numel() + 1, device="cuda", dtype=dtype)
+        buf[1:] = x.flatten()
+        x = buf[1:].view(shape)
+        assert x.is_contiguous() and x.data_ptr() % (2 * x.element_size()) != 0
+    f = ufd.setup_filter([1, 3, 3, 1], device="cuda")  # the op casts it to the kernel's arithmetic type
+    outs = {}
+    for impl in ("cuda", "ref"):
+        xi = x.detach().clone() if impl == "ref" else x.detach()
+        xi.requires_grad_()
+        y = ufd.upfirdn2d(xi, f, padding=pad, impl=impl)
+        w = torch.randn(y.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(7)).to(dtype)
+        (dx,) = torch.autograd.grad((y * w).sum(), xi)
+        outs[impl] = (y, dx)
+    for c, r in zip(outs["cuda"], outs["ref"]):
+        assert c.shape == r.shape
+        if dtype == torch.float64:
+            torch.testing.assert_close(c, r)
+        else:
+            _close(c, r, dtype, scale=4)
+
+
 def test_upfirdn2d_gradgradcheck_float64():
     x = torch.randn(1, 2, 6, 5, device="cuda", dtype=torch.float64, requires_grad=True)
     f = torch.rand(3, 4, device="cuda", dtype=torch.float64)

@@ -142,60 +142,110 @@ __global__ void __launch_bounds__(kThreads) upfirdn2d_kernel(
 }
 
 // Plain FIR filter (up = down = 1) with a compile-time filter: no shared-memory staging. A warp
-// owns 32 consecutive output columns and RPT consecutive rows; every thread walks its column down
-// the input, reading each input row once: one coalesced load per lane plus FW-1 halo samples, the
-// horizontal neighbours coming from the other lanes by shuffles. Each row is added into the FH
-// outputs it feeds (accumulators rotate); the row loop is unrolled so that many loads are in
-// flight. Out-of-image samples read as zero (padding and cropping).
-template <typename T, int FH, int FW, int RPT>
+// owns 32 * CPL consecutive output columns and RPT consecutive rows; every lane walks its CPL
+// columns down the input, reading each input row once: one coalesced load of CPL adjacent samples
+// per lane, plus the halo to the right of the warp, the horizontal neighbours coming from the other
+// lanes by shuffles. Each row is added into the FH outputs it feeds (accumulators rotate). All the
+// rows' loads are issued before the arithmetic, so RPT + FH - 1 loads per lane are in flight.
+// CPL = 2 (pairs: one 4-byte load per lane for 16-bit types) needs the host to check that pairs
+// never straddle the image edge or an alignment boundary (even W and OW, aligned pointers); with an
+// odd left padding (SH = 1, e.g. the backward of StyleGAN's filter2d) a lane loads the pair that
+// starts one column left of its first tap, so that loads stay on even columns.
+// Out-of-image samples read as zero (padding and cropping).
+template <typename T, int CPL>
+struct alignas(sizeof(T) * CPL) Cols {
+  T v[CPL];
+};
+
+template <typename T, int FH, int FW, int RPT, int CPL, int SH>
 __global__ void __launch_bounds__(kThreads) fir_direct_kernel(
     const T* __restrict__ x, const at::opmath_type<T>* __restrict__ f, T* __restrict__ y, UfdParams p) {
-  static_assert(FW >= 1 && FW <= 32, "filter width must fit in a warp's halo");
+  static_assert(CPL == 1 || CPL == 2, "one or two columns per lane");
+  static_assert(SH == 0 || (SH == 1 && CPL == 2), "a shift only aligns pairs");
+  constexpr int kSpan = CPL + FW - 1;                       // input samples a lane's outputs read per row
+  constexpr int kHaloLanes = (SH + FW - 1 + CPL - 1) / CPL;  // lanes that also load right of the warp
+  static_assert(kHaloLanes <= 32, "filter width must fit in a warp's halo");
   using A = at::opmath_type<T>;
+  using In = Cols<T, CPL>;
   constexpr int kWarps = kThreads / 32;
   const int lane = threadIdx.x & 31;
-  const int ox = blockIdx.x * 32 + lane;
+  const int ox = (blockIdx.x * 32 + lane) * CPL;   // first output column of this lane
   const int oy_a = (blockIdx.y * kWarps + (threadIdx.x >> 5)) * RPT;
   if (oy_a >= p.OH) return;  // whole warps only: the shuffles below need every lane
   A fr[FH * FW];
 #pragma unroll
   for (int k = 0; k < FH * FW; ++k) fr[k] = f[k];
   const int n = min(RPT, p.OH - oy_a);
-  const int ix = ox - p.px0;              // column of tap j = 0
-  const int hx = ix + 32;                 // halo lane m < FW-1 reads the column 32 to the right of its own
+  const int ix = ox - p.px0 - SH;                  // first input column this lane loads (tap 0 of ox is ix + SH)
+  const int hx = ix + 32 * CPL;                    // a halo lane reads the samples 32 lanes to its right
+  // With CPL = 2 the host guarantees even ix and W: a pair is wholly inside or wholly outside.
   const bool col_ok = ix >= 0 && ix < p.W;
-  const bool halo_ok = lane < FW - 1 && hx >= 0 && hx < p.W;
+  const bool halo_ok = lane < kHaloLanes && hx >= 0 && hx < p.W;
+  In zero;
+#pragma unroll
+  for (int c = 0; c < CPL; ++c) zero.v[c] = T(0);
   for (int64_t nc = blockIdx.z; nc < p.nc; nc += gridDim.z) {
     const T* xp = x + nc * p.H * p.W;
     T* yp = y + nc * p.OH * p.OW;
-    A acc[FH];
+    constexpr int kIn = RPT + FH - 1;
+    In main_in[kIn], halo_in[kIn];
 #pragma unroll
-    for (int k = 0; k < FH; ++k) acc[k] = A(0);
-#pragma unroll
-    for (int q = 0; q < RPT + FH - 1; ++q) {  // input row q feeds outputs q-FH+1 .. q
+    for (int q = 0; q < kIn; ++q) {
       const int iy = oy_a + q - p.py0;
       const bool row_ok = iy >= 0 && iy < p.H && q < n + FH - 1;
       const T* row = xp + (int64_t)iy * p.W;
-      const A main = (row_ok && col_ok) ? static_cast<A>(row[ix]) : A(0);
-      const A halo = (row_ok && halo_ok) ? static_cast<A>(row[hx]) : A(0);
-      A v[FW];
-      v[0] = main;
+      main_in[q] = (row_ok && col_ok) ? *reinterpret_cast<const In*>(row + ix) : zero;
+      halo_in[q] = (row_ok && halo_ok) ? *reinterpret_cast<const In*>(row + hx) : zero;
+    }
+    A acc[FH][CPL];
 #pragma unroll
-      for (int j = 1; j < FW; ++j) {
-        const A from_lane = __shfl_down_sync(0xffffffffu, main, j);
-        const A from_halo = __shfl_sync(0xffffffffu, halo, (lane + j) & 31);
-        v[j] = lane + j < 32 ? from_lane : from_halo;
+    for (int k = 0; k < FH; ++k)
+#pragma unroll
+      for (int c = 0; c < CPL; ++c) acc[k][c] = A(0);
+#pragma unroll
+    for (int q = 0; q < kIn; ++q) {  // input row q feeds outputs q-FH+1 .. q
+      // v[e]: the sample e columns right of tap 0 (ix + SH + e); it lives in lane
+      // (lane + (e + SH) / CPL), slot (e + SH) % CPL
+      A v[kSpan];
+#pragma unroll
+      for (int e = 0; e < kSpan; ++e) {
+        const int at = e + SH;
+        const A own = static_cast<A>(main_in[q].v[at % CPL]);
+        if (at < CPL) {
+          v[e] = own;
+        } else {
+          const A from_lane = __shfl_down_sync(0xffffffffu, own, at / CPL);
+          const A from_halo = __shfl_sync(0xffffffffu, static_cast<A>(halo_in[q].v[at % CPL]), (lane + at / CPL) & 31);
+          v[e] = lane + at / CPL < 32 ? from_lane : from_halo;
+        }
       }
 #pragma unroll
-      for (int k = 0; k < FH; ++k) {  // acc[k] is output (q - FH + 1 + k), tap FH-1-k
+      for (int k = 0; k < FH; ++k) {  // acc[k] is output row (q - FH + 1 + k), tap row FH-1-k
 #pragma unroll
-        for (int j = 0; j < FW; ++j) acc[k] += v[j] * fr[(FH - 1 - k) * FW + j];
+        for (int c = 0; c < CPL; ++c)
+#pragma unroll
+          for (int j = 0; j < FW; ++j) acc[k][c] += v[c + j] * fr[(FH - 1 - k) * FW + j];
       }
       const int o = q - FH + 1;
-      if (o >= 0 && o < n && ox < p.OW) yp[(int64_t)(oy_a + o) * p.OW + ox] = static_cast<T>(acc[0]);
+      if (o >= 0 && o < n) {
+        T* out = yp + (int64_t)(oy_a + o) * p.OW + ox;
+        if (CPL == 2 && ox + 1 < p.OW) {  // OW even (host): the pair store is aligned
+          In pair;
 #pragma unroll
-      for (int k = 0; k + 1 < FH; ++k) acc[k] = acc[k + 1];
-      acc[FH - 1] = A(0);
+          for (int c = 0; c < CPL; ++c) pair.v[c] = static_cast<T>(acc[0][c]);
+          *reinterpret_cast<In*>(out) = pair;
+        } else {
+#pragma unroll
+          for (int c = 0; c < CPL; ++c)
+            if (ox + c < p.OW) out[c] = static_cast<T>(acc[0][c]);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k + 1 < FH; ++k)
+#pragma unroll
+        for (int c = 0; c < CPL; ++c) acc[k][c] = acc[k + 1][c];
+#pragma unroll
+      for (int c = 0; c < CPL; ++c) acc[FH - 1][c] = A(0);
     }
   }
 }
@@ -274,8 +324,23 @@ at::Tensor upfirdn2d_cuda(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, 
         constexpr int kRows = 16;  // output rows per thread (8 and 32 measured slower on an H100)
         const int64_t row_blocks = (OH + kRows * (kThreads / 32) - 1) / (kRows * (kThreads / 32));
         TORCH_CHECK(row_blocks <= 65535, "upfirdn2d: output too tall for the CUDA kernel");
-        dim3 g((unsigned)((OW + 31) / 32), (unsigned)row_blocks, (unsigned)std::min<int64_t>(p.nc, 65535));
-        fir_direct_kernel<scalar_t, 4, 4, kRows><<<g, kThreads, 0, stream>>>(xp, fp, yp, p);
+        const unsigned planes = (unsigned)std::min<int64_t>(p.nc, 65535);
+        // Pairs of columns per lane where no pair can straddle the image edge or a pair boundary:
+        // even W and OW keep every pair's first column even (shifted by one for an odd px0), and
+        // aligned planes keep it aligned.
+        const bool pairs = W % 2 == 0 && OW % 2 == 0 &&
+                           reinterpret_cast<uintptr_t>(xp) % (2 * sizeof(scalar_t)) == 0 &&
+                           reinterpret_cast<uintptr_t>(yp) % (2 * sizeof(scalar_t)) == 0;
+        if (pairs && px0 % 2 == 0) {
+          dim3 g((unsigned)((OW + 63) / 64), (unsigned)row_blocks, planes);
+          fir_direct_kernel<scalar_t, 4, 4, kRows, 2, 0><<<g, kThreads, 0, stream>>>(xp, fp, yp, p);
+        } else if (pairs) {
+          dim3 g((unsigned)((OW + 63) / 64), (unsigned)row_blocks, planes);
+          fir_direct_kernel<scalar_t, 4, 4, kRows, 2, 1><<<g, kThreads, 0, stream>>>(xp, fp, yp, p);
+        } else {
+          dim3 g((unsigned)((OW + 31) / 32), (unsigned)row_blocks, planes);
+          fir_direct_kernel<scalar_t, 4, 4, kRows, 1, 0><<<g, kThreads, 0, stream>>>(xp, fp, yp, p);
+        }
         break;
       }
       case 2: upfirdn2d_kernel<scalar_t, 2, 2, 1, 1, 4, 4><<<grid, kThreads, smem, stream>>>(xp, fp, yp, p); break;
