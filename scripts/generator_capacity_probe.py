@@ -7,10 +7,10 @@
 2. Ridge-regress the oracle readings (unit-normalised, [P]) on centred w: A [P, w_dim]. The ridge
    strength is picked on the last 20 % of the fit faces, whose R^2 is reported, then A is refitted on all.
 3. Per concept and test face (seeds 10000+i): the required change r of the preset's target
-   attributes T, as src.eval.evaluate._oracle_scores defines it. 'constrained': the minimum-norm
+   attributes T, as src.eval.evaluate.oracle_scores defines it. 'constrained': the minimum-norm
    delta with A_T delta = r_T and A_I delta = 0 (I: identity attributes), InterFaceGAN's conditional
    projection done as one least-squares system; 'unconstrained': only A_T delta = r_T. A 16-frame
-   video w_t = w + t/15 delta is rendered and scored by _oracle_scores (reach, right way, drift).
+   video w_t = w + t/15 delta is rendered and scored by oracle_scores (reach, right way, drift).
 
 Linear directions are one family of edits: a poor fit (low R^2) makes the result a lower bound on
 what the generator can express.
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from src.data.synthetic import PARAM_SPACE  # noqa: E402
 from src.data.synthetic.vocabulary import apply_preset, get  # noqa: E402
-from src.eval.evaluate import _oracle_scores  # noqa: E402
+from src.eval.evaluate import oracle_scores  # noqa: E402
+from src.stylegan import seeded_ws  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 
 FIT_SEED, TEST_SEED = 100_000, 10_000
@@ -40,11 +41,8 @@ METRICS = ("reach", "right_way", "identity_drift", "identity_drift_raw", "delta_
 
 
 def sample_w(G, seeds: list[int], psi: float) -> torch.Tensor:
-    """One w per seed [N, w_dim]: z ~ N(0, I) seeded per face, as AnimatorModule.sample_latents."""
-    z = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    device = next(G.parameters()).device
-    ws = G.mapping(z.to(device), torch.zeros(len(seeds), G.c_dim, device=device), truncation_psi=psi)
-    return ws[:, 0]  # without style mixing all num_ws rows are equal
+    """One w per seed [N, w_dim], the faces AnimatorModule.sample_latents gives for these seeds."""
+    return seeded_ws(G, seeds, psi)[:, 0]  # without style mixing all num_ws rows are equal
 
 
 def render(G, w: torch.Tensor, noise_mode: str) -> torch.Tensor:
@@ -95,7 +93,7 @@ def fit_attributes(w: torch.Tensor, reads: torch.Tensor) -> tuple[torch.Tensor, 
 
 def required_change(first: torch.Tensor, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(preset mask T [P] bool, required change [N, P]) from frame-0 readings [N, P], exactly as
-    _oracle_scores defines it (zero outside T)."""
+    oracle_scores defines it (zero outside T)."""
     start_nat = PARAM_SPACE.clamp(PARAM_SPACE.denormalize(first))
     required = PARAM_SPACE.normalize(apply_preset(start_nat, concept, 1.0)) - first
     target = torch.zeros(len(PARAM_SPACE), dtype=torch.bool, device=first.device)
@@ -132,7 +130,7 @@ def score_concept(G, oracle, w: torch.Tensor, first_img: torch.Tensor, first_rea
             wb, db = w[i:i + per_call], delta[i:i + per_call]
             moved = (wb.unsqueeze(1) + t * db.unsqueeze(1)).reshape(-1, w.shape[1])
             video = render(G, moved, noise_mode).reshape(len(wb), frames - 1, *first_img.shape[1:])
-            s = _oracle_scores(oracle, torch.cat([first_img[i:i + per_call].unsqueeze(1), video], 1), concept)
+            s = oracle_scores(oracle, torch.cat([first_img[i:i + per_call].unsqueeze(1), video], 1), concept)
             for k in ("reach", "right_way"):
                 sums[k] += (s[k] * s["valid"]).sum().item()
             for k in ("identity_drift", "identity_drift_raw", "valid"):

@@ -5,7 +5,7 @@
 Each "video" is one sampled face (seeds 10000+i, as the evaluation): frame 0 with the constant noise
 the animations use, frames 1..T-1 with freshly drawn per-pixel noise (StyleGAN's stochastic detail:
 hair strands, skin texture; not meant to change who the face is). The videos are scored by the
-evaluation's own function (src.eval.evaluate._oracle_scores), so the drift printed is what the
+evaluation's own function (src.eval.evaluate.oracle_scores), so the drift printed is what the
 metric reads where the face does not change: the judge's floor on generator images (max over frames
 of per-frame reading noise). On renders the same metric reads 0.017 (MODEL_CARD.md).
 """
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from src.data.synthetic import PARAM_SPACE  # noqa: E402
-from src.eval.evaluate import _oracle_scores  # noqa: E402
+from src.eval.evaluate import oracle_scores  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def noise_floor(animator_path: str, oracle_path: str, faces: int, frames: int, b
             torch.manual_seed(t)  # the same noise draw per frame index: reproducible
             video.append(G.synthesis(w, noise_mode="const" if t == 0 else "random").clamp(-1, 1))
         # the concept only sets reach/right way, unused here; drift does not depend on it
-        s = _oracle_scores(oracle, torch.stack(video, 1), "smiling")
+        s = oracle_scores(oracle, torch.stack(video, 1), "smiling")
         for k in sums:
             sums[k] += float(s[k].sum())
         by_attr += s["identity_drift_by_attribute"].sum(0).cpu()

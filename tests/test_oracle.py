@@ -118,7 +118,7 @@ def test_r2_observable_ignores_gaze_of_closed_eyes():
 def test_identity_drift_skips_unobservable_attributes():
     """Evaluation drift: the frame colour of absent glasses is untrained oracle noise and must not count."""
     from src.data.synthetic import PARAM_SPACE
-    from src.eval.evaluate import _oracle_scores
+    from src.eval.evaluate import oracle_scores
 
     n, t = 2, 3
     base = torch.full((len(PARAM_SPACE),), 0.5)
@@ -130,7 +130,7 @@ def test_identity_drift_skips_unobservable_attributes():
     def oracle(frames):  # frames [n*t,3,H,W] -> the scripted readings
         return readings.reshape(n * t, -1)
 
-    s = _oracle_scores(oracle, torch.zeros(n, t, 3, 8, 8), "smiling")
+    s = oracle_scores(oracle, torch.zeros(n, t, 3, 8, 8), "smiling")
     names = PARAM_SPACE.identity_names
     seen = s["identity_observable"]
     assert seen[:, names.index("glasses_color")].sum() == 0 and seen[:, names.index("skin_tone")].all()
@@ -142,7 +142,7 @@ def test_identity_drift_skips_unobservable_attributes():
 def test_identity_drift_of_discrete_attributes_counts_class_changes_only():
     """Glasses and hair style drift only when the rounded class changes (then by the whole range)."""
     from src.data.synthetic import PARAM_SPACE
-    from src.eval.evaluate import _oracle_scores
+    from src.eval.evaluate import oracle_scores
 
     n, t = 3, 4
     base = torch.full((len(PARAM_SPACE),), 0.5)
@@ -158,7 +158,7 @@ def test_identity_drift_of_discrete_attributes_counts_class_changes_only():
     def oracle(frames):
         return readings.reshape(n * t, -1)
 
-    s = _oracle_scores(oracle, torch.zeros(n, t, 3, 8, 8), "smiling")
+    s = oracle_scores(oracle, torch.zeros(n, t, 3, 8, 8), "smiling")
     names = PARAM_SPACE.identity_names
     d = s["identity_drift_by_attribute"]
     assert d[0, names.index("glasses")] == 0 and d[2, names.index("hair_style")] == 0

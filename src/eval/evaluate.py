@@ -26,7 +26,7 @@ import torch
 from src.utils.errors import UserError
 
 
-def _oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch.Tensor]:
+def oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch.Tensor]:
     """Per-video oracle scores. frames [N,T,3,H,W]; returns tensors [N], and
     identity_drift_by_attribute / identity_observable [N, identity attributes] (PARAM_SPACE.identity_names).
 
@@ -115,7 +115,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
             fd.update(image, real=True)
             fd.update(video[:, -1].clamp(-1, 1), real=False)
             if oracle is not None:
-                s = _oracle_scores(oracle, video, concept)
+                s = oracle_scores(oracle, video, concept)
                 valid = s["valid"]
                 valid_total += valid.sum().item()
                 for k in ("reach", "right_way"):

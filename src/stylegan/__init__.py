@@ -7,5 +7,6 @@
 from src.stylegan.loaders import detect_format, load_generator
 from src.stylegan.native import save_generator
 from src.stylegan.networks import Discriminator, Generator
+from src.stylegan.sampling import seeded_ws
 
-__all__ = ["Generator", "Discriminator", "load_generator", "save_generator", "detect_format"]
+__all__ = ["Generator", "Discriminator", "load_generator", "save_generator", "detect_format", "seeded_ws"]

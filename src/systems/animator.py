@@ -329,17 +329,15 @@ class AnimatorModule(pl.LightningModule):
         ``seeds``: one seed per sample; else ``seed`` (default 0) seeds all n draws together.
         """
         G = self.generator
-        device = next(G.parameters()).device
         if seeds is not None:
-            seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
-            z = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        else:
-            if n is None:
-                raise ValueError("give n or seeds")
-            z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0 if seed is None else int(seed)))
-        z = z.to(device)
-        c = torch.zeros(z.shape[0], G.c_dim, device=device)
-        return G.mapping(z, c, truncation_psi=self.truncation_psi)
+            from src.stylegan import seeded_ws
+
+            return seeded_ws(G, seeds, self.truncation_psi)
+        if n is None:
+            raise ValueError("give n or seeds")
+        device = next(G.parameters()).device
+        z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0 if seed is None else int(seed)))
+        return G.mapping(z.to(device), torch.zeros(n, G.c_dim, device=device), truncation_psi=self.truncation_psi)
 
     def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
         """ws [N,T,L,C] -> frames [N,T,3,H,W], all frames in ONE batched generator call."""
