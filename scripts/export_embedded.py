@@ -1,7 +1,8 @@
 """Collect the trained embedded-default models into one assets folder with their canonical names.
 
     python scripts/export_embedded.py --animator-ckpt RUN/checkpoints/last.ckpt --generator G.safetensors \
-        --clip CLIP.safetensors --oracle ORACLE.safetensors [--face-id FACE_ID.safetensors] --out assets
+        --clip CLIP.safetensors --oracle ORACLE.safetensors [--face-id FACE_ID.safetensors | \
+        --identity-reader READER.safetensors] --out assets
 
 Files are copied byte for byte (with their .json sidecars and the CLIP text cache), so the hashes the
 animator checkpoint recorded still match; the animator is exported as safetensors whose config names
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 NAMES = {"generator": "stylegan2_synthetic128", "clip": "clip_synthetic", "oracle": "oracle_synthetic",
-         "face_id": "face_id_synthetic"}
+         "face_id": "face_id_synthetic", "identity_reader": "identity_reader_synthetic"}
 
 
 def copy_with_sidecars(src: Path, out_dir: Path, stem: str) -> Path:
@@ -44,20 +45,25 @@ def main(argv=None) -> int:
     ap.add_argument("--generator", required=True)
     ap.add_argument("--clip", required=True)
     ap.add_argument("--oracle", required=True)
-    ap.add_argument("--face-id", default=None, help="the identity-loss network (when the animator used one)")
+    ap.add_argument("--face-id", default=None, help="the face recogniser of the identity loss (when the animator used one)")
+    ap.add_argument("--identity-reader", default=None,
+                    help="the identity-attribute reader of the identity loss (domain.identity_loss.kind=attributes)")
     ap.add_argument("--out", default=str(ROOT / "assets"))
     args = ap.parse_args(argv)
     try:
         from src.systems.animator import export_animator, load_animator
 
+        if args.face_id and args.identity_reader:
+            raise UserError("an animator has one identity-loss network: pass --face-id or --identity-reader")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {key: copy_with_sidecars(Path(getattr(args, key)), out, stem) for key, stem in NAMES.items()
                  if getattr(args, key) is not None}
         overrides = {"domain.generator.checkpoint": str(paths["generator"]), "domain.clip.checkpoint": str(paths["clip"]),
                      "domain.loss_clip.checkpoint": str(paths["clip"]), "identity_metric_path": str(paths["oracle"])}
-        if "face_id" in paths:
-            overrides["domain.identity_loss.checkpoint"] = str(paths["face_id"])
+        for key in ("face_id", "identity_reader"):
+            if key in paths:
+                overrides["domain.identity_loss.checkpoint"] = str(paths[key])
         module = load_animator(args.animator_ckpt, map_overrides=overrides)
         dst = export_animator(module, out / "animator_synthetic.safetensors", relative_to=out)
         for f in sorted(out.iterdir()):

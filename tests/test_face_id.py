@@ -7,12 +7,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from src.data.augment import degrade
 from src.data.synthetic import PARAM_SPACE, render, sample_params
 from src.data.synthetic.params import identity_twins, with_expressions_of
 from src.data.synthetic_datamodule import RenderIndexDataModule
 from src.networks.face_id import (ArcFaceIdentity, SyntheticFaceID, build_identity_net, identity_net_files,
                                   load_face_id, save_face_id)
-from src.systems.face_id import FaceIDModule, degrade, info_nce
+from src.systems.face_id import FaceIDModule, info_nce
 from src.utils.errors import UserError
 
 
@@ -211,3 +212,48 @@ def test_twins_never_change_what_cannot_be_seen_even_when_asked_for_many():
     twins, changed = identity_twins(p, torch.Generator().manual_seed(4), changes=20)
     assert (changed.sum(1) == 19).all() and not changed[:, PARAM_SPACE.idx("glasses_color")].any()
     assert not changed[:, ~PARAM_SPACE.mask("identity")].any()
+
+
+def test_identity_reader_distance_counts_only_what_the_input_shows():
+    """The attribute reader's identity distance: mean |f - g| over the attributes; the frame colour
+    counts only where the input face wears glasses; identity_loss uses the reader's distance."""
+    from src.losses.animator import identity_loss
+    from src.networks.face_id import IdentityAttributeReader
+    from src.networks.oracle import AttributeOracle
+
+    names = ["glasses", "glasses_color", "mouth_width"]
+    reader = IdentityAttributeReader(AttributeOracle(resolution=16, width=2, hidden=4, num_params=3), names).eval()
+    g = torch.tensor([[[0.0, 0.5, 0.5]], [[1.0, 0.5, 0.5]]])           # [N=2, 1, A]: no glasses / glasses
+    f = torch.tensor([[[0.0, 0.9, 0.7]], [[1.0, 0.9, 0.7]]])           # frame colour and mouth moved
+    d = reader.identity_distance(f, g)
+    assert d.shape == (2, 1)
+    assert torch.allclose(d[:, 0], torch.tensor([(0.0 + 0.2) / 2, (0.0 + 0.4 + 0.2) / 3]))
+    assert torch.equal(reader.identity_distance(g, g), torch.zeros(2, 1))
+    with pytest.raises(UserError, match="identity parameters only"):
+        IdentityAttributeReader(reader.net, ["smile", "glasses", "mouth_width"])
+    frames = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    loss = identity_loss(reader, frames, frames[:, 0])
+    readings = reader(frames.flatten(0, 1)).view(2, 3, 3)
+    assert torch.allclose(loss, reader.identity_distance(readings, readings[:, :1]).mean())
+
+
+def test_animator_builds_the_attribute_identity_loss(tmp_path):
+    from src.data.synthetic import PARAM_SPACE
+    from src.networks.face_id import IdentityAttributeReader
+    from src.networks.oracle import AttributeOracle, save_oracle
+    from tests.test_animator import PAPER_LOSS, tiny_domain
+    from tests.test_animator_system import build
+
+    names = PARAM_SPACE.identity_names
+    save_oracle(AttributeOracle(resolution=16, width=2, hidden=4, num_params=len(names)), tmp_path / "reader", names)
+    domain = tiny_domain(identity_loss={"kind": "attributes", "checkpoint": str(tmp_path / "reader.safetensors")})
+    m = build(domain=domain, loss={**PAPER_LOSS, "identity": 3.0})
+    assert isinstance(m.identity_net, IdentityAttributeReader) and "identity_net" in m.frozen_hashes
+    batch = {"caption": ["The person is smiling.", "The person is angry."], "seed": torch.tensor([4, 5])}
+    total, terms, _ = m.compute_losses(batch)
+    assert "identity" in terms and torch.isfinite(terms["identity"]) and terms["identity"] >= 0
+    total.backward()
+    assert all(p.grad is None for p in m.identity_net.parameters())
+    save_oracle(AttributeOracle(resolution=16, width=2, hidden=4), tmp_path / "judge")  # every parameter
+    with pytest.raises(UserError, match="identity parameters only"):
+        build_identity_net("attributes", str(tmp_path / "judge.safetensors"))

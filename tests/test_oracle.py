@@ -165,3 +165,54 @@ def test_identity_drift_of_discrete_attributes_counts_class_changes_only():
     assert d[1, names.index("glasses")] == 1
     assert s["identity_drift_max"][0] == 0 and s["identity_drift_max"][2] == 0
     assert s["identity_drift_raw"][0] > 0  # the raw readings count the uncertain glasses
+
+
+def test_identity_reader_trains_on_identity_targets_and_exports_their_names(tmp_path):
+    """targets='identity': only identity columns are regressed, logged and stored; the judge's loader
+    refuses such a partial reader, the attribute loader reads it with its names."""
+    from src.networks.oracle import load_attribute_net
+
+    export = tmp_path / "reader"
+    model = OracleModule(resolution=16, width=4, hidden=16, batch_size=8, warmup_steps=1, export_path=str(export),
+                         targets="identity", degrade=1.0)
+    assert model.oracle.num_params == len(PARAM_SPACE.identity_names)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, val_check_interval=2,
+                         check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    trainer.fit(model, RenderIndexDataModule(val_batches=1, test_batches=1))
+    m = trainer.callback_metrics
+    assert "val/r2_observable_identity_min" in m and "val/r2/mouth_width" in m
+    assert "val/r2/smile" not in m and "val/r2_expression_min" not in m
+    assert json.loads((tmp_path / "reader.json").read_text())["param_names"] == PARAM_SPACE.identity_names
+    net, names = load_attribute_net(export)
+    assert names == PARAM_SPACE.identity_names and net.num_params == len(names)
+    with pytest.raises(UserError, match="must read them all"):
+        load_oracle(export)
+    with pytest.raises(UserError, match="targets"):
+        OracleModule(targets="expression")
+    with pytest.raises(UserError, match="degrade"):
+        OracleModule(degrade=1.5)
+
+
+def test_attribute_loader_refuses_names_out_of_the_renderers_order(tmp_path):
+    from src.networks.oracle import load_attribute_net
+
+    net = AttributeOracle(resolution=16, width=2, hidden=4, num_params=2)
+    save_oracle(net, tmp_path / "r", ["mouth_width", "eye_size"])  # eye_size comes first in the renderer
+    with pytest.raises(UserError, match="other face parameters"):
+        load_attribute_net(tmp_path / "r")
+    with pytest.raises(UserError, match="parameter names"):
+        save_oracle(net, tmp_path / "r", ["eye_size"])
+
+
+def test_identity_reader_experiment_composes(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["experiment=embedded_identity_reader", "hardware=cpu"], tmp_path)
+    assert cfg.task.monitor == "val/r2_observable_identity_min" and cfg.seed != 3  # not the judge's faces
+    model = instantiate(cfg.model)
+    assert isinstance(model, OracleModule) and model.hparams.targets == "identity" and model.hparams.degrade == 1.0
+    assert model.target_names == PARAM_SPACE.identity_names
+    assert cfg.model.export_path.endswith("identity_reader_synthetic")

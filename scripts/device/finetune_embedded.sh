@@ -3,7 +3,9 @@
 #   1. quiet-GPU benchmarks (generator 1024 px, ops) and the GPU test suite
 #   2. adversarial fine-tuning of the shipped CLIP (experiment=embedded_clip_robust)
 #   3. with TRAIN_FACE_ID=1: the face recogniser of the identity loss (experiment=embedded_face_id),
-#      else FID= an existing one (optional)
+#      else FID= an existing one (optional); with TRAIN_ID_READER=1: the identity-attribute reader
+#      (experiment=embedded_identity_reader, READER_MIN minutes), else READER= an existing one; a
+#      reader makes it the identity-loss network (domain.identity_loss.kind=attributes)
 #   4. animator variants trained side by side on the shipped generator and the new CLIP (with FID
 #      the identity-loss network is configured; a variant turns the loss on with loss.identity=W)
 #   5. export + evaluation of every variant (200 faces x every prompt, with the oracle; EVAL_STRENGTHS
@@ -49,8 +51,19 @@ if [ "${TRAIN_FACE_ID:-0}" = 1 ]; then
   FID=$RUNS/face_id/runs/embedded-face-id/face_id_synthetic.safetensors
   [ -f "$FID" ] || { log "no face-id export: stop"; exit 1; }
 fi
-id_overrides=""
-[ -n "${FID:-}" ] && id_overrides="domain.identity_loss.kind=synthetic domain.identity_loss.checkpoint=$FID"
+if [ "${TRAIN_ID_READER:-0}" = 1 ]; then
+  log start identity_reader
+  python train.py experiment=embedded_identity_reader +trainer.max_time=$(minutes ${READER_MIN:-4}) $common > "$RUNS/identity_reader.log" 2>&1
+  log end identity_reader rc=$?
+  READER=$RUNS/identity_reader/runs/embedded-identity-reader/identity_reader_synthetic.safetensors
+  [ -f "$READER" ] || { log "no identity-reader export: stop"; exit 1; }
+fi
+id_overrides=""; id_export=""
+if [ -n "${READER:-}" ]; then
+  id_overrides="domain.identity_loss.kind=attributes domain.identity_loss.checkpoint=$READER"; id_export="--identity-reader $READER"
+elif [ -n "${FID:-}" ]; then
+  id_overrides="domain.identity_loss.kind=synthetic domain.identity_loss.checkpoint=$FID"; id_export="--face-id $FID"
+fi
 
 IFS=';' read -ra variants <<< "${ANIM_VARIANTS:-views=model.clip_views=4 model.clip_view_noise=0.03}"
 for v in "${variants[@]}"; do
@@ -67,7 +80,7 @@ for v in "${variants[@]}"; do
   name=${v%%=*}
   A=$RUNS/animator/runs/anim-$name
   ( python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
-      --oracle "$O" ${FID:+--face-id "$FID"} --out "$RUNS/assets_$name" > "$RUNS/export_$name.log" 2>&1 &&
+      --oracle "$O" $id_export --out "$RUNS/assets_$name" > "$RUNS/export_$name.log" 2>&1 &&
     for s in ${EVAL_STRENGTHS:-1.0}; do
       python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
         --strength $s --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \

@@ -15,6 +15,9 @@ for f in "$RUNS"/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | grep 
   tar cf "$OUT/clip.tar" -C "$RUNS/clip/runs/embedded-clip-robust" $(cd "$RUNS/clip/runs/embedded-clip-robust" && ls clip_synthetic.*)
 fid="$RUNS/face_id/runs/embedded-face-id"
 [ -f "$fid/face_id_synthetic.safetensors" ] && tar cf "$OUT/face_id.tar" -C "$fid" face_id_synthetic.safetensors face_id_synthetic.json
+rdr="$RUNS/identity_reader/runs/embedded-identity-reader"
+[ -f "$rdr/identity_reader_synthetic.safetensors" ] &&
+  tar cf "$OUT/identity_reader.tar" -C "$rdr" identity_reader_synthetic.safetensors identity_reader_synthetic.json
 for d in "$RUNS"/assets_*; do [ -f "$d/animator_synthetic.safetensors" ] && cp "$d/animator_synthetic.safetensors" "$OUT/animator_${d##*assets_}.safetensors"; done
 for d in "$RUNS"/*/runs/*/csv; do n=$(basename "$(dirname "$d")"); cp "$d/metrics.csv" "$RUNS/metrics_$n.csv" 2>/dev/null; done
 (cd "$RUNS" && tar czf "$OUT/results.tgz" $(ls *.log stages *.json metrics_*.csv 2>/dev/null))

@@ -40,6 +40,7 @@ class IdentityMetric(str, Enum):
 class IdentityLossKind(str, Enum):
     synthetic = "synthetic"   # the synthetic domain's face recogniser (task=face_id)
     arcface = "arcface"       # IR-SE50 weights (model_ir_se50.pth), FFHQ crop
+    attributes = "attributes" # the synthetic domain's identity-attribute reader (experiment=embedded_identity_reader)
     none = "none"
 
 
@@ -227,7 +228,7 @@ def validate_config(cfg: DictConfig) -> None:
         need("{}" in d.prompts.template, f"domain.prompts.template must contain '{{}}', got '{d.prompts.template}'")
         if "loss" in cfg and cfg.loss.get("identity", 0) > 0 and "identity_loss" in d:
             need(str(getattr(d.identity_loss.kind, "value", d.identity_loss.kind)) != "none",
-                 "loss.identity > 0 needs a network: set domain.identity_loss.kind (synthetic | arcface) and .checkpoint")
+                 "loss.identity > 0 needs a network: set domain.identity_loss.kind (synthetic | arcface | attributes) and .checkpoint")
     if "task" in cfg:
         need(cfg.task.monitor_mode in {"min", "max"}, f"task.monitor_mode must be min or max, got {cfg.task.monitor_mode}")
     model = cfg.get("model")

@@ -17,6 +17,9 @@ Transforms and their strengths (ADA's "bgc" defaults, adapted):
 
 ``AdaptiveP`` holds the r_t = E[sign(D(real))] heuristic: accumulate signs on the device,
 and every ``interval`` steps move p by sign(r_t - target) * batch*interval/(speed_kimg*1000).
+
+``degrade`` is the blur / contrast / noise degradation of the render-trained readers (face
+recogniser, identity-attribute reader), so that they also read the softer images of the generator.
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AugmentPipe", "AdaptiveP", "label_preserving_pipe", "augmented_views"]
+from src.ops.resize import resize
+
+__all__ = ["AugmentPipe", "AdaptiveP", "label_preserving_pipe", "augmented_views", "degrade"]
 
 
 class AugmentPipe(nn.Module):
@@ -254,3 +259,26 @@ def augmented_views(images: Tensor, pipe: AugmentPipe, views: int, noise_std: fl
     if noise_std > 0:
         aug = aug + noise_std * torch.randn_like(aug)
     return torch.cat([images, aug], dim=0)
+
+
+def degrade(images: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
+    """Random per-image blur (down- and up-sampling), contrast and pixel noise: [N,3,R,R] -> same.
+
+    strength in [0, 1] scales every degradation (0: unchanged). Randomness from the CPU ``generator``.
+    """
+    if strength <= 0:
+        return images
+    n, _, r, _ = images.shape
+    dev = images.device
+    u = torch.rand(n, 3, generator=generator).to(dev)
+    out = images
+    low = max(8, int(r * (1.0 - 0.5 * strength)))  # blur: through a coarser grid for half the faces
+    blurred = resize(resize(images, (low, low), mode="bilinear", antialias=True), (r, r), mode="bilinear")
+    out = torch.where((u[:, 0] < 0.5).view(n, 1, 1, 1), blurred, out)
+    contrast = 1.0 + strength * 0.3 * (u[:, 1] - 0.5).view(n, 1, 1, 1)
+    out = out * contrast
+    # noise drawn on the images' device (a CPU draw of [3B,3,R,R] would bound the step time)
+    device_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    noise = torch.randn(images.shape, generator=device_gen, device=dev)
+    out = out + strength * 0.05 * u[:, 2].view(n, 1, 1, 1) * noise
+    return out.clamp(-1, 1)

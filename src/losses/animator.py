@@ -90,14 +90,18 @@ def latent_reg_loss(ws: torch.Tensor, w_input: torch.Tensor) -> torch.Tensor:
 
 
 def identity_loss(identity_net: nn.Module, frames: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """1 - cos(f(frame_t), f(image)), averaged over frames and batch.
+    """d(f(frame_t), f(image)), averaged over frames and batch.
 
-    identity_net: a face-recognition nn.Module, [M,3,H,W] in [-1,1] -> [M,E].
+    identity_net: [M,3,H,W] in [-1,1] -> [M,E]: a face recogniser (d = 1 - cos, the paper's term) or
+    a network with its own ``identity_distance(f [N,T,E], g [N,1,E]) -> [N,T]`` (the attribute reader).
     frames [N,T,3,H,W], image [N,3,H,W] -> scalar.
     """
     n, t = frames.shape[:2]
     f = identity_net(frames.reshape(n * t, *frames.shape[2:])).view(n, t, -1)
     g = identity_net(image).view(n, 1, -1)
+    distance = getattr(identity_net, "identity_distance", None)
+    if distance is not None:
+        return distance(f, g).mean()
     return (1.0 - F.cosine_similarity(f, g.expand_as(f), dim=-1)).mean()
 
 

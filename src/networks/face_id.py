@@ -6,9 +6,14 @@
   trained apart from the attribute oracle, which stays the independent judge of identity drift.
 * :class:`ArcFaceIdentity`: IR-SE50 (``model_ir_se50.pth``) with the pSp/e4e FFHQ crop, differentiable,
   for the human domains.
+* :class:`IdentityAttributeReader`: the synthetic domain's identity attributes read directly (an
+  AttributeOracle-type CNN trained on the identity parameters only, ``experiment=embedded_identity_reader``,
+  its own seed and faces; the judge is the separately trained oracle). The analogue for photos is an
+  attribute classifier that keeps the attributes a prompt does not ask for.
 
-Both map images [N, 3, H, W] in [-1, 1] to unit embeddings [N, D]; :func:`build_identity_net` picks
-one from ``domain.identity_loss``.
+The recognisers map images [N, 3, H, W] in [-1, 1] to unit embeddings [N, D] compared by cosine;
+the reader maps them to attribute readings [N, A] and compares them itself (``identity_distance``).
+:func:`build_identity_net` picks one from ``domain.identity_loss``.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from src.networks.weights_file import load_net_state, net_files, read_net_files,
 from src.ops.resize import resize
 from src.utils.errors import UserError
 
-IDENTITY_LOSS_KINDS = ("none", "synthetic", "arcface")
+IDENTITY_LOSS_KINDS = ("none", "synthetic", "arcface", "attributes")
 
 
 class SyntheticFaceID(nn.Module):
@@ -95,6 +100,46 @@ class ArcFaceIdentity(nn.Module):
         return self.net(resize(x, (112, 112), mode="area"))
 
 
+class IdentityAttributeReader(nn.Module):
+    """Identity attributes of synthetic faces as an identity-loss network.
+
+    net: an AttributeOracle whose outputs are ``names`` (identity parameters, normalised to [0, 1]).
+    forward(img [N, 3, H, W] in [-1, 1]) -> readings [N, A].
+    identity_distance(f [N, T, A], g [N, 1, A]) -> [N, T]: mean over the attributes the reference
+    face g shows of |f - g|, in units of each attribute's range (the frame colour of absent glasses
+    is not read: it is untrained noise).
+    """
+
+    def __init__(self, net: nn.Module, names: list[str]):
+        super().__init__()
+        from src.data.synthetic.params import PARAM_SPACE
+
+        unknown = [n for n in names if n not in PARAM_SPACE.identity_names]
+        if unknown or not names:
+            raise UserError(f"an identity-attribute reader must read identity parameters only, got {unknown or names}")
+        self.net, self.names = net, list(names)
+        # glasses_color is seen only where glasses are worn (reading >= 0.5: glasses is 0/1)
+        self.gated = {self.names.index("glasses_color"): self.names.index("glasses")} \
+            if "glasses_color" in self.names and "glasses" in self.names else {}
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.net(img).float()
+
+    def identity_distance(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        seen = torch.ones_like(g[..., :1]).expand_as(g).clone()
+        for shown, by in self.gated.items():
+            seen[..., shown] = (g[..., by] >= 0.5).float()
+        return ((f - g).abs() * seen).sum(-1) / seen.sum(-1).clamp_min(1.0)
+
+
+def load_identity_reader(path: str | Path, device: str | torch.device = "cpu") -> IdentityAttributeReader:
+    """An identity-attribute reader from a file written by save_oracle (targets='identity'), frozen."""
+    from src.networks.oracle import load_attribute_net
+
+    net, names = load_attribute_net(path, device)
+    return IdentityAttributeReader(net, names).eval().requires_grad_(False)
+
+
 def build_identity_net(kind: str, checkpoint: Optional[str], device: str | torch.device = "cpu") -> Optional[nn.Module]:
     """The identity-loss network of ``domain.identity_loss``: None for 'none'."""
     kind = str(getattr(kind, "value", kind))
@@ -106,6 +151,8 @@ def build_identity_net(kind: str, checkpoint: Optional[str], device: str | torch
         raise UserError(f"domain.identity_loss.kind '{kind}' needs domain.identity_loss.checkpoint (weights file)")
     if kind == "synthetic":
         return load_face_id(checkpoint, device)
+    if kind == "attributes":
+        return load_identity_reader(checkpoint, device)
     from src.eval.identity import load_irse50
 
     return ArcFaceIdentity(load_irse50(checkpoint, device)).eval().requires_grad_(False)
@@ -113,6 +160,6 @@ def build_identity_net(kind: str, checkpoint: Optional[str], device: str | torch
 
 def identity_net_files(kind: str, checkpoint: str) -> list[str]:
     """The files of an identity-loss network (hashed into animator checkpoints)."""
-    if str(getattr(kind, "value", kind)) == "synthetic":
+    if str(getattr(kind, "value", kind)) in ("synthetic", "attributes"):
         return [str(f) for f in net_files(checkpoint)]
     return [str(checkpoint)]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from src.data.synthetic.params import NUM_PARAMS, PARAM_SPACE
-from src.networks.weights_file import load_net_state, read_net_files, save_net
+from src.networks.weights_file import load_net_state, net_files, read_net_files, save_net
 from src.ops.resize import resize
 from src.utils.errors import UserError
 
@@ -81,22 +81,44 @@ def oracle_attributes(oracle: AttributeOracle, images: torch.Tensor) -> dict[str
     return {name: natural[:, i] for i, name in enumerate(PARAM_SPACE.names)}
 
 
-def save_oracle(oracle: AttributeOracle, path: str | Path) -> Path:
+def save_oracle(oracle: AttributeOracle, path: str | Path, param_names: list[str] | None = None) -> Path:
     """Write <path>.safetensors (weights) and <path>.json (init kwargs + parameter names) atomically.
 
-    Returns the .safetensors path.
+    param_names: the parameters the outputs regress, in order (default: every renderer parameter;
+    an identity-attribute reader stores PARAM_SPACE.identity_names). Returns the .safetensors path.
     """
-    meta = {"class": "AttributeOracle", "init_kwargs": oracle.init_kwargs, "param_names": PARAM_SPACE.names}
+    names = list(param_names) if param_names is not None else PARAM_SPACE.names
+    if len(names) != oracle.num_params:
+        raise UserError(f"{len(names)} parameter names for an oracle of {oracle.num_params} outputs")
+    meta = {"class": "AttributeOracle", "init_kwargs": oracle.init_kwargs, "param_names": names}
     return save_net(oracle, path, meta)
 
 
-def load_oracle(path: str | Path, device: str | torch.device = "cpu") -> AttributeOracle:
-    """Load an oracle written by save_oracle (path with or without suffix); returns it in eval mode."""
+def load_attribute_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[AttributeOracle, list[str]]:
+    """(network in eval mode, the parameter names of its outputs) of a file written by save_oracle;
+    the names must be renderer parameters in the renderer's order (a subset is fine)."""
     meta, weights = read_net_files(path, "oracle")
-    if meta.get("param_names") != PARAM_SPACE.names:
+    names = meta.get("param_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{weights.with_suffix('.json')} lists no parameter names")
+    if [n for n in PARAM_SPACE.names if n in names] != names:
         raise UserError(f"{weights.with_suffix('.json')} was trained for other face parameters than this renderer's")
+    kwargs = meta["init_kwargs"]
+    if kwargs.get("num_params", len(names)) != len(names):
+        raise UserError(f"{weights.with_suffix('.json')}: {len(names)} parameter names for "
+                        f"{kwargs.get('num_params')} outputs")
     try:
-        oracle = AttributeOracle(**meta["init_kwargs"])
+        oracle = AttributeOracle(**{**kwargs, "num_params": len(names)})
     except TypeError as e:
         raise UserError(f"{weights.with_suffix('.json')}: bad oracle arguments ({e})") from None
-    return load_net_state(oracle, weights).to(device).eval()
+    return load_net_state(oracle, weights).to(device).eval(), names
+
+
+def load_oracle(path: str | Path, device: str | torch.device = "cpu") -> AttributeOracle:
+    """Load an oracle written by save_oracle (path with or without suffix) that reads every renderer
+    parameter (the judge); returns it in eval mode."""
+    oracle, names = load_attribute_net(path, device)
+    if names != PARAM_SPACE.names:
+        raise UserError(f"{net_files(path)[1]} reads {len(names)} of the renderer's {len(PARAM_SPACE)} "
+                        "parameters: the oracle must read them all")
+    return oracle

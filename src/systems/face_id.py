@@ -17,36 +17,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from src.data.augment import degrade
 from src.data.synthetic.params import PARAM_SPACE, identity_twins, sample_params, with_expressions_of
 from src.data.synthetic.render import render
 from src.networks.face_id import SyntheticFaceID, save_face_id
-from src.ops.resize import resize
 from src.utils.errors import UserError
 from src.systems.render_trained import RenderTrainedModule
 from src.utils.seeds import derive_seed
-
-
-def degrade(images: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
-    """Random per-image blur (down- and up-sampling), contrast and pixel noise: [N,3,R,R] -> same.
-
-    strength in [0, 1] scales every degradation (0: unchanged). Randomness from the CPU ``generator``.
-    """
-    if strength <= 0:
-        return images
-    n, _, r, _ = images.shape
-    dev = images.device
-    u = torch.rand(n, 3, generator=generator).to(dev)
-    out = images
-    low = max(8, int(r * (1.0 - 0.5 * strength)))  # blur: through a coarser grid for half the faces
-    blurred = resize(resize(images, (low, low), mode="bilinear", antialias=True), (r, r), mode="bilinear")
-    out = torch.where((u[:, 0] < 0.5).view(n, 1, 1, 1), blurred, out)
-    contrast = 1.0 + strength * 0.3 * (u[:, 1] - 0.5).view(n, 1, 1, 1)
-    out = out * contrast
-    # noise drawn on the images' device (a CPU draw of [3B,3,R,R] would bound the step time)
-    device_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    noise = torch.randn(images.shape, generator=device_gen, device=dev)
-    out = out + strength * 0.05 * u[:, 2].view(n, 1, 1, 1) * noise
-    return out.clamp(-1, 1)
 
 
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, tau: float) -> torch.Tensor:

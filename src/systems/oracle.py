@@ -4,6 +4,12 @@ Batches from the data module are only step/batch indices (RenderIndexDataModule)
 ``batch_size`` random faces (sample_params, seeded by seed, global step and rank), renders them on
 the module's device and regresses their normalised parameters. Validation/test use fixed held-out
 faces (seeded by split and batch index) and report R^2 per parameter.
+
+``targets='identity'`` trains an identity-attribute reader instead: the same kind of network
+regressing only the identity parameters, on degraded views (``degrade``) so that it also reads the
+softer images of the generator. It is the animator's attribute identity loss
+(``domain.identity_loss.kind=attributes``); trained with its own seed, it sees other faces than the
+oracle, which stays the independent judge.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from src.data.augment import degrade
 from src.data.synthetic.params import PARAM_SPACE, observable_mask, sample_params
 from src.data.synthetic.render import render
 from src.networks.oracle import AttributeOracle, save_oracle
@@ -42,17 +49,29 @@ class OracleModule(RenderTrainedModule):
     resolution/width/hidden: oracle architecture; batch_size: faces rendered per step (per rank);
     lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay to 0 at
     ``max_steps`` (default: the trainer's max_steps); seed: face sampling seed;
-    export_path: where to save the weights (safetensors + json) when fit ends (None = don't).
+    export_path: where to save the weights (safetensors + json) when fit ends (None = don't);
+    targets: 'all' parameters (the oracle) or 'identity' ones (an identity-attribute reader);
+    degrade: strength of the training views' blur / contrast / noise (0 = clean renders; validation
+    is always clean).
     """
 
     def __init__(self, resolution: int = 128, width: int = 32, hidden: int = 256, batch_size: int = 256,
                  lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 200, max_steps: int | None = None,
-                 seed: int = 0, export_path: str | None = None):
+                 seed: int = 0, export_path: str | None = None, targets: str = "all", degrade: float = 0.0):
         super().__init__()
         if batch_size < 2:
             raise UserError(f"oracle batch_size must be >= 2, got {batch_size}")
+        if targets not in ("all", "identity"):
+            raise UserError(f"oracle targets must be 'all' or 'identity', got {targets!r}")
+        if not 0 <= degrade <= 1:
+            raise UserError(f"oracle degrade must be in [0, 1], got {degrade}")
         self.save_hyperparameters()
-        self.oracle = AttributeOracle(resolution=resolution, num_params=len(PARAM_SPACE), width=width, hidden=hidden)
+        # which renderer parameters the outputs regress (a bool mask over PARAM_SPACE)
+        self.register_buffer("target_mask", torch.ones(len(PARAM_SPACE), dtype=torch.bool) if targets == "all"
+                             else PARAM_SPACE.mask("identity"), persistent=False)
+        self.target_names = [n for n, m in zip(PARAM_SPACE.names, self.target_mask.tolist()) if m]
+        self.oracle = AttributeOracle(resolution=resolution, num_params=len(self.target_names), width=width,
+                                      hidden=hidden)
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
 
     def trained_network(self) -> torch.nn.Module:
@@ -62,19 +81,22 @@ class OracleModule(RenderTrainedModule):
         """img [N, 3, H, W] in [-1, 1] -> [N, P] normalised parameters."""
         return self.oracle(img)
 
-    def _faces(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images [B,3,R,R], normalised params [B,P]) rendered on this module's device."""
+    def _faces(self, key: tuple, degradation: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images [B,3,R,R], normalised params [B,P] of every renderer parameter) rendered on this
+        module's device, degraded with strength ``degradation``."""
         g = torch.Generator().manual_seed(derive_seed(*key))
         params = sample_params(self.hparams.batch_size, g).to(self.device)
         with torch.no_grad():
-            images = render(params, self.hparams.resolution)
+            images = degrade(render(params, self.hparams.resolution), g, degradation)
         return images, PARAM_SPACE.normalize(params)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, target = self._faces((self.hparams.seed, "oracle-train", self.global_step, self.global_rank))
+        images, target = self._faces((self.hparams.seed, "oracle-train", self.global_step, self.global_rank),
+                                     self.hparams.degrade)
         # Unobservable targets (gaze behind closed eyes, frame colour without glasses) are noise:
         # leaving them out of the loss spends the capacity on what an image can show.
-        mask = observable_mask(target).float()
+        mask = observable_mask(target)[:, self.target_mask].float()
+        target = target[:, self.target_mask]
         loss = ((self.oracle(images).float() - target).pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -82,7 +104,8 @@ class OracleModule(RenderTrainedModule):
     def _eval_step(self, split: str, batch) -> None:
         index = int(batch.item() if torch.is_tensor(batch) else batch)
         images, target = self._faces((self.hparams.seed, f"oracle-{split}", index))
-        pred = self.oracle(images).float()
+        pred = torch.full_like(target, float("nan"))  # the columns this network does not read stay NaN
+        pred[:, self.target_mask] = self.oracle(images).float()
         self._outputs[split].append((pred.detach(), target))
 
     def _eval_end(self, split: str) -> dict[str, float]:
@@ -96,20 +119,24 @@ class OracleModule(RenderTrainedModule):
             # every rank evaluated different batches of equal size: gather them all
             pred = self.all_gather(pred).flatten(0, 1)
             target = self.all_gather(target).flatten(0, 1)
+        read = self.target_mask.to(pred.device)
         r2 = r2_per_param(pred, target)
-        metrics = {f"{split}/r2/{name}": float(r2[i]) for i, name in enumerate(PARAM_SPACE.names)}
-        ex = PARAM_SPACE.mask("expression", r2.device)
-        metrics[f"{split}/r2_expression_min"] = float(r2[ex].min())
-        metrics[f"{split}/r2_identity_min"] = float(r2[~ex].min())
-        metrics[f"{split}/r2_mean"] = float(r2.mean())
         r2o = r2_observable(pred, target)  # the target metric: attributes judged where visible
-        metrics.update({f"{split}/r2_observable/{name}": float(r2o[i]) for i, name in enumerate(PARAM_SPACE.names)})
-        metrics[f"{split}/r2_observable_expression_min"] = float(r2o[ex].min())
-        metrics[f"{split}/r2_observable_identity_min"] = float(r2o[~ex].min())
-        metrics[f"{split}/loss"] = float(F.mse_loss(pred, target))
+        metrics = {}
+        for i, name in enumerate(PARAM_SPACE.names):
+            if read[i]:
+                metrics[f"{split}/r2/{name}"] = float(r2[i])
+                metrics[f"{split}/r2_observable/{name}"] = float(r2o[i])
+        ex = PARAM_SPACE.mask("expression", r2.device)
+        for kind, m in (("expression", ex & read), ("identity", ~ex & read)):
+            if m.any():  # an identity reader has no expression columns
+                metrics[f"{split}/r2_{kind}_min"] = float(r2[m].min())
+                metrics[f"{split}/r2_observable_{kind}_min"] = float(r2o[m].min())
+        metrics[f"{split}/r2_mean"] = float(r2[read].mean())
+        metrics[f"{split}/loss"] = float(F.mse_loss(pred[:, read], target[:, read]))
         self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
         return metrics
 
     def save_weights(self, path: str) -> str:
         """Save the oracle as <path>.safetensors + <path>.json (atomic); returns the weights path."""
-        return str(save_oracle(self.oracle, path))
+        return str(save_oracle(self.oracle, path, self.target_names))
