@@ -4,10 +4,12 @@ Prints one table row per (op, shape, dtype, pass): ref ms, cuda ms, speedup (ref
 A second table covers the generator's fused epilogue, ``bias_act(x, b, scale=dcoefs,
 addend=noise)`` (forward under no_grad, generator shapes, fp16): the reference (addcmul, bias
 add, lrelu, gain, clamp as separate PyTorch ops), the pre-fusion CUDA path (addcmul + the
-bias_act kernel) and the fused kernel, with the fused kernel's achieved bandwidth.
+bias_act kernel) and the fused kernel, with the fused kernel's achieved bandwidth. A third table puts plain ``bias_act`` against the
+memory floor of any out-of-place elementwise op, a device copy (``y.copy_(x)``: one read, one write):
+ref/copy is the most any single-pass kernel could gain over the reference.
 Timing: CUDA events, median over repeated runs after warm-up. Needs a CUDA device.
 
-    python bench/bench_ops.py [--reps 20] [--only {all,ops,epilogue}]
+    python bench/bench_ops.py [--reps 20] [--only {all,ops,epilogue,roofline}]
 """
 
 from __future__ import annotations
@@ -153,6 +155,32 @@ def _epilogue_table(reps: int) -> None:
           "written / its time")
 
 
+def _roofline_table(reps: int) -> None:
+    print()
+    header = (f"{'bias_act vs the copy floor (fwd)':<34} {'dtype':<8} {'copy ms':>8} {'ref ms':>8} {'cuda ms':>8} "
+              f"{'ref/cuda':>8} {'ref/copy':>8} {'cuda/copy':>9} {'cuda GB/s':>9}")
+    print(header)
+    print("-" * len(header))
+    shape = (16, 512, 64, 64)
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(shape, device="cuda", dtype=dtype)
+        b = torch.randn(shape[1], device="cuda", dtype=dtype)
+        y = torch.empty_like(x)
+        for clamp in (None, 256):
+            with torch.no_grad():
+                t_copy = _time_ms(lambda: y.copy_(x), reps)
+                t_ref = _time_ms(lambda: ba.bias_act(x, b, act="lrelu", clamp=clamp, impl="ref"), reps)
+                t_cuda = _time_ms(lambda: ba.bias_act(x, b, act="lrelu", clamp=clamp, impl="cuda"), reps)
+            name = f"lrelu{' clamp=256' if clamp else ''} {'x'.join(map(str, shape))}"
+            gbs = 2 * x.numel() * x.element_size() / (t_cuda * 1e-3) / 1e9
+            print(f"{name:<34} {str(dtype).split('.')[-1]:<8} {t_copy:>8.3f} {t_ref:>8.3f} {t_cuda:>8.3f} "
+                  f"{t_ref / t_cuda:>7.2f}x {t_ref / t_copy:>7.2f}x {t_cuda / t_copy:>9.2f} {gbs:>9.0f}", flush=True)
+        del x, y
+        torch.cuda.empty_cache()
+    print("copy: y.copy_(x), the least memory traffic of an out-of-place elementwise op; ref/copy bounds "
+          "what a one-pass kernel can gain over the reference")
+
+
 def _ops_table(reps: int) -> None:
     header = f"{'op':<28} {'shape':<20} {'dtype':<8} {'pass':<8} {'ref ms':>9} {'cuda ms':>9} {'speedup':>8}"
     print(header)
@@ -170,7 +198,7 @@ def _ops_table(reps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--only", choices=("all", "ops", "epilogue"), default="all",
+    parser.add_argument("--only", choices=("all", "ops", "epilogue", "roofline"), default="all",
                         help="which table(s) to print")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -185,6 +213,8 @@ def main() -> None:
         _ops_table(args.reps)
     if args.only in ("all", "epilogue"):
         _epilogue_table(args.reps)
+    if args.only in ("all", "roofline"):
+        _roofline_table(args.reps)
 
 
 if __name__ == "__main__":
