@@ -7,7 +7,8 @@ set -u
 WAIT=${WAIT:-0}
 RUNS=${RUNS:-/tmp/lgfa_ft}
 end=$(( $(date +%s) + WAIT ))
-while [ "$(date +%s)" -lt "$end" ] && ! grep -q "all done\|stop" "$RUNS/stages" 2>/dev/null; do sleep 5; done
+UNTIL=${UNTIL:-all done\|stop}  # the stages line that ends the wait (a chained stage may log its own)
+while [ "$(date +%s)" -lt "$end" ] && ! grep -q "$UNTIL" "$RUNS/stages" 2>/dev/null; do sleep 5; done
 cat "$RUNS/stages" 2>/dev/null
 for f in "$RUNS"/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | grep -v "^$" | tail -n 2; done
 [ -n "${OUT:-}" ] || exit 0
