@@ -186,6 +186,9 @@ def test_identity_reader_trains_on_identity_targets_and_exports_their_names(tmp_
     assert json.loads((tmp_path / "reader.json").read_text())["param_names"] == PARAM_SPACE.identity_names
     net, names = load_attribute_net(export)
     assert names == PARAM_SPACE.identity_names and net.num_params == len(names)
+    from safetensors.torch import load_file  # stored in fp16, read back in fp32
+    assert {v.dtype for k, v in load_file(str(export) + ".safetensors").items() if v.is_floating_point()} == {torch.float16}
+    assert next(net.parameters()).dtype == torch.float32
     with pytest.raises(UserError, match="must read them all"):
         load_oracle(export)
     with pytest.raises(UserError, match="targets"):

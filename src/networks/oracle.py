@@ -81,17 +81,19 @@ def oracle_attributes(oracle: AttributeOracle, images: torch.Tensor) -> dict[str
     return {name: natural[:, i] for i, name in enumerate(PARAM_SPACE.names)}
 
 
-def save_oracle(oracle: AttributeOracle, path: str | Path, param_names: list[str] | None = None) -> Path:
+def save_oracle(oracle: AttributeOracle, path: str | Path, param_names: list[str] | None = None,
+                dtype: torch.dtype | None = None) -> Path:
     """Write <path>.safetensors (weights) and <path>.json (init kwargs + parameter names) atomically.
 
     param_names: the parameters the outputs regress, in order (default: every renderer parameter;
-    an identity-attribute reader stores PARAM_SPACE.identity_names). Returns the .safetensors path.
+    an identity-attribute reader stores PARAM_SPACE.identity_names); dtype: storage dtype of the
+    floating tensors (loading casts back). Returns the .safetensors path.
     """
     names = list(param_names) if param_names is not None else PARAM_SPACE.names
     if len(names) != oracle.num_params:
         raise UserError(f"{len(names)} parameter names for an oracle of {oracle.num_params} outputs")
     meta = {"class": "AttributeOracle", "init_kwargs": oracle.init_kwargs, "param_names": names}
-    return save_net(oracle, path, meta)
+    return save_net(oracle, path, meta, dtype=dtype)
 
 
 def load_attribute_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[AttributeOracle, list[str]]:

@@ -138,5 +138,7 @@ class OracleModule(RenderTrainedModule):
         return metrics
 
     def save_weights(self, path: str) -> str:
-        """Save the oracle as <path>.safetensors + <path>.json (atomic); returns the weights path."""
-        return str(save_oracle(self.oracle, path, self.target_names))
+        """Save the network as <path>.safetensors + <path>.json (atomic); returns the weights path."""
+        # the reader ships beside the animator: fp16 storage halves it (the judge keeps fp32)
+        dtype = torch.float16 if self.hparams.targets == "identity" else None
+        return str(save_oracle(self.oracle, path, self.target_names, dtype=dtype))
