@@ -70,7 +70,8 @@ def run(cfg) -> Path:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but CUDA is not available")
-    module = load_animator(cfg.checkpoint, device=device)
+    overrides = {"projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
+    module = load_animator(cfg.checkpoint, device=device, map_overrides=overrides)
     G = module.generator
 
     if cfg.latent is not None:
@@ -90,7 +91,8 @@ def run(cfg) -> Path:
         segments = []
         for i, prompt in enumerate(tqdm(prompts, desc="animating", unit="prompt", disable=len(prompts) == 1)):
             out = module.animate(ws, [prompt], num_frames=cfg.frames, decay=cfg.decay, strength=cfg.strength,
-                                 motion_total=cfg.get("motion_total"))
+                                 motion_total=cfg.get("motion_total"),
+                                 identity_projection=cfg.get("identity_projection"))
             frames = out["frames"][0]
             # chained segments start from the previous last frame: drop the repeated first frame
             segments.append(frames if i == 0 else frames[1:])

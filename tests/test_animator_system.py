@@ -352,3 +352,45 @@ def test_w_space_offsets_on_chosen_layers_export_and_reload(tmp_path):
     back = load_animator(path, generator=m.generator, clip=m.clip)
     assert back.animator.offset_space == "w" and back.animator.offset_layers == [0, 1]
     torch.testing.assert_close(back.animate(w, ["The person is smiling."], num_frames=4)["ws"], out["ws"])
+
+
+
+def test_identity_projection_removes_the_reading_change_keeps_frame0_and_travels_with_the_export(tmp_path):
+    from src.data.synthetic import PARAM_SPACE
+    from src.networks.identity_projection import identity_jacobian
+    from src.networks.oracle import AttributeOracle, save_oracle
+    from src.systems.animator import export_animator
+
+    names = PARAM_SPACE.identity_names
+    torch.manual_seed(0)
+    save_oracle(AttributeOracle(resolution=16, width=2, hidden=4, num_params=len(names)).eval(), tmp_path / "reader", names)
+    reader_path = str(tmp_path / "reader.safetensors")
+    m = build()
+    w = m.sample_latents(2, seed=3)
+    plain = m.animate(w, ["The person is smiling."], num_frames=4)
+    with pytest.raises(UserError, match="projection_reader"):
+        m.animate(w, ["The person is smiling."], num_frames=4, identity_projection=1.0)
+    m = build(identity_projection=1.0, projection_reader=reader_path)
+    out = m.animate(w, ["The person is smiling."], num_frames=4)
+    assert torch.equal(out["ws"][:, 0], w) and torch.equal(out["frames"][:, 0], plain["frames"][:, 0])
+    assert not torch.equal(out["ws"], plain["ws"])
+    # to first order the projected offsets leave the readings the face shows unchanged
+    reader = m.projection_reader()
+    jac = identity_jacobian(lambda ws: m.generator.synthesis(ws, noise_mode=m.noise_mode), reader, w,
+                            m.animator.layer_mask)
+    seen = [i for i, n in enumerate(names) if n != "glasses_color"]
+    before = (jac @ plain["offsets"].flatten(2).transpose(1, 2))[:, seen]
+    after = (jac @ out["offsets"].flatten(2).transpose(1, 2))[:, seen]
+    assert after.abs().max() < 1e-2 * before.abs().max()
+    torch.testing.assert_close(m.animate(w, ["The person is smiling."], num_frames=4, identity_projection=0.0)["ws"],
+                               plain["ws"])
+    with pytest.raises(UserError, match="identity_projection"):
+        m.animate(w, ["The person is smiling."], num_frames=4, identity_projection=2.0)
+    path = export_animator(m, tmp_path / "a.safetensors", relative_to=tmp_path)
+    back = load_animator(path, generator=m.generator, clip=m.clip)
+    assert back.hparams["projection_reader"] == reader_path and back.hparams["identity_projection"] == 1.0
+    torch.testing.assert_close(back.animate(w, ["The person is smiling."], num_frames=4)["ws"], out["ws"])
+    with pytest.raises(UserError, match="projection_reader"):
+        build(identity_projection=0.5)
+    with pytest.raises(UserError, match="identity_projection"):
+        build(identity_projection=-0.1, projection_reader=reader_path)

@@ -181,6 +181,8 @@ class AnimateConfig:
     strength: float = 1.0
     decay: str = "linear"             # none | linear | sqrt | exp | const
     motion_total: Optional[str] = None  # train | paper (null: the checkpoint's setting)
+    identity_projection: Optional[float] = None  # 0..1 of the identity projection (null: the checkpoint's)
+    projection_reader: Optional[str] = None     # its identity-attribute reader (null: the checkpoint's)
     output: str = "animation.mp4"     # .mp4 | .gif | .webp ; a PNG strip is written beside it
     strip: bool = True
     projection_steps: int = 300
@@ -245,6 +247,8 @@ def validate_config(cfg: DictConfig) -> None:
         need(cfg.decay in _DECAYS, f"decay '{cfg.decay}' is not one of {sorted(_DECAYS)}")
         need(cfg.get("motion_total") in (None, "train", "paper"),
              f"motion_total '{cfg.get('motion_total')}' is not train or paper")
+        ip = cfg.get("identity_projection")
+        need(ip is None or 0 <= ip <= 1, f"identity_projection must be in [0, 1], got {ip}")
         need(cfg.projection_steps >= 1, f"projection_steps must be >= 1, got {cfg.projection_steps}")
         sources = [k for k in ("image", "latent", "seed") if cfg.get(k) is not None]
         need(len(sources) <= 1, f"give only one of image=, latent=, seed= (got {', '.join(sources)})")

@@ -74,15 +74,18 @@ def oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch
 @torch.no_grad()
 def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, decay: str = "linear",
              strength: float = 1.0, oracle=None, concepts: Optional[Sequence[str]] = None,
-             face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None) -> dict:
+             face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None,
+             identity_projection: Optional[float] = None) -> dict:
     """Animate ``n_faces`` faces (seeds face_seed_offset + i) with every concept's prompt.
-    motion_total: see AnimatorModule.animate (default: the checkpoint's setting)."""
+    motion_total, identity_projection: see AnimatorModule.animate (default: the checkpoint's setting)."""
     from tqdm import tqdm
 
     from src.data.synthetic import PARAM_SPACE
     from src.eval.metrics import ClipFrechetDistance, video_metrics
 
     motion_total = module.resolve_motion_total(motion_total)
+    if identity_projection is None:
+        identity_projection = float(module.hparams.get("identity_projection", 0.0))
     domain = module.hparams["domain"]
     template = domain["prompts"]["template"]
     concepts = list(concepts or domain["prompts"]["concepts"])
@@ -106,7 +109,8 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
             w = module.sample_latents(seeds=seeds)
             image = module.render_image(w).clamp(-1, 1)
             out = module.animate(w, [prompt] * len(seeds), num_frames=frames, decay=decay, strength=strength,
-                                 image=image, seed=start, motion_total=motion_total)
+                                 image=image, seed=start, motion_total=motion_total,
+                                 identity_projection=identity_projection)
             video = out["frames"]
             m = video_metrics(video, ws=out["ws"], image=image, clip=module.clip, prompts=[prompt] * len(seeds),
                               prompt_list=prompt_list)
@@ -152,6 +156,8 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
         summary["clip_fd_error"] = str(e)
     return {"summary": summary, "per_concept": per_concept,
             "settings": {"faces": n_faces, "frames": frames, "decay": decay, "strength": strength, "motion_total": motion_total,
+                         "identity_projection": identity_projection,
+                         "projection_reader": module.hparams.get("projection_reader") if identity_projection else None,
                          "concepts": concepts, "face_seed_offset": face_seed_offset}}
 
 
@@ -166,6 +172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--motion-total", choices=("train", "paper"), default=None,
                     help="train: a video moves as far as a training video; paper: the authors' step sizes "
                          "(default: the checkpoint's setting)")
+    ap.add_argument("--identity-projection", type=float, default=None,
+                    help="0..1 of the identity projection (default: the checkpoint's setting; needs a projection "
+                         "reader: --projection-reader or the checkpoint's)")
+    ap.add_argument("--projection-reader", default=None, help="identity-attribute reader of the projection")
     ap.add_argument("--oracle", default=None, help="synthetic-domain attribute oracle (.safetensors)")
     ap.add_argument("--concepts", nargs="*", default=None, help="default: the domain's prompt concepts")
     ap.add_argument("--device", default="cpu")
@@ -177,16 +187,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if args.faces < 1 or args.frames < 2 or args.batch < 1:
             raise UserError("--faces and --batch must be >= 1 and --frames >= 2")
+        if args.identity_projection is not None and not 0 <= args.identity_projection <= 1:
+            raise UserError("--identity-projection must be in [0, 1]")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda but CUDA is not available")
-        module = load_animator(args.checkpoint, device=args.device)
+        overrides = {"projection_reader": args.projection_reader} if args.projection_reader else None
+        module = load_animator(args.checkpoint, device=args.device, map_overrides=overrides)
         oracle = None
         if args.oracle:
             from src.networks.oracle import load_oracle
 
             oracle = load_oracle(args.oracle, device=args.device).eval()
         result = evaluate(module, args.faces, args.frames, args.batch, args.decay, args.strength, oracle, args.concepts,
-                          motion_total=args.motion_total)
+                          motion_total=args.motion_total, identity_projection=args.identity_projection)
         text = json.dumps(result, indent=2)
         if args.out:
             atomic_write_text(args.out, text)

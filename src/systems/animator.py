@@ -131,7 +131,8 @@ class AnimatorModule(pl.LightningModule):
                  video_every_n_steps: int = 500, video_fps: float = 10.0, num_videos: int = 4,
                  hash_check: str = "error", inference_only: bool = False, identity_metric_path: Optional[str] = None,
                  motion_total: str = "train", use_image_mapper: bool = True, offset_space: str = "wplus",
-                 offset_layers: Optional[Sequence[int]] = None,
+                 offset_layers: Optional[Sequence[int]] = None, identity_projection: float = 0.0,
+                 projection_reader: Optional[str] = None,
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
                  loss_clip: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
                  identity_net: Optional[nn.Module] = None, identity_metric_net: Optional[nn.Module] = None):
@@ -232,6 +233,12 @@ class AnimatorModule(pl.LightningModule):
             variant=variant, mapper_hidden=mapper_hidden, mapper_last_activation=mapper_last_activation,
             mapper_lr_mul=mapper_lr_mul, h0_eval=h0_eval, image_offset_schedule=image_offset_schedule,
             use_image_mapper=use_image_mapper, offset_space=offset_space, offset_layers=offset_layers)
+        # identity-keeping projection at inference (src/networks/identity_projection.py): each face's
+        # offsets lose their component along the W+ directions that move its identity readings
+        if not 0.0 <= float(identity_projection) <= 1.0:
+            raise UserError(f"identity_projection must be in [0, 1], got {identity_projection}")
+        if float(identity_projection) > 0 and not projection_reader:
+            raise UserError("identity_projection > 0 needs model.projection_reader (an identity-attribute reader)")
         self.frozen_hashes = {name: self._hash(name) for name in self.frozen_sources}
 
     # ------------------------------------------------------------------ construction helpers
@@ -261,6 +268,35 @@ class AnimatorModule(pl.LightningModule):
         if files:
             return {"source": ", ".join(Path(f).name for f in files), "sha256": sha256_files(files)}
         return {"source": f"in-code {type(module).__name__}", "sha256": sha256_module(module)}
+
+    def projection_reader(self) -> nn.Module:
+        """The identity-attribute reader of the inference projection (hparams.projection_reader), loaded
+        on first use and cached outside the module tree (it is not a weight of the animator)."""
+        reader = self.__dict__.get("_projection_reader")
+        if reader is None:
+            path = self.hparams.get("projection_reader")
+            if not path:
+                raise UserError("identity projection needs model.projection_reader (an identity-attribute reader; "
+                                "experiment=embedded_identity_reader trains one)")
+            from src.networks.face_id import load_identity_reader
+
+            reader = load_identity_reader(path, device=next(self.animator.parameters()).device)
+            self.__dict__["_projection_reader"] = reader
+        return reader
+
+    def project_identity(self, w_input: torch.Tensor, offsets: torch.Tensor, strength: float) -> torch.Tensor:
+        """offsets [N,T,L,C] without ``strength`` of their first-order effect on the identity readings
+        of each face w_input [N,L,C] (the readings a face does not show are left free)."""
+        from src.networks.identity_projection import identity_jacobian, project_offsets
+
+        reader = self.projection_reader()
+        render = lambda ws: self.generator.synthesis(ws, noise_mode=self.noise_mode)  # noqa: E731
+        jac = identity_jacobian(render, reader, w_input, self.animator.layer_mask)
+        rows = torch.ones(jac.shape[:2], dtype=torch.bool, device=jac.device)
+        if "glasses" in reader.names and "glasses_color" in reader.names:  # frame colour only with glasses
+            readings = reader(render(w_input).clamp(-1, 1))
+            rows[:, reader.names.index("glasses_color")] = readings[:, reader.names.index("glasses")] >= 0.5
+        return project_offsets(offsets, jac, strength, rows=rows)
 
     def train(self, mode: bool = True) -> "AnimatorModule":
         super().train(mode)
@@ -367,7 +403,8 @@ class AnimatorModule(pl.LightningModule):
     @torch.no_grad()
     def animate(self, w_input: torch.Tensor, prompts: Sequence[str], num_frames: int = 16, decay: str = "linear",
                 strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0,
-                motion_total: Optional[str] = None) -> dict[str, torch.Tensor]:
+                motion_total: Optional[str] = None, identity_projection: Optional[float] = None
+                ) -> dict[str, torch.Tensor]:
         """Animate faces from prompts.
 
         w_input [N,L,C] (or [L,C]); prompts: N prompts (one prompt is used for all N);
@@ -375,6 +412,8 @@ class AnimatorModule(pl.LightningModule):
         motion_total (default: hparams.motion_total): 'train' scales the step sizes so that the video
         moves as far in total as a training video (see training_matched_strength), then ``strength``
         multiplies; 'paper' uses the authors' r_t = 0.8 / T * decay(t, T) * strength.
+        identity_projection (default: hparams.identity_projection, 0): how much of each offset's
+        first-order effect on the face's identity readings is removed (0..1; needs hparams.projection_reader).
         Returns dict(frames [N,T,3,H,W] in [-1,1], ws [N,T,L,C], offsets [N,T,L,C]).
         """
         if decay not in DECAYS:
@@ -403,6 +442,14 @@ class AnimatorModule(pl.LightningModule):
             text_emb = self.clip.encode_text(prompts)
             out = self.animator(w_input, text_emb, image_emb, num_frames, decay=decay, strength=strength,
                                 generator=torch.Generator().manual_seed(int(seed)))
+            projection = float(self.hparams.get("identity_projection", 0.0) if identity_projection is None
+                               else identity_projection)
+            if not 0.0 <= projection <= 1.0:
+                raise UserError(f"identity_projection must be in [0, 1], got {projection}")
+            if projection > 0:
+                offsets = self.project_identity(w_input, out["offsets"], projection)
+                # variant 'ours': frame 0's offset is exactly zero and stays zero, so frame 0 is still the input
+                out = {**out, "offsets": offsets, "ws": w_input[:, None] + offsets}
             frames = self.synthesize(out["ws"])
         finally:
             self.animator.train(was_training)
@@ -650,7 +697,7 @@ class AnimatorModule(pl.LightningModule):
 # config entries that name files; relative paths in an exported animator are relative to its folder
 _FILE_KEYS = ("domain.generator.checkpoint", "domain.clip.checkpoint", "domain.loss_clip.checkpoint",
               "domain.clip.pretrained", "domain.loss_clip.pretrained", "domain.identity_loss.checkpoint",
-              "identity_metric_path")
+              "identity_metric_path", "projection_reader")
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[dict, dict, dict]:
