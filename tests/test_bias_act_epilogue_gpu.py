@@ -93,13 +93,14 @@ def test_fused_forward_matches_oracle_and_reference(act, dtype, clamp, spy):
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 def test_fused_forward_same_dtype_reference_and_no_bias(dtype):
     gen = torch.Generator(device="cuda").manual_seed(1)
-    x, b, s = _inputs(3, 32, (64, 64), dtype, gen)
-    a = torch.randn(3, 1, 64, 64, device="cuda", generator=gen)
-    for bb in (b, None):
-        with torch.no_grad():
-            y = ba.bias_act(x, bb, act="lrelu", clamp=256, scale=s, addend=a)
-        ref = ba.bias_act(x, bb, act="lrelu", clamp=256, scale=s, addend=a, impl="ref")
-        torch.testing.assert_close(y.float(), ref.float(), **REF_TOL[dtype])
+    for spatial in ((64, 64), (128, 128)):  # half precision: packed rows / one block column per row
+        x, b, s = _inputs(3, 32, spatial, dtype, gen)
+        a = torch.randn(3, 1, *spatial, device="cuda", generator=gen)
+        for bb in (b, None):
+            with torch.no_grad():
+                y = ba.bias_act(x, bb, act="lrelu", clamp=256, scale=s, addend=a)
+            ref = ba.bias_act(x, bb, act="lrelu", clamp=256, scale=s, addend=a, impl="ref")
+            torch.testing.assert_close(y.float(), ref.float(), **REF_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

@@ -37,7 +37,10 @@ def test_extension_builds_and_is_used():
 # bias_act
 # ---------------------------------------------------------------------------------------------
 
-BA_SHAPES = [((4, 16, 24, 24), 1), ((8, 64), 1), ((3, 5, 7, 9), 2), ((2, 700), 0), ((5, 4, 3), -1)]
+# kernels: (4,16,24,24), (3,5,32,48): rows shorter than a block (packed, rows and bias worked out per
+# vector); (2,3,64,128): long rows (one block column per row); the others: the flat kernel
+BA_SHAPES = [((4, 16, 24, 24), 1), ((8, 64), 1), ((3, 5, 7, 9), 2), ((2, 700), 0), ((5, 4, 3), -1),
+             ((3, 5, 32, 48), 1), ((2, 3, 64, 128), 1)]
 
 
 @pytest.mark.parametrize("act", ACTS)

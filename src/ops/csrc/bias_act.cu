@@ -166,6 +166,66 @@ __global__ void __launch_bounds__(kThreads) bias_act_rows_kernel(
   }
 }
 
+// Rows shorter than one block's reach (kThreads * kUnroll vectors: a 64 x 64 map in half precision
+// is 512 vectors) would leave half of every block idle: a grid-stride loop over the vectors of all
+// rows instead, the row (bias, scale, addend row) worked out per vector.
+template <typename T, int ACT, int ORDER, bool EPI>
+__global__ void __launch_bounds__(kThreads) bias_act_packed_kernel(
+    const T* __restrict__ x, const T* __restrict__ b, const T* __restrict__ g, T* __restrict__ y,
+    Epilogue<T> ep, int64_t total_vec, int64_t nvec, int64_t C, at::opmath_type<T> alpha,
+    at::opmath_type<T> gain, at::opmath_type<T> clamp) {
+  using A = at::opmath_type<T>;
+  constexpr int V = 16 / sizeof(T);
+  using Vec = VecT<T, V>;
+  static_assert(!EPI || ORDER == 0, "the epilogue is forward-only");
+  const Vec* xv = reinterpret_cast<const Vec*>(x);
+  const Vec* gv = reinterpret_cast<const Vec*>(g);
+  Vec* yv = reinterpret_cast<Vec*>(y);
+  for (int64_t i0 = (int64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x; i0 < total_vec;
+       i0 += (int64_t)gridDim.x * kThreads * kUnroll) {
+    Vec xin[kUnroll], gin[kUnroll], ain[kUnroll];
+    int64_t row[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {  // all loads before any use, as in the rows kernel
+      const int64_t i = i0 + u * kThreads;
+      row[u] = i / nvec;
+      if (i < total_vec) {
+        xin[u] = xv[i];
+        if constexpr (ORDER > 0) gin[u] = gv[i];
+        if constexpr (EPI) {
+          if (ep.a != nullptr) {
+            const int64_t r = row[u], c = r % C;
+            ain[u] = reinterpret_cast<const Vec*>(ep.a + (r / C) * ep.a_sn + c * ep.a_sc)[i - r * nvec];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = i0 + u * kThreads;
+      if (i >= total_vec) break;
+      const int64_t r = row[u];
+      const A bias = b != nullptr ? static_cast<A>(b[r % C]) : A(0);
+      A scale = A(1);
+      if constexpr (EPI) {
+        if (ep.s != nullptr) scale = static_cast<A>(ep.s[r]);
+      }
+      Vec out;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const A gk = ORDER > 0 ? static_cast<A>(gin[u].v[k]) : A(0);
+        A z = static_cast<A>(xin[u].v[k]);
+        if constexpr (EPI) {
+          z = z * scale;  // same order as the reference: addcmul(a, x, s), then + b
+          if (ep.a != nullptr) z += static_cast<A>(ain[u].v[k]);
+        }
+        out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(z + bias, gk, alpha, gain, clamp));
+      }
+      yv[i] = out;
+    }
+  }
+}
+
 // Any layout with small `inner` (e.g. [N, C] fully-connected activations), or unaligned data:
 // flat grid-stride loop.
 template <typename T, int ACT, int ORDER, bool EPI>
@@ -222,7 +282,12 @@ void launch(bool has_b, const at::Tensor& x, const at::Tensor& b, const at::Tens
   // aligned base keeps every row aligned (the same holds for x, g and y).
   const bool vec_ok = inner >= 512 && inner % V == 0 && aligned(xp) && aligned(yp) &&
                       (ORDER == 0 || aligned(gp)) && (ep.a == nullptr || aligned(ep.a));
-  if (vec_ok) {
+  if (vec_ok && inner / V < (int64_t)kThreads * kUnroll) {
+    const int64_t total_vec = numel / V;
+    int64_t blocks = std::min<int64_t>((total_vec + kThreads * kUnroll - 1) / (kThreads * kUnroll), (int64_t)sms * 32);
+    bias_act_packed_kernel<T, ACT, ORDER, EPI><<<(unsigned)blocks, kThreads, 0, stream>>>(
+        xp, bp, gp, yp, ep, total_vec, inner / V, C, A(alpha), A(gain), A(clamp));
+  } else if (vec_ok) {
     const int64_t rows = numel / inner;
     int64_t bx = (inner / V + kThreads * kUnroll - 1) / (kThreads * kUnroll);
     int64_t by = std::min<int64_t>(rows, 65535);
