@@ -116,7 +116,9 @@ class IdentityAttributeReader(nn.Module):
 
         unknown = [n for n in names if n not in PARAM_SPACE.identity_names]
         if unknown or not names:
-            raise UserError(f"an identity-attribute reader must read identity parameters only, got {unknown or names}")
+            listed = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+            raise UserError("an identity-attribute reader must read identity parameters only"
+                            + (f"; this one also reads {len(unknown)} others ({listed})" if unknown else ""))
         self.net, self.names = net, list(names)
         # glasses_color is seen only where glasses are worn (reading >= 0.5: glasses is 0/1)
         self.gated = {self.names.index("glasses_color"): self.names.index("glasses")} \
@@ -136,8 +138,11 @@ def load_identity_reader(path: str | Path, device: str | torch.device = "cpu") -
     """An identity-attribute reader from a file written by save_oracle (targets='identity'), frozen."""
     from src.networks.oracle import load_attribute_net
 
-    net, names = load_attribute_net(path, device)
-    return IdentityAttributeReader(net, names).eval().requires_grad_(False)
+    net, names = load_attribute_net(path, device, what="identity-attribute reader")
+    try:
+        return IdentityAttributeReader(net, names).eval().requires_grad_(False)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def build_identity_net(kind: str, checkpoint: Optional[str], device: str | torch.device = "cpu") -> Optional[nn.Module]:

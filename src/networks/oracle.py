@@ -96,10 +96,12 @@ def save_oracle(oracle: AttributeOracle, path: str | Path, param_names: list[str
     return save_net(oracle, path, meta, dtype=dtype)
 
 
-def load_attribute_net(path: str | Path, device: str | torch.device = "cpu") -> tuple[AttributeOracle, list[str]]:
+def load_attribute_net(path: str | Path, device: str | torch.device = "cpu",
+                       what: str = "oracle") -> tuple[AttributeOracle, list[str]]:
     """(network in eval mode, the parameter names of its outputs) of a file written by save_oracle;
-    the names must be renderer parameters in the renderer's order (a subset is fine)."""
-    meta, weights = read_net_files(path, "oracle")
+    the names must be renderer parameters in the renderer's order (a subset is fine). ``what`` names
+    the network in errors."""
+    meta, weights = read_net_files(path, what)
     names = meta.get("param_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise UserError(f"{weights.with_suffix('.json')} lists no parameter names")
