@@ -376,7 +376,7 @@ def test_identity_projection_removes_the_reading_change_keeps_frame0_and_travels
     assert not torch.equal(out["ws"], plain["ws"])
     # to first order the projected offsets leave the readings the face shows unchanged
     reader = m.projection_reader()
-    jac = identity_jacobian(lambda ws: m.generator.synthesis(ws, noise_mode=m.noise_mode), reader, w,
+    jac, _ = identity_jacobian(lambda ws: m.generator.synthesis(ws, noise_mode=m.noise_mode), reader, w,
                             m.animator.layer_mask)
     seen = [i for i, n in enumerate(names) if n != "glasses_color"]
     before = (jac @ plain["offsets"].flatten(2).transpose(1, 2))[:, seen]

@@ -21,11 +21,11 @@ def _linear_world(n=3, L=4, C=5, A=3, seed=0):
 
 def test_jacobian_of_a_linear_world_is_exact_and_masked_by_layer():
     render, reader, w, J = _linear_world()
-    jac = identity_jacobian(render, reader, w, chunk=2)  # chunking must not change the result
+    jac, _ = identity_jacobian(render, reader, w, chunk=2)  # chunking must not change the result
     assert jac.shape == (3, 3, 20)
     assert torch.allclose(jac, J.expand(3, 3, 20), atol=1e-5)
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(4, 1)
-    jm = identity_jacobian(render, reader, w, layer_mask=mask).view(3, 3, 4, 5)
+    jm = identity_jacobian(render, reader, w, layer_mask=mask)[0].view(3, 3, 4, 5)
     assert torch.equal(jm[:, :, 1], torch.zeros(3, 3, 5)) and torch.allclose(jm[:, :, 0], J.view(3, 4, 5)[:, 0].expand(3, 3, 5), atol=1e-5)
     with pytest.raises(UserError):
         identity_jacobian(render, reader, w[0])
@@ -33,7 +33,7 @@ def test_jacobian_of_a_linear_world_is_exact_and_masked_by_layer():
 
 def test_projection_leaves_the_readings_unchanged_and_keeps_the_rest():
     render, reader, w, J = _linear_world()
-    jac = identity_jacobian(render, reader, w)
+    jac, _ = identity_jacobian(render, reader, w)
     off = torch.randn(3, 6, 4, 5, generator=torch.Generator().manual_seed(1))
     out = project_offsets(off, jac, strength=1.0, ridge=1e-9)
     change = out.reshape(3, 6, -1) @ J.T                                  # first-order reading change
@@ -49,7 +49,7 @@ def test_projection_leaves_the_readings_unchanged_and_keeps_the_rest():
 
 def test_projection_skips_rows_the_face_cannot_show_and_checks_arguments():
     render, reader, w, J = _linear_world()
-    jac = identity_jacobian(render, reader, w)
+    jac, _ = identity_jacobian(render, reader, w)
     off = torch.randn(3, 2, 4, 5, generator=torch.Generator().manual_seed(2))
     rows = torch.tensor([[True, False, True]] * 3)
     out = project_offsets(off, jac, rows=rows, ridge=1e-9)

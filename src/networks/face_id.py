@@ -127,10 +127,15 @@ class IdentityAttributeReader(nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.net(img).float()
 
-    def identity_distance(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        seen = torch.ones_like(g[..., :1]).expand_as(g).clone()
+    def shown(self, readings: torch.Tensor) -> torch.Tensor:
+        """Which readings [..., A] a face shows: bool [..., A] (the frame colour only with glasses)."""
+        seen = torch.ones_like(readings, dtype=torch.bool)
         for shown, by in self.gated.items():
-            seen[..., shown] = (g[..., by] >= 0.5).float()
+            seen[..., shown] = readings[..., by] >= 0.5
+        return seen
+
+    def identity_distance(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        seen = self.shown(g).expand_as(f).to(f.dtype)
         return ((f - g).abs() * seen).sum(-1) / seen.sum(-1).clamp_min(1.0)
 
 

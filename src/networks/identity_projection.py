@@ -25,8 +25,10 @@ from src.utils.errors import UserError
 
 
 def identity_jacobian(render: Callable[[torch.Tensor], torch.Tensor], reader: Callable[[torch.Tensor], torch.Tensor],
-                      w: torch.Tensor, layer_mask: Optional[torch.Tensor] = None, chunk: int = 4) -> torch.Tensor:
-    """J [N, A, L*C]: d reader(render(w))_a / d w for each face, zero on layers that cannot move.
+                      w: torch.Tensor, layer_mask: Optional[torch.Tensor] = None,
+                      chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J [N, A, L*C], readings [N, A]): d reader(render(w))_a / d w for each face, zero on layers that
+    cannot move, and the readings of the faces themselves (of render(w) clamped to [-1, 1]).
 
     render: ws [M, L, C] -> images [M, 3, H, W]; reader: images -> [M, A]; w [N, L, C];
     layer_mask [L, 1] (1 where offsets may move; default all). One batched backward per ``chunk``
@@ -35,21 +37,23 @@ def identity_jacobian(render: Callable[[torch.Tensor], torch.Tensor], reader: Ca
     if w.ndim != 3:
         raise UserError(f"identity_jacobian needs w [N, L, C], got {tuple(w.shape)}")
     n, num_ws, w_dim = w.shape
+    w = w.detach()
+    with torch.no_grad():
+        readings = reader(render(w).clamp(-1, 1)).float()
+    a = readings.shape[1]
     rows = []
     with torch.enable_grad():
         for start in range(0, n, chunk):
-            part = w[start:start + chunk].detach()
-            with torch.no_grad():
-                a = reader(render(part[:1])).shape[1]
+            part = w[start:start + chunk]
             rep = part.repeat_interleave(a, dim=0).requires_grad_(True)      # [m*A, L, C]
-            readings = reader(render(rep)).float()                            # [m*A, A]
-            select = torch.eye(a, device=readings.device).repeat(part.shape[0], 1)
-            (grad,) = torch.autograd.grad((readings * select).sum(), rep)
+            out = reader(render(rep)).float()                                 # [m*A, A]
+            select = torch.eye(a, device=out.device).repeat(part.shape[0], 1)
+            (grad,) = torch.autograd.grad((out * select).sum(), rep)
             rows.append(grad.view(part.shape[0], a, num_ws, w_dim))
     jac = torch.cat(rows)
     if layer_mask is not None:
         jac = jac * layer_mask.to(jac.device, jac.dtype).view(1, 1, num_ws, 1)
-    return jac.flatten(2)
+    return jac.flatten(2), readings
 
 
 def project_offsets(offsets: torch.Tensor, jacobian: torch.Tensor, strength: float = 1.0,

@@ -291,12 +291,8 @@ class AnimatorModule(pl.LightningModule):
 
         reader = self.projection_reader()
         render = lambda ws: self.generator.synthesis(ws, noise_mode=self.noise_mode)  # noqa: E731
-        jac = identity_jacobian(render, reader, w_input, self.animator.layer_mask)
-        rows = torch.ones(jac.shape[:2], dtype=torch.bool, device=jac.device)
-        if "glasses" in reader.names and "glasses_color" in reader.names:  # frame colour only with glasses
-            readings = reader(render(w_input).clamp(-1, 1))
-            rows[:, reader.names.index("glasses_color")] = readings[:, reader.names.index("glasses")] >= 0.5
-        return project_offsets(offsets, jac, strength, rows=rows)
+        jac, readings = identity_jacobian(render, reader, w_input, self.animator.layer_mask)
+        return project_offsets(offsets, jac, strength, rows=reader.shown(readings))
 
     def train(self, mode: bool = True) -> "AnimatorModule":
         super().train(mode)
