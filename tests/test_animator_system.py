@@ -355,6 +355,47 @@ def test_w_space_offsets_on_chosen_layers_export_and_reload(tmp_path):
 
 
 
+def test_init_checkpoint_warm_starts_the_animator_from_an_export_or_a_lightning_checkpoint(tmp_path):
+    from src.systems.animator import export_animator
+
+    m = build()
+    with torch.no_grad():
+        for p in m.animator.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # away from the seeded initialisation every build starts at
+    path = export_animator(m, tmp_path / "a.safetensors")
+    warm = build(init_checkpoint=str(path), generator=m.generator, clip=m.clip)
+    for (name, a), b in zip(m.animator.state_dict().items(), warm.animator.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
+    cold = build(generator=m.generator, clip=m.clip)
+    assert not all(torch.equal(a, b) for a, b in zip(cold.animator.parameters(), m.animator.parameters()))
+    # the same from a Lightning checkpoint (the path is kept in hparams, so the run records its start)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(m)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    warm2 = build(init_checkpoint=str(tmp_path / "a.ckpt"), generator=m.generator, clip=m.clip)
+    assert warm2.hparams["init_checkpoint"] == str(tmp_path / "a.ckpt")
+    for a, b in zip(m.animator.parameters(), warm2.animator.parameters()):
+        assert torch.equal(a, b)
+    # an inference rebuild does not read it again (the export's own weights win, the file may be gone)
+    (tmp_path / "a.ckpt").unlink()
+    export_animator(warm2, tmp_path / "b.safetensors")
+    back = load_animator(tmp_path / "b.safetensors", generator=m.generator, clip=m.clip)
+    for a, b in zip(m.animator.parameters(), back.animator.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(UserError, match="does not fit"):
+        build(init_checkpoint=str(path), use_image_mapper=False, generator=m.generator, clip=m.clip)
+    with pytest.raises(UserError, match="not found"):
+        build(init_checkpoint=str(tmp_path / "missing.safetensors"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other = tiny_generator()
+        with torch.no_grad():
+            next(other.parameters()).add_(1.0)  # other weights than the start's
+        build(init_checkpoint=str(path), clip=m.clip, generator=other)
+    assert any("another generator" in str(w.message) for w in caught)
+
+
 def test_identity_projection_removes_the_reading_change_keeps_frame0_and_travels_with_the_export(tmp_path):
     from src.data.synthetic import PARAM_SPACE
     from src.networks.identity_projection import identity_jacobian

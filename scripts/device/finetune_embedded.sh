@@ -8,8 +8,10 @@
 #      reader makes it the identity-loss network (domain.identity_loss.kind=attributes)
 #   4. animator variants trained side by side on the shipped generator and the new CLIP (with FID
 #      the identity-loss network is configured; a variant turns the loss on with loss.identity=W)
+#      (INIT= an animator export or checkpoint: every variant fine-tunes from it, model.init_checkpoint)
 #   5. export + evaluation of every variant (200 faces x every prompt, with the oracle; EVAL_STRENGTHS
-#      lists inference strengths, default 1.0)
+#      lists inference strengths, default 1.0; EVAL_PROJECTIONS lists identity-projection amounts > 0
+#      evaluated too at strength 1, with READER or else the shipped reader)
 # Progress: $RUNS/stages; logs: $RUNS/*.log. Variants: ANIM_VARIANTS="name=overrides;name=overrides".
 # Transfer to a lent device: the working tree is about 55 MB of the 64 MiB a call may carry, so carry
 # only the wheels the device lacks (antlr4, ftfy, hydra-core, omegaconf, open-clip-torch, wcwidth) and
@@ -71,7 +73,7 @@ for v in "${variants[@]}"; do
   log start animator_$name
   python train.py experiment=embedded_animator name=anim-$name domain.generator.checkpoint="$G" \
     domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.identity_metric_path="$O" \
-    model.video_every_n_steps=0 +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $id_overrides $overrides $common \
+    model.video_every_n_steps=0 ${INIT:+model.init_checkpoint=$INIT} +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $id_overrides $overrides $common \
     > "$RUNS/animator_$name.log" 2>&1 &
 done
 wait
@@ -85,6 +87,12 @@ for v in "${variants[@]}"; do
       python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
         --strength $s --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
         --out "$RUNS/eval_${name}_s$s.json" > "$RUNS/evaluate_${name}_s$s.log" 2>&1; log end evaluate_${name}_s$s rc=$?
+    done
+    for p in ${EVAL_PROJECTIONS:-}; do
+      python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
+        --identity-projection $p --projection-reader "${READER:-assets/identity_reader_synthetic.safetensors}" \
+        --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
+        --out "$RUNS/eval_${name}_p$p.json" > "$RUNS/evaluate_${name}_p$p.log" 2>&1; log end evaluate_${name}_p$p rc=$?
     done ) &
 done
 wait

@@ -119,6 +119,10 @@ class AnimatorModule(pl.LightningModule):
     clip_loss: 'contrastive' (paper) or 'cosine' (1 - cos(last frame, prompt)); when
     ``loss.contrastive`` is 0 the cosine form is used with weight ``cosine_fallback_weight``
     (0 disables text guidance entirely).
+
+    init_checkpoint: warm start for fine-tuning: the animator weights of an export (.safetensors) or
+    a Lightning checkpoint of the same architecture (its optimiser state and step are not taken;
+    resuming a run from its own last.ckpt still wins). Ignored for inference.
     """
 
     def __init__(self, domain: Mapping, loss: Mapping, hidden: int = 384, variant: str = "ours",
@@ -132,7 +136,7 @@ class AnimatorModule(pl.LightningModule):
                  hash_check: str = "error", inference_only: bool = False, identity_metric_path: Optional[str] = None,
                  motion_total: str = "train", use_image_mapper: bool = True, offset_space: str = "wplus",
                  offset_layers: Optional[Sequence[int]] = None, identity_projection: float = 0.0,
-                 projection_reader: Optional[str] = None,
+                 projection_reader: Optional[str] = None, init_checkpoint: Optional[str] = None,
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
                  loss_clip: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
                  identity_net: Optional[nn.Module] = None, identity_metric_net: Optional[nn.Module] = None):
@@ -240,6 +244,8 @@ class AnimatorModule(pl.LightningModule):
         if float(identity_projection) > 0 and not projection_reader:
             raise UserError("identity_projection > 0 needs model.projection_reader (an identity-attribute reader)")
         self.frozen_hashes = {name: self._hash(name) for name in self.frozen_sources}
+        if init_checkpoint and not inference_only:
+            self._warm_start(init_checkpoint)
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -262,6 +268,23 @@ class AnimatorModule(pl.LightningModule):
         if module is None and cfg.get("kind") == "module":
             raise UserError(f"domain.{key}.kind is 'module': pass the CLIP module in code ({key}=...)")
         return ClipEncoder.from_config(cfg, module=module)
+
+    def _warm_start(self, path: str) -> None:
+        """Load the animator weights of ``path`` (an export or a Lightning checkpoint) into self.animator."""
+        hp, state, hashes = read_animator_file(path)
+        prefix = "animator."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            self.animator.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            raise UserError(f"model.init_checkpoint {path}: its animator does not fit this model config "
+                            f"({str(e).splitlines()[0]})") from None
+        # its motion was learnt against its own generator and CLIP: another one makes the start meaningless
+        for name in ("generator", "clip"):
+            rec, cur = hashes.get(name), self.frozen_hashes.get(name)
+            if rec and cur and rec.get("sha256") != cur["sha256"]:
+                warnings.warn(f"model.init_checkpoint {path} was trained with another {name} "
+                              f"({rec.get('source')}) than this run's ({cur['source']})")
 
     def _hash(self, name: str) -> dict[str, Any]:
         files, module = self.frozen_sources[name]
@@ -693,7 +716,7 @@ class AnimatorModule(pl.LightningModule):
 # config entries that name files; relative paths in an exported animator are relative to its folder
 _FILE_KEYS = ("domain.generator.checkpoint", "domain.clip.checkpoint", "domain.loss_clip.checkpoint",
               "domain.clip.pretrained", "domain.loss_clip.pretrained", "domain.identity_loss.checkpoint",
-              "identity_metric_path", "projection_reader")
+              "identity_metric_path", "projection_reader", "init_checkpoint")
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[dict, dict, dict]:
@@ -753,6 +776,18 @@ def export_animator(module: "AnimatorModule", path: str | Path, relative_to: Opt
     return Path(path)
 
 
+def read_animator_file(path: str | Path) -> tuple[dict, dict, dict]:
+    """(hyper-parameters, state dict, frozen-weight hashes) of an animator file: a Lightning checkpoint
+    (read with torch.load(weights_only=True)) or an export of :func:`export_animator`. Executes no code."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"animator checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    is_zip = head[:2] == b"PK"
+    return _read_lightning_checkpoint(path) if is_zip or path.suffix == ".ckpt" else _read_safetensors_export(path)
+
+
 def load_animator(path: str | Path, device: str | torch.device = "cpu", map_overrides: Optional[Mapping] = None,
                   hash_check: Optional[str] = None, **modules: nn.Module) -> AnimatorModule:
     """Rebuild an :class:`AnimatorModule` for inference from a Lightning checkpoint (``.ckpt``, read
@@ -764,13 +799,7 @@ def load_animator(path: str | Path, device: str | torch.device = "cpu", map_over
     checkpoint's setting). In-code modules (generator=, clip=, ...) replace file loading.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"animator checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    is_zip = head[:2] == b"PK"
-    hp, state_dict, hashes = (_read_lightning_checkpoint(path) if is_zip or path.suffix == ".ckpt"
-                              else _read_safetensors_export(path))
+    hp, state_dict, hashes = read_animator_file(path)
     for key, value in _flatten(_plain(dict(map_overrides or {}))).items():
         _set(hp, key, value)
     hp["inference_only"] = True
