@@ -44,7 +44,25 @@ def test_every_option_composes(group, tmp_path):
 
 
 def test_shipped_and_session4_animator_recipes(tmp_path):
-    shipped = compose_train(["experiment=embedded_animator"], tmp_path)
+    # the shipped animator: the session-6 recipe (stage 1) fine-tuned on the identity-attribute term
+    stage1 = compose_train(["experiment=embedded_animator"], tmp_path)
+    final = compose_train(["experiment=embedded_animator_identity"], tmp_path)
+    OmegaConf.resolve(final)
+    assert final.domain.identity_loss.kind == "attributes" and final.loss.identity == 60.0
+    assert final.domain.identity_loss.checkpoint.endswith("identity_reader_synthetic.safetensors")
+    assert final.model.init_checkpoint.endswith("assets/animator_synthetic.safetensors")
+    assert stage1.model.init_checkpoint is None and final.name == "embedded-animator-identity"
+    for key in ("model.offset_layers", "model.clip_views", "loss.contrastive", "loss.lpips", "seed"):
+        assert OmegaConf.select(final, key) == OmegaConf.select(stage1, key), key
+    # the export records the recipe it came from
+    import json
+
+    from safetensors import safe_open
+    with safe_open(str(ROOT / "assets" / "animator_synthetic.safetensors"), "pt") as f:
+        hp = json.loads(f.metadata()["hyper_parameters"])
+    assert hp["loss"]["identity"] == final.loss.identity and hp["domain"]["identity_loss"]["kind"] == "attributes"
+    assert hp["offset_layers"] == list(final.model.offset_layers)
+    shipped = stage1
     assert list(shipped.model.offset_layers) == list(range(8)) and shipped.loss.identity == 7.0
     assert shipped.trainer.max_steps == 6000 and shipped.model.offset_space == "wplus"
     old = compose_train(["experiment=embedded_animator_session4"], tmp_path)

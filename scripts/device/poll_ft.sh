@@ -7,7 +7,9 @@ set -u
 WAIT=${WAIT:-0}
 RUNS=${RUNS:-/tmp/lgfa_ft}
 end=$(( $(date +%s) + WAIT ))
-UNTIL=${UNTIL:-all done\|stop}  # the stages line that ends the wait (a chained stage may log its own)
+# the stages line that ends the wait, a basic regex (a chained stage may log its own); quoted, since an
+# unquoted default loses its backslash and "all done|stop" then never matches (session 8 lost 280 s)
+[ -n "${UNTIL:-}" ] || UNTIL='all done\|stop'
 while [ "$(date +%s)" -lt "$end" ] && ! grep -q "$UNTIL" "$RUNS/stages" 2>/dev/null; do sleep 5; done
 cat "$RUNS/stages" 2>/dev/null
 for f in "$RUNS"/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | grep -v "^$" | tail -n 2; done
