@@ -385,8 +385,11 @@ def test_init_checkpoint_warm_starts_the_animator_from_an_export_or_a_lightning_
         assert torch.equal(a, b)
     with pytest.raises(UserError, match="does not fit"):
         build(init_checkpoint=str(path), use_image_mapper=False, generator=m.generator, clip=m.clip)
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="model.init_checkpoint: animator checkpoint not found"):
         build(init_checkpoint=str(tmp_path / "missing.safetensors"))
+    (tmp_path / "other.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(UserError, match="model.init_checkpoint: .*not an exported animator"):
+        build(init_checkpoint=str(tmp_path / "other.safetensors"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         other = tiny_generator()

@@ -271,7 +271,10 @@ class AnimatorModule(pl.LightningModule):
 
     def _warm_start(self, path: str) -> None:
         """Load the animator weights of ``path`` (an export or a Lightning checkpoint) into self.animator."""
-        hp, state, hashes = read_animator_file(path)
+        try:
+            hp, state, hashes = read_animator_file(path)
+        except UserError as e:
+            raise UserError(f"model.init_checkpoint: {e}") from None
         prefix = "animator."
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
