@@ -146,3 +146,31 @@ def test_evaluate_cli_prints_json_with_oracle_scores(exported, tmp_path, capsys)
     by_attr = s["oracle_identity_drift_by_attribute"]
     assert list(by_attr) == PARAM_SPACE.identity_names and all(v >= 0 for v in by_attr.values())
     assert evaluate.main(["/nonexistent.safetensors"]) == 2
+
+
+def test_evaluate_with_projection_computes_each_face_batch_jacobian_once(exported, tmp_path, monkeypatch):
+    from src.data.synthetic import PARAM_SPACE
+    from src.eval import evaluate
+    from src.networks.oracle import AttributeOracle, save_oracle
+
+    names = PARAM_SPACE.identity_names
+    torch.manual_seed(0)
+    reader = save_oracle(AttributeOracle(resolution=16, width=2, hidden=4, num_params=len(names)).eval(),
+                         tmp_path / "reader", names)
+    module = load_animator(exported["path"], map_overrides={"projection_reader": str(reader)})
+    w = module.sample_latents(2, seed=4)
+    # a precomputed Jacobian gives exactly the animation that computes its own
+    own = module.animate(w, ["The person is smiling."], num_frames=4, identity_projection=0.5)
+    given = module.animate(w, ["The person is smiling."], num_frames=4, identity_projection=0.5,
+                           identity_jacobian=module.identity_jacobian(w))
+    assert torch.equal(own["ws"], given["ws"]) and not torch.equal(own["ws"][:, -1], w)
+    with pytest.raises(Exception, match="2 animations"):
+        module.animate(w, ["The person is smiling."], num_frames=4, identity_projection=0.5,
+                       identity_jacobian=module.identity_jacobian(w[:1]))
+    calls = []
+    real = module.identity_jacobian
+    monkeypatch.setattr(module, "identity_jacobian", lambda faces: calls.append(len(faces)) or real(faces))
+    result = evaluate.evaluate(module, n_faces=3, frames=4, batch=2, concepts=["smiling", "winking", "angry"],
+                               progress=False, identity_projection=0.5)
+    assert calls == [2, 1]  # two face batches, each once for all three prompts
+    assert result["settings"]["identity_projection"] == 0.5

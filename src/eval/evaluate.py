@@ -97,6 +97,7 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
     per_concept: dict[str, dict[str, float]] = {}
     totals: dict[str, float] = defaultdict(float)
     count = 0
+    jacobians: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per face batch: it does not depend on the prompt
     bar = tqdm(total=len(concepts) * n_faces, unit="video", disable=not progress, file=sys.stderr)
     for concept, prompt in zip(concepts, prompt_list):
         sums: dict[str, float] = defaultdict(float)
@@ -108,9 +109,11 @@ def evaluate(module, n_faces: int = 200, frames: int = 16, batch: int = 50, deca
             seeds = list(range(face_seed_offset + start, face_seed_offset + min(n_faces, start + batch)))
             w = module.sample_latents(seeds=seeds)
             image = module.render_image(w).clamp(-1, 1)
+            if identity_projection > 0 and start not in jacobians:
+                jacobians[start] = module.identity_jacobian(w)
             out = module.animate(w, [prompt] * len(seeds), num_frames=frames, decay=decay, strength=strength,
                                  image=image, seed=start, motion_total=motion_total,
-                                 identity_projection=identity_projection)
+                                 identity_projection=identity_projection, identity_jacobian=jacobians.get(start))
             video = out["frames"]
             m = video_metrics(video, ws=out["ws"], image=image, clip=module.clip, prompts=[prompt] * len(seeds),
                               prompt_list=prompt_list)

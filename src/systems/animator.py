@@ -310,15 +310,29 @@ class AnimatorModule(pl.LightningModule):
             self.__dict__["_projection_reader"] = reader
         return reader
 
-    def project_identity(self, w_input: torch.Tensor, offsets: torch.Tensor, strength: float) -> torch.Tensor:
-        """offsets [N,T,L,C] without ``strength`` of their first-order effect on the identity readings
-        of each face w_input [N,L,C] (the readings a face does not show are left free)."""
-        from src.networks.identity_projection import identity_jacobian, project_offsets
+    def identity_jacobian(self, w_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J [N, A, L*C], shown [N, A] bool) of the projection reader at faces w_input [N, L, C]: the
+        first-order effect of a W+ offset on each identity reading, and which readings each face shows.
+        It depends on the face alone, so one computation serves every prompt (see ``animate``)."""
+        from src.networks.identity_projection import identity_jacobian
 
         reader = self.projection_reader()
         render = lambda ws: self.generator.synthesis(ws, noise_mode=self.noise_mode)  # noqa: E731
-        jac, readings = identity_jacobian(render, reader, w_input, self.animator.layer_mask)
-        return project_offsets(offsets, jac, strength, rows=reader.shown(readings))
+        device = next(self.generator.parameters()).device
+        jac, readings = identity_jacobian(render, reader, w_input.to(device).float(), self.animator.layer_mask)
+        return jac, reader.shown(readings)
+
+    def project_identity(self, w_input: torch.Tensor, offsets: torch.Tensor, strength: float,
+                         jacobian: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """offsets [N,T,L,C] without ``strength`` of their first-order effect on the identity readings
+        of each face w_input [N,L,C] (the readings a face does not show are left free). jacobian: the
+        faces' ``identity_jacobian`` when already computed."""
+        from src.networks.identity_projection import project_offsets
+
+        jac, shown = jacobian if jacobian is not None else self.identity_jacobian(w_input)
+        if jac.shape[0] != offsets.shape[0]:
+            raise UserError(f"identity Jacobian of {jac.shape[0]} faces for {offsets.shape[0]} animations")
+        return project_offsets(offsets, jac, strength, rows=shown)
 
     def train(self, mode: bool = True) -> "AnimatorModule":
         super().train(mode)
@@ -425,8 +439,8 @@ class AnimatorModule(pl.LightningModule):
     @torch.no_grad()
     def animate(self, w_input: torch.Tensor, prompts: Sequence[str], num_frames: int = 16, decay: str = "linear",
                 strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0,
-                motion_total: Optional[str] = None, identity_projection: Optional[float] = None
-                ) -> dict[str, torch.Tensor]:
+                motion_total: Optional[str] = None, identity_projection: Optional[float] = None,
+                identity_jacobian: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         """Animate faces from prompts.
 
         w_input [N,L,C] (or [L,C]); prompts: N prompts (one prompt is used for all N);
@@ -436,6 +450,8 @@ class AnimatorModule(pl.LightningModule):
         multiplies; 'paper' uses the authors' r_t = 0.8 / T * decay(t, T) * strength.
         identity_projection (default: hparams.identity_projection, 0): how much of each offset's
         first-order effect on the face's identity readings is removed (0..1; needs hparams.projection_reader).
+        identity_jacobian: ``self.identity_jacobian(w_input)`` when already computed (it depends on the
+        faces only: an evaluation of many prompts on the same faces computes it once).
         Returns dict(frames [N,T,3,H,W] in [-1,1], ws [N,T,L,C], offsets [N,T,L,C]).
         """
         if decay not in DECAYS:
@@ -469,7 +485,7 @@ class AnimatorModule(pl.LightningModule):
             if not 0.0 <= projection <= 1.0:
                 raise UserError(f"identity_projection must be in [0, 1], got {projection}")
             if projection > 0:
-                offsets = self.project_identity(w_input, out["offsets"], projection)
+                offsets = self.project_identity(w_input, out["offsets"], projection, jacobian=identity_jacobian)
                 # variant 'ours': frame 0's offset is exactly zero and stays zero, so frame 0 is still the input
                 out = {**out, "offsets": offsets, "ws": w_input[:, None] + offsets}
             frames = self.synthesize(out["ws"])
