@@ -272,7 +272,7 @@ class AnimatorModule(pl.LightningModule):
     def _warm_start(self, path: str) -> None:
         """Load the animator weights of ``path`` (an export or a Lightning checkpoint) into self.animator."""
         try:
-            hp, state, hashes = read_animator_file(path)
+            _, state, hashes = read_animator_file(path)
         except UserError as e:
             raise UserError(f"model.init_checkpoint: {e}") from None
         prefix = "animator."
