@@ -7,9 +7,11 @@ reader's readings. The shipped reader is a separate, weaker network than the jud
 the evaluation scores drift with). This diagnostic runs the same evaluation (src.eval.evaluate) three
 ways on the same faces and prompts: no projection; the projection with the shipped reader; and the
 projection with the judge itself as the reader (its 20 identity outputs). The last is an upper bound
-for research, never a setting to ship or report as the method: it optimises against the evaluator.
-If it removes much more drift than the shipped reader, a better reader is worth training; if not,
-the drift left is beyond first order (or in readings no reader can hold), and a better reader won't help.
+for research, never a setting to ship or report as the method: it removes the directions the judge's
+own gradients respond to, its reading noise included, so it optimises against the evaluator. If even
+it leaves drift, that drift is beyond first order; if it removes much more than the shipped reader,
+the gap is between the two networks' gradients, which a better-scoring reader need not close
+(session 8: a reader of R^2 0.87 instead of 0.79 removed no more; assets/MODEL_CARD.md).
 """
 from __future__ import annotations
 
