@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
+    from src.utils.cpu_memory import reuse_freed_memory
+
+    reuse_freed_memory()  # CPU inference reuses freed activations instead of faulting fresh pages in
     try:
         cfg = compose_config(argv)
         path = run(cfg)

@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from src.config.schema import register_configs, register_resolvers, validate_config
+from src.utils.cpu_memory import reuse_freed_memory
 from src.utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parent
@@ -153,6 +154,7 @@ def _finish_wandb(failed: bool) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> Optional[float]:
+    reuse_freed_memory()  # CPU runs reuse freed activations (src/utils/cpu_memory.py)
     failed = True
     try:
         metrics = train(cfg)

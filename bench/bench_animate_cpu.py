@@ -1,7 +1,7 @@
 """CPU latency of the embedded default: 16 frames at 128 px (target: <= 5 s on 2 cores).
 
     python bench/bench_animate_cpu.py [--frames 16] [--reps 3] [--threads N] \
-        [--identity-projection 1 --projection-reader assets/identity_reader_synthetic.safetensors]
+        [--identity-projection 1 --projection-reader assets/identity_reader_synthetic.safetensors] [--default-malloc]
 
 Prints the one-off costs (imports, loading the animator with its generator and CLIP) apart from
 the per-animation cost (text + image encoding, the recurrent motion, one batched generator call).
@@ -25,7 +25,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--identity-projection", type=float, default=None, help="0..1 (default: the checkpoint's)")
     ap.add_argument("--projection-reader", default=None, help="identity-attribute reader of the projection")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator thresholds alone (animate.py raises them: src/utils/cpu_memory.py)")
     args = ap.parse_args()
+    from src.utils.cpu_memory import reuse_freed_memory
+
+    tuned = False if args.default_malloc else reuse_freed_memory()
+    print(f"allocator: {'freed memory reused (mallopt)' if tuned else 'glibc defaults'}")
     t0 = time.perf_counter()
     import torch
 

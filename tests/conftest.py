@@ -15,6 +15,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from src.utils.cpu_memory import reuse_freed_memory  # noqa: E402
+
+reuse_freed_memory()  # as animate.py / train.py do: CPU tests reuse freed activations
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -184,6 +184,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="also write the JSON here (atomically)")
     args = ap.parse_args(argv)
+    from src.utils.cpu_memory import reuse_freed_memory
+
+    reuse_freed_memory()
     try:
         from src.systems.animator import load_animator
         from src.utils.io import atomic_write_text
