@@ -148,6 +148,24 @@ def test_evaluate_cli_prints_json_with_oracle_scores(exported, tmp_path, capsys)
     assert evaluate.main(["/nonexistent.safetensors"]) == 2
 
 
+def test_evaluate_cli_face_seed_offset_picks_other_faces(exported, capsys):
+    import json
+
+    from src.eval import evaluate
+
+    def run(*extra):
+        assert evaluate.main([str(exported["path"]), "--faces", "2", "--frames", "3", "--concepts", "smiling",
+                              *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    default, same, other = run(), run("--face-seed-offset", "10000"), run("--face-seed-offset", "20000")
+    assert default["settings"]["face_seed_offset"] == 10000 and other["settings"]["face_seed_offset"] == 20000
+    assert same["summary"] == default["summary"]
+    assert other["summary"]["clip_score"] != default["summary"]["clip_score"]
+    assert evaluate.main([str(exported["path"]), "--face-seed-offset", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --face-seed-offset")
+
+
 def test_evaluate_with_projection_computes_each_face_batch_jacobian_once(exported, tmp_path, monkeypatch):
     from src.data.synthetic import PARAM_SPACE
     from src.eval import evaluate

@@ -11,7 +11,9 @@
 #      (INIT= an animator export or checkpoint: every variant fine-tunes from it, model.init_checkpoint)
 #   5. export + evaluation of every variant (200 faces x every prompt, with the oracle; EVAL_STRENGTHS
 #      lists inference strengths, default 1.0; EVAL_PROJECTIONS lists identity-projection amounts > 0
-#      evaluated too at strength 1, with READER or else the shipped reader)
+#      evaluated too at strength 1, with READER or else the shipped reader; EVAL_CONFIRM_OFFSET=F: each
+#      projection again on the faces of seeds F.. (other test faces than the default 10000..), to confirm
+#      a setting chosen on the default faces)
 # Progress: $RUNS/stages; logs: $RUNS/*.log. Variants: ANIM_VARIANTS="name=overrides;name=overrides".
 # Transfer to a lent device: the working tree is about 55 MB of the 64 MiB a call may carry, so carry
 # only the wheels the device lacks (antlr4, ftfy, hydra-core, omegaconf, open-clip-torch, wcwidth) and
@@ -93,6 +95,13 @@ for v in "${variants[@]}"; do
         --identity-projection $p --projection-reader "${READER:-assets/identity_reader_synthetic.safetensors}" \
         --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
         --out "$RUNS/eval_${name}_p$p.json" > "$RUNS/evaluate_${name}_p$p.log" 2>&1; log end evaluate_${name}_p$p rc=$?
+      for f in ${EVAL_CONFIRM_OFFSET:-}; do  # the same setting on other test faces (seeds f..f+faces-1)
+        python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
+          --identity-projection $p --projection-reader "${READER:-assets/identity_reader_synthetic.safetensors}" \
+          --face-seed-offset $f --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
+          --out "$RUNS/eval_${name}_p${p}_f$f.json" > "$RUNS/evaluate_${name}_p${p}_f$f.log" 2>&1
+        log end evaluate_${name}_p${p}_f$f rc=$?
+      done
     done ) &
 done
 wait

@@ -181,6 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--projection-reader", default=None, help="identity-attribute reader of the projection")
     ap.add_argument("--oracle", default=None, help="synthetic-domain attribute oracle (.safetensors)")
     ap.add_argument("--concepts", nargs="*", default=None, help="default: the domain's prompt concepts")
+    ap.add_argument("--face-seed-offset", type=int, default=10_000,
+                    help="faces are the latents of seeds OFFSET..OFFSET+faces-1 (another offset: other test faces, "
+                         "e.g. to confirm a setting chosen on the default ones)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="also write the JSON here (atomically)")
     args = ap.parse_args(argv)
@@ -193,6 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if args.faces < 1 or args.frames < 2 or args.batch < 1:
             raise UserError("--faces and --batch must be >= 1 and --frames >= 2")
+        if args.face_seed_offset < 0:
+            raise UserError("--face-seed-offset must be >= 0")
         if args.identity_projection is not None and not 0 <= args.identity_projection <= 1:
             raise UserError("--identity-projection must be in [0, 1]")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -205,7 +210,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             oracle = load_oracle(args.oracle, device=args.device).eval()
         result = evaluate(module, args.faces, args.frames, args.batch, args.decay, args.strength, oracle, args.concepts,
-                          motion_total=args.motion_total, identity_projection=args.identity_projection)
+                          face_seed_offset=args.face_seed_offset, motion_total=args.motion_total,
+                          identity_projection=args.identity_projection)
         text = json.dumps(result, indent=2)
         if args.out:
             atomic_write_text(args.out, text)
