@@ -2,11 +2,14 @@
 
     python scripts/export_embedded.py --animator-ckpt RUN/checkpoints/last.ckpt --generator G.safetensors \
         --clip CLIP.safetensors --oracle ORACLE.safetensors [--face-id FACE_ID.safetensors | \
-        --identity-reader READER.safetensors] --out assets
+        --identity-reader READER.safetensors] [--identity-projection 0.5] [--started-from TEXT] --out assets
 
 Files are copied byte for byte (with their .json sidecars and the CLIP text cache), so the hashes the
 animator checkpoint recorded still match; the animator is exported as safetensors whose config names
-the other files relative to the assets folder (relocatable).
+the other files relative to the assets folder (relocatable). --identity-projection records the inference
+projection the animator is meant to run with (on the identity reader), so animate.py and the evaluation
+use it by default; --started-from replaces the training machine's model.init_checkpoint path in the
+record with a portable description of the start (e.g. "git show REV:assets/animator_synthetic.safetensors").
 """
 from __future__ import annotations
 
@@ -48,6 +51,10 @@ def main(argv=None) -> int:
     ap.add_argument("--face-id", default=None, help="the face recogniser of the identity loss (when the animator used one)")
     ap.add_argument("--identity-reader", default=None,
                     help="the identity-attribute reader of the identity loss (domain.identity_loss.kind=attributes)")
+    ap.add_argument("--identity-projection", type=float, default=None,
+                    help="0..1: the default inference projection of the export (needs --identity-reader, its reader)")
+    ap.add_argument("--started-from", default=None,
+                    help="recorded as model.init_checkpoint: where a fine-tuned animator started, portably")
     ap.add_argument("--out", default=str(ROOT / "assets"))
     args = ap.parse_args(argv)
     try:
@@ -55,6 +62,11 @@ def main(argv=None) -> int:
 
         if args.face_id and args.identity_reader:
             raise UserError("an animator has one identity-loss network: pass --face-id or --identity-reader")
+        if args.identity_projection is not None:
+            if not 0 <= args.identity_projection <= 1:
+                raise UserError("--identity-projection must be in [0, 1]")
+            if args.identity_projection > 0 and not args.identity_reader:
+                raise UserError("--identity-projection needs --identity-reader (the projection's reader)")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {key: copy_with_sidecars(Path(getattr(args, key)), out, stem) for key, stem in NAMES.items()
@@ -64,6 +76,11 @@ def main(argv=None) -> int:
         for key in ("face_id", "identity_reader"):
             if key in paths:
                 overrides["domain.identity_loss.checkpoint"] = str(paths[key])
+        if args.identity_projection is not None:
+            overrides["identity_projection"] = args.identity_projection
+            overrides["projection_reader"] = str(paths["identity_reader"]) if args.identity_projection > 0 else None
+        if args.started_from is not None:
+            overrides["init_checkpoint"] = args.started_from
         module = load_animator(args.animator_ckpt, map_overrides=overrides)
         dst = export_animator(module, out / "animator_synthetic.safetensors", relative_to=out)
         for f in sorted(out.iterdir()):

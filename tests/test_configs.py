@@ -44,24 +44,38 @@ def test_every_option_composes(group, tmp_path):
 
 
 def test_shipped_and_session4_animator_recipes(tmp_path):
-    # the shipped animator: the session-6 recipe (stage 1) fine-tuned on the identity-attribute term
+    # the shipped animator: the session-6 recipe (stage 1), fine-tuned on the identity-attribute term
+    # (stage 2, session 8), then with a stronger identity term and weaker LPIPS/latent terms (stage 3)
     stage1 = compose_train(["experiment=embedded_animator"], tmp_path)
-    final = compose_train(["experiment=embedded_animator_identity"], tmp_path)
+    stage2 = compose_train(["experiment=embedded_animator_identity"], tmp_path)
+    final = compose_train(["experiment=embedded_animator_identity_stage3"], tmp_path)
     OmegaConf.resolve(final)
-    assert final.domain.identity_loss.kind == "attributes" and final.loss.identity == 60.0
+    assert stage2.domain.identity_loss.kind == "attributes" and stage2.loss.identity == 60.0
+    assert final.domain.identity_loss.kind == "attributes" and final.loss.identity == 120.0
+    assert final.loss.lpips == final.loss.latent == 1.0 and stage2.loss.lpips == stage2.loss.latent == 2.0
     assert final.domain.identity_loss.checkpoint.endswith("identity_reader_synthetic.safetensors")
+    assert final.model.projection_reader == final.domain.identity_loss.checkpoint
+    assert final.model.identity_projection == 0.5 and stage2.model.identity_projection == 0.0
+    # the fine-tuning stages start from the shipped file by default (its metadata says where it started)
+    assert stage1.model.init_checkpoint is None
+    for cfg in (stage2, final):
+        assert OmegaConf.select(cfg, "model.init_checkpoint", throw_on_resolution_failure=False) is not None
     assert final.model.init_checkpoint.endswith("assets/animator_synthetic.safetensors")
-    assert stage1.model.init_checkpoint is None and final.name == "embedded-animator-identity"
-    for key in ("model.offset_layers", "model.clip_views", "loss.contrastive", "loss.lpips", "seed"):
+    assert final.name == "embedded-animator-identity-stage3"
+    for key in ("model.offset_layers", "model.clip_views", "loss.contrastive", "seed"):
         assert OmegaConf.select(final, key) == OmegaConf.select(stage1, key), key
-    # the export records the recipe it came from
+    # the export records the recipe it came from, the inference projection and a portable start
     import json
 
     from safetensors import safe_open
     with safe_open(str(ROOT / "assets" / "animator_synthetic.safetensors"), "pt") as f:
         hp = json.loads(f.metadata()["hyper_parameters"])
-    assert hp["loss"]["identity"] == final.loss.identity and hp["domain"]["identity_loss"]["kind"] == "attributes"
+    assert dict(hp["loss"]) == dict(final.loss)
+    assert hp["domain"]["identity_loss"]["kind"] == "attributes"
     assert hp["offset_layers"] == list(final.model.offset_layers)
+    assert hp["identity_projection"] == final.model.identity_projection
+    assert hp["projection_reader"] == "identity_reader_synthetic.safetensors"
+    assert hp["init_checkpoint"].startswith("git show ")
     shipped = stage1
     assert list(shipped.model.offset_layers) == list(range(8)) and shipped.loss.identity == 7.0
     assert shipped.trainer.max_steps == 6000 and shipped.model.offset_space == "wplus"
