@@ -104,6 +104,28 @@ struct Epilogue {
   int64_t a_sc = 0;      // elements between channels of the addend (0: broadcast)
 };
 
+// One vector of V outputs, shared by the vectorised kernels: z = x (* scale + addend with EPI, in
+// the reference's order: addcmul(a, x, s), then + bias), then the activation or its derivative
+// against the incoming gradient g (ORDER > 0). `a` is read only with has_a (a flag, not a pointer:
+// taking the address of a register array element would move the array to local memory).
+template <typename T, int ACT, int ORDER, bool EPI, int V, typename A>
+__device__ __forceinline__ VecT<T, V> bias_act_vec(const VecT<T, V>& x, const VecT<T, V>& g,
+                                                   const VecT<T, V>& a, bool has_a, A bias, A scale,
+                                                   A alpha, A gain, A clamp) {
+  VecT<T, V> out;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const A gk = ORDER > 0 ? static_cast<A>(g.v[k]) : A(0);
+    A z = static_cast<A>(x.v[k]);
+    if constexpr (EPI) {
+      z = z * scale;
+      if (has_a) z += static_cast<A>(a.v[k]);
+    }
+    out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(z + bias, gk, alpha, gain, clamp));
+  }
+  return out;
+}
+
 // Layout [rows, inner] with rows = outer * C: one bias value per row (no per-element division)
 // and 16-byte vector accesses (needs inner % V == 0 and 16-byte aligned pointers). With EPI, the
 // scale is one value per row as well, and the addend row is read with the same vector width.
@@ -148,19 +170,8 @@ __global__ void __launch_bounds__(kThreads) bias_act_rows_kernel(
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t j = j0 + u * kThreads;
         if (j >= nvec) break;
-        Vec out;
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const A gv = ORDER > 0 ? static_cast<A>(gin[u].v[k]) : A(0);
-          A z = static_cast<A>(xin[u].v[k]);
-          if constexpr (EPI) {
-            // Same order as the reference: addcmul(a, x, s), then + b.
-            z = z * scale;
-            if (ar != nullptr) z += static_cast<A>(ain[u].v[k]);
-          }
-          out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(z + bias, gv, alpha, gain, clamp));
-        }
-        yr[j] = out;
+        yr[j] = bias_act_vec<T, ACT, ORDER, EPI, V, A>(xin[u], gin[u], ain[u], ar != nullptr, bias, scale,
+                                                       alpha, gain, clamp);
       }
     }
   }
@@ -210,18 +221,8 @@ __global__ void __launch_bounds__(kThreads) bias_act_packed_kernel(
       if constexpr (EPI) {
         if (ep.s != nullptr) scale = static_cast<A>(ep.s[r]);
       }
-      Vec out;
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const A gk = ORDER > 0 ? static_cast<A>(gin[u].v[k]) : A(0);
-        A z = static_cast<A>(xin[u].v[k]);
-        if constexpr (EPI) {
-          z = z * scale;  // same order as the reference: addcmul(a, x, s), then + b
-          if (ep.a != nullptr) z += static_cast<A>(ain[u].v[k]);
-        }
-        out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(z + bias, gk, alpha, gain, clamp));
-      }
-      yv[i] = out;
+      yv[i] = bias_act_vec<T, ACT, ORDER, EPI, V, A>(xin[u], gin[u], ain[u], ep.a != nullptr, bias, scale,
+                                                     alpha, gain, clamp);
     }
   }
 }
