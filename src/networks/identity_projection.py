@@ -42,9 +42,11 @@ def identity_jacobian(render: Callable[[torch.Tensor], torch.Tensor], reader: Ca
         readings = reader(render(w).clamp(-1, 1)).float()
     a = readings.shape[1]
     rows = []
-    with torch.enable_grad():
+    # also under torch.inference_mode() (Lightning's validation and test): leave it for the backward
+    # passes, with w cloned out of it (an inference tensor cannot take part in autograd)
+    with torch.inference_mode(False), torch.enable_grad():
         for start in range(0, n, chunk):
-            part = w[start:start + chunk]
+            part = w[start:start + chunk].clone()
             rep = part.repeat_interleave(a, dim=0).requires_grad_(True)      # [m*A, L, C]
             out = reader(render(rep)).float()                                 # [m*A, A]
             select = torch.eye(a, device=out.device).repeat(part.shape[0], 1)

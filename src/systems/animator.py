@@ -306,7 +306,10 @@ class AnimatorModule(pl.LightningModule):
                                 "experiment=embedded_identity_reader trains one)")
             from src.networks.face_id import load_identity_reader
 
-            reader = load_identity_reader(path, device=next(self.animator.parameters()).device)
+            # the first use may come under torch.inference_mode() (Lightning's validation): weights
+            # loaded there would be inference tensors, which the Jacobian's backward cannot use
+            with torch.inference_mode(False):
+                reader = load_identity_reader(path, device=next(self.animator.parameters()).device)
             self.__dict__["_projection_reader"] = reader
         return reader
 
