@@ -91,16 +91,13 @@ for v in "${variants[@]}"; do
         --out "$RUNS/eval_${name}_s$s.json" > "$RUNS/evaluate_${name}_s$s.log" 2>&1; log end evaluate_${name}_s$s rc=$?
     done
     for p in ${EVAL_PROJECTIONS:-}; do
-      python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
-        --identity-projection $p --projection-reader "${READER:-assets/identity_reader_synthetic.safetensors}" \
-        --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
-        --out "$RUNS/eval_${name}_p$p.json" > "$RUNS/evaluate_${name}_p$p.log" 2>&1; log end evaluate_${name}_p$p rc=$?
-      for f in ${EVAL_CONFIRM_OFFSET:-}; do  # the same setting on other test faces (seeds f..f+faces-1)
+      for f in default ${EVAL_CONFIRM_OFFSET:-}; do  # the default faces, then other test faces (seeds f..)
+        tag=p$p; [ "$f" = default ] || tag=p${p}_f$f
         python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
           --identity-projection $p --projection-reader "${READER:-assets/identity_reader_synthetic.safetensors}" \
-          --face-seed-offset $f --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
-          --out "$RUNS/eval_${name}_p${p}_f$f.json" > "$RUNS/evaluate_${name}_p${p}_f$f.log" 2>&1
-        log end evaluate_${name}_p${p}_f$f rc=$?
+          $([ "$f" = default ] || echo --face-seed-offset $f) --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" \
+          --device cuda --out "$RUNS/eval_${name}_$tag.json" > "$RUNS/evaluate_${name}_$tag.log" 2>&1
+        log end evaluate_${name}_$tag rc=$?
       done
     done ) &
 done

@@ -84,4 +84,3 @@ def project_offsets(offsets: torch.Tensor, jacobian: torch.Tensor, strength: flo
     coef = torch.linalg.solve(gram, jac @ d.transpose(1, 2))                 # [N, A, T]
     out = d - strength * (jac.transpose(1, 2) @ coef).transpose(1, 2)
     return out.reshape(offsets.shape).to(offsets.dtype)
-
