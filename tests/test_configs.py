@@ -43,12 +43,12 @@ def test_every_option_composes(group, tmp_path):
         validate_config(cfg)
 
 
-def test_shipped_and_session4_animator_recipes(tmp_path):
+def test_shipped_and_all_layers_animator_recipes(tmp_path):
     # the shipped animator: the session-6 recipe (stage 1), fine-tuned on the identity-attribute term
     # (stage 2, session 8), then with a stronger identity term and weaker LPIPS/latent terms (stage 3)
     stage1 = compose_train(["experiment=embedded_animator"], tmp_path)
     stage2 = compose_train(["experiment=embedded_animator_identity"], tmp_path)
-    final = compose_train(["experiment=embedded_animator_identity_stage3"], tmp_path)
+    final = compose_train(["experiment=embedded_animator_identity_refine"], tmp_path)
     OmegaConf.resolve(final)
     assert stage2.domain.identity_loss.kind == "attributes" and stage2.loss.identity == 60.0
     assert final.domain.identity_loss.kind == "attributes" and final.loss.identity == 120.0
@@ -61,7 +61,7 @@ def test_shipped_and_session4_animator_recipes(tmp_path):
     for cfg in (stage2, final):
         assert OmegaConf.select(cfg, "model.init_checkpoint", throw_on_resolution_failure=False) is not None
     assert final.model.init_checkpoint.endswith("assets/animator_synthetic.safetensors")
-    assert final.name == "embedded-animator-identity-stage3"
+    assert final.name == "embedded-animator-identity-refine"
     for key in ("model.offset_layers", "model.clip_views", "loss.contrastive", "seed"):
         assert OmegaConf.select(final, key) == OmegaConf.select(stage1, key), key
     # the export records the recipe it came from, the inference projection and a portable start
@@ -79,7 +79,7 @@ def test_shipped_and_session4_animator_recipes(tmp_path):
     shipped = stage1
     assert list(shipped.model.offset_layers) == list(range(8)) and shipped.loss.identity == 7.0
     assert shipped.trainer.max_steps == 6000 and shipped.model.offset_space == "wplus"
-    old = compose_train(["experiment=embedded_animator_session4"], tmp_path)
+    old = compose_train(["experiment=embedded_animator_all_layers"], tmp_path)
     assert old.model.offset_layers is None and old.loss.identity == 0.0 and old.trainer.max_steps == 3000
     assert old.loss.contrastive == shipped.loss.contrastive == 2.0 and old.model.clip_views == 4
 
