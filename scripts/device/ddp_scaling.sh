@@ -13,7 +13,8 @@
 # (equivalence: 256 4 10 --fp32), BUDGET, EXTRA (more bench options, e.g. "--input-clip-model RN50").
 set -u
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/ddp_scaling}
+TMP=${TMPDIR:-/tmp}
+OUT=${OUT:-$TMP/ddp_scaling}
 mkdir -p "$OUT"
 export LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips} PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
 RES=${RES:-1024} B=${B:-4} STEPS=${STEPS:-20} WARMUP=${WARMUP:-5} EXTRA=${EXTRA:-}
@@ -102,7 +103,7 @@ fi
 if [ "$NGPU" -ge 2 ]; then
   stage lightning_ddp 120 80 python train.py experiment=embedded_animator hardware=ddp hardware.devices="$NGPU" \
     data.batch_size=8 trainer.max_steps=60 trainer.val_check_interval=30 model.video_every_n_steps=0 \
-    logger=csv paths.log_dir=/tmp/lgfa_ddp name=ddp-smoke
+    logger=csv paths.log_dir="$TMP/lgfa_ddp" name=ddp-smoke
   tail -c 600 "$OUT/lightning_ddp.log" | tr '\r' '\n' | grep -v '^$' | tail -n 4
 fi
 

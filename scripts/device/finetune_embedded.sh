@@ -8,23 +8,23 @@
 #      reader makes it the identity-loss network (domain.identity_loss.kind=attributes)
 #   4. animator variants trained side by side on the shipped generator and the new CLIP (with FID
 #      the identity-loss network is configured; a variant turns the loss on with loss.identity=W)
-#      (INIT= an animator export or checkpoint: every variant fine-tunes from it, model.init_checkpoint)
+#      (INIT= an animator export or checkpoint: every variant fine-tunes from it, model.init_checkpoint;
+#      EXPERIMENT= the recipe the variants override, default embedded_animator)
 #   5. export + evaluation of every variant (200 faces x every prompt, with the oracle; EVAL_STRENGTHS
 #      lists inference strengths, default 1.0; EVAL_PROJECTIONS lists identity-projection amounts > 0
 #      evaluated too at strength 1, with READER or else the shipped reader; EVAL_CONFIRM_OFFSET=F: each
 #      projection again on the faces of seeds F.. (other test faces than the default 10000..), to confirm
 #      a setting chosen on the default faces)
 # Progress: $RUNS/stages; logs: $RUNS/*.log. Variants: ANIM_VARIANTS="name=overrides;name=overrides".
-# Transfer to a lent device: the working tree is about 55 MB of the 64 MiB a call may carry, so carry
-# only the wheels the device lacks (antlr4, ftfy, hydra-core, omegaconf, open-clip-torch, wcwidth) and
-# the LPIPS weights in fp16 (4.8 MB; session 6), made once with
+# LPIPS weights: LGFA_LPIPS_DIR (default .carry/lpips in the repository). Where the copy of the working
+# tree sent to the GPU machine must stay small, store them in fp16 (4.8 MB), made once with
 #   python -c "from safetensors.torch import load_file, save_file; sd = load_file('A'); save_file({k: v.half().contiguous() for k, v in sd.items()}, 'B')"
 # and point LGFA_LPIPS_DIR at B's folder.
 set -u
 cd "$(dirname "$0")/../.."
 # Lightning wants DD:HH:MM:SS with two-digit fields ("6" is refused at start-up)
 minutes() { local m=$((10#$1)); printf "00:%02d:%02d:00" $((m / 60)) $((m % 60)); }
-RUNS=${RUNS:-/tmp/lgfa_ft}
+RUNS=${RUNS:-${TMPDIR:-/tmp}/lgfa_ft}
 mkdir -p "$RUNS"
 export PYTHONUNBUFFERED=1 LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips}
 log() { echo "$* $(date +%s)" >> "$RUNS/stages"; }
@@ -73,7 +73,7 @@ IFS=';' read -ra variants <<< "${ANIM_VARIANTS:-views=model.clip_views=4 model.c
 for v in "${variants[@]}"; do
   name=${v%%=*}; overrides=${v#*=}
   log start animator_$name
-  python train.py experiment=embedded_animator name=anim-$name domain.generator.checkpoint="$G" \
+  python train.py experiment=${EXPERIMENT:-embedded_animator} name=anim-$name domain.generator.checkpoint="$G" \
     domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.identity_metric_path="$O" \
     model.video_every_n_steps=0 ${INIT:+model.init_checkpoint=$INIT} +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $id_overrides $overrides $common \
     > "$RUNS/animator_$name.log" 2>&1 &

@@ -2,7 +2,7 @@
 # On the GPU machine: wait, then report the pipeline's progress and copy results to $OUT.
 set -u
 WAIT=${WAIT:-0}
-RUNS=${RUNS:-/tmp/lgfa_runs}
+RUNS=${RUNS:-${TMPDIR:-/tmp}/lgfa_runs}
 end=$(( $(date +%s) + WAIT ))
 while [ "$(date +%s)" -lt "$end" ] && ! grep -q "all done" "$RUNS/stages" 2>/dev/null; do sleep 10; done
 cat "$RUNS/stages" 2>/dev/null

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU machine: wait (WAIT seconds or until done), report finetune_embedded.sh's progress,
 # and bundle its results into $OUT (at most 8 files of <= 16 MiB come back).
-# Poll back to back (WAIT up to ~540 s per call): a lent machine left idle for ~30 s is handed back,
-# and the background runs on it die with it (session 5 lost a round of three animators that way).
+# Where the GPU machine is handed back when left idle, the background runs die with it: poll back to
+# back (WAIT up to ~540 s per call).
 set -u
 WAIT=${WAIT:-0}
-RUNS=${RUNS:-/tmp/lgfa_ft}
+RUNS=${RUNS:-${TMPDIR:-/tmp}/lgfa_ft}
 end=$(( $(date +%s) + WAIT ))
 # the stages line that ends the wait, a basic regex (a chained stage may log its own); quoted, since an
-# unquoted default loses its backslash and "all done|stop" then never matches (session 8 lost 280 s)
+# unquoted default loses its backslash and "all done|stop" then never matches
 [ -n "${UNTIL:-}" ] || UNTIL='all done\|stop'
 while [ "$(date +%s)" -lt "$end" ] && ! grep -q "$UNTIL" "$RUNS/stages" 2>/dev/null; do sleep 5; done
 cat "$RUNS/stages" 2>/dev/null

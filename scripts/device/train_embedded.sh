@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Train the embedded default on one GPU, stage by stage, into $RUNS (default /tmp/lgfa_runs).
+# Train the embedded default on one GPU, stage by stage, into $RUNS (default $TMPDIR/lgfa_runs, TMPDIR
+# defaulting to /tmp).
 # Started in the background on the GPU machine: setsid bash scripts/device/train_embedded.sh &
 # Stages: oracle + clip (concurrently with) stylegan, then the animator on the new G and CLIP,
 # then the evaluation. `cat $RUNS/stages` shows progress; every stage's log is $RUNS/<stage>.log.
 # STAGES="oracle clip stylegan animator evaluate" selects stages; EXTRA_<STAGE> adds overrides.
 set -u
 cd "$(dirname "$0")/../.."
-RUNS=${RUNS:-/tmp/lgfa_runs}
+RUNS=${RUNS:-${TMPDIR:-/tmp}/lgfa_runs}
 STAGES=${STAGES:-"oracle clip stylegan animator evaluate"}
 mkdir -p "$RUNS"
 export PYTHONUNBUFFERED=1
