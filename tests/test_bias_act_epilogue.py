@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import src.stylegan.networks as networks
 from src.ops import bias_act as ba
 from src.ops import policy
-from src.stylegan.networks import SynthesisLayer, modulated_conv2d
+from src.stylegan import layers
+from src.stylegan.layers import modulated_conv2d, modulated_conv2d_deferred
+from src.stylegan.synthesis import SynthesisLayer
 from src.utils.errors import UserError
 from tests.fixtures_stylegan import tiny_generator
 
@@ -254,7 +255,7 @@ def _synth(G, ws, noise_mode, fused_modconv, seed=5):
 @pytest.mark.parametrize("fp16", [False, True])
 def test_generator_output_identical_to_unfused_formula(monkeypatch, noise_mode, batch, fp16):
     if fp16:  # the fp16 blocks' code path (fp16 convs, pre-normalised modconv, clamp) on CPU
-        monkeypatch.setattr(networks, "FP16_DEVICE_TYPES", {"cuda", "cpu"})
+        monkeypatch.setattr(layers, "FP16_DEVICE_TYPES", {"cuda", "cpu"})
     G = tiny_generator(res=16, num_fp16_res=2 if fp16 else 0, conv_clamp=256 if fp16 else None)
     ws = G.mapping(torch.randn(batch, G.z_dim), None).detach()
     with torch.no_grad():
@@ -290,12 +291,12 @@ def test_modulated_conv2d_public_function_unchanged():
     x, w, s = torch.randn(2, 4, 6, 6, generator=g), torch.randn(5, 4, 3, 3, generator=g), torch.randn(2, 4, generator=g)
     noise = torch.randn(2, 1, 6, 6, generator=g)
     y = modulated_conv2d(x, w, s, noise=noise, padding=1)
-    z, d, nz = networks._modulated_conv2d_deferred(x, w, s, noise=noise, padding=1)
+    z, d, nz = modulated_conv2d_deferred(x, w, s, noise=noise, padding=1)
     assert nz is noise and d.shape == (2, 5) and d.dtype == torch.float32
     assert torch.equal(y, torch.addcmul(noise, z, d[:, :, None, None]))
     # fused and 1x1 paths apply everything themselves
     for kw in (dict(fused_modconv=True), dict(padding=0)):
         wk = w if "fused_modconv" in kw else w[:, :, :1, :1]
-        z, d, nz = networks._modulated_conv2d_deferred(x, wk, s, noise=noise, **{"padding": 1, **kw})
+        z, d, nz = modulated_conv2d_deferred(x, wk, s, noise=noise, **{"padding": 1, **kw})
         assert d is None and nz is None
         assert torch.equal(z, modulated_conv2d(x, wk, s, noise=noise, **{"padding": 1, **kw}))

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from src.ops import upfirdn2d
 from src.stylegan import Discriminator, Generator, load_generator, save_generator
 from src.stylegan.convert import main as convert_main
-from src.stylegan.networks import SynthesisLayer, ToRGBLayer, conv2d_resample, modulated_conv2d
+from src.stylegan.layers import conv2d_resample, modulated_conv2d
+from src.stylegan.synthesis import SynthesisLayer, ToRGBLayer
 from src.utils.errors import UserError
 from tests.fixtures_stylegan import official_pickle_bytes, tiny_generator
 
@@ -276,7 +277,7 @@ def test_discriminator_names_conditional():
 
 
 def test_minibatch_std_groups():
-    from src.stylegan.networks import MinibatchStdLayer
+    from src.stylegan.discriminator import MinibatchStdLayer
 
     x = torch.randn(4, 2, 3, 3)
     y = MinibatchStdLayer(group_size=2)(x)
@@ -373,13 +374,13 @@ def test_fp16_modconv_prenormalisation_avoids_overflow():
 
 def test_fp16_code_path_forced_on_cpu(monkeypatch):
     """The CUDA fp16 path (fp16 blocks, channels_last, pre-normalised modconv, clamp) run on CPU."""
-    import src.stylegan.networks as networks
+    from src.stylegan import layers  # the blocks read layers.FP16_DEVICE_TYPES at call time
 
     G = tiny_generator(res=32, num_fp16_res=2, conv_clamp=256, fp16_channels_last=True)
     ws = G.mapping(torch.randn(3, G.z_dim), None).detach()
     with torch.no_grad():
         ref = G.synthesis(ws, noise_mode="const")
-        monkeypatch.setattr(networks, "FP16_DEVICE_TYPES", {"cuda", "cpu"})
+        monkeypatch.setattr(layers, "FP16_DEVICE_TYPES", {"cuda", "cpu"})
         dtypes = {}
         hooks = [getattr(G.synthesis, f"b{r}").conv1.register_forward_hook(
             lambda m, i, o, r=r: dtypes.__setitem__(r, o.dtype)) for r in (8, 16, 32)]
@@ -399,5 +400,5 @@ def test_fp16_code_path_forced_on_cpu(monkeypatch):
     (grad,) = torch.autograd.grad(logits.sum(), img, create_graph=True)
     grad.square().sum().backward()
     assert logits.dtype == torch.float32 and torch.isfinite(D.b32.conv0.weight.grad).all()
-    monkeypatch.setattr(networks, "FP16_DEVICE_TYPES", {"cuda"})
+    monkeypatch.setattr(layers, "FP16_DEVICE_TYPES", {"cuda"})
     assert torch.allclose(D(img.detach()), logits.detach(), atol=0.05)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from src.stylegan.networks import Generator
+from src.stylegan.generator import Generator
 from src.utils.errors import UserError
 
 FORMATS = ("nvidia-pickle", "torch", "safetensors")

@@ -15,7 +15,7 @@ from typing import Tuple
 
 import torch
 
-from src.stylegan.networks import Generator
+from src.stylegan.generator import Generator
 from src.stylegan.nvidia_pickle import copy_tensors_into
 from src.utils.errors import UserError
 from src.utils.io import atomic_write, atomic_write_text

@@ -29,7 +29,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import torch
 
-from src.stylegan.networks import Generator
+from src.stylegan.generator import Generator
 from src.utils.errors import UserError
 
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C

@@ -23,8 +23,8 @@ from typing import Dict
 import torch
 
 from src.ops import upfirdn2d
+from src.stylegan.generator import Generator
 from src.stylegan.nvidia_pickle import copy_tensors_into
-from src.stylegan.networks import Generator
 from src.utils.errors import UserError
 
 W_AVG_SAMPLES = 10_000
