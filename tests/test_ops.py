@@ -384,7 +384,7 @@ def test_ref_policy_never_builds(monkeypatch):
 
 
 def test_build_failure_fallback_warns_once(monkeypatch):
-    calls = _count_builds(monkeypatch, policy.OpsBuildError("nvcc exploded"))
+    calls = _count_builds(monkeypatch, build.OpsBuildError("nvcc exploded"))
     policy.configure(on_build_failure="fallback", lock_timeout=7)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
@@ -395,9 +395,9 @@ def test_build_failure_fallback_warns_once(monkeypatch):
 
 
 def test_build_failure_error_raises_and_does_not_retry(monkeypatch):
-    calls = _count_builds(monkeypatch, policy.OpsBuildError("nvcc exploded"))
+    calls = _count_builds(monkeypatch, build.OpsBuildError("nvcc exploded"))
     for _ in range(2):
-        with pytest.raises(policy.OpsBuildError, match="nvcc exploded"):
+        with pytest.raises(build.OpsBuildError, match="nvcc exploded"):
             policy.resolve("cuda", _FAKE_CUDA)
     assert len(calls) == 1
 
@@ -423,7 +423,7 @@ def test_stale_lock_times_out_with_message(monkeypatch):
     lock.parent.mkdir(parents=True)
     lock.write_text("pid=1 host=gone\n")
     t0 = time.monotonic()
-    with pytest.raises(policy.OpsBuildError) as err:
+    with pytest.raises(build.OpsBuildError) as err:
         build.build_extension(arch="90", lock_timeout=0.3)
     assert time.monotonic() - t0 < 5
     msg = str(err.value)
@@ -462,7 +462,7 @@ def test_build_error_is_one_line(monkeypatch):
         raise RuntimeError("Error building extension 'x': [1/3] nvcc ...\nfoo.cu(3): error: bad thing\nmore")
 
     monkeypatch.setattr(build, "_compile", boom)
-    with pytest.raises(policy.OpsBuildError) as err:
+    with pytest.raises(build.OpsBuildError) as err:
         build.build_extension(arch="90", lock_timeout=1)
     assert "foo.cu(3): error: bad thing" in str(err.value) and "\n" not in str(err.value)
     assert isinstance(err.value.__cause__, RuntimeError)

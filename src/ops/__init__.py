@@ -8,6 +8,7 @@ reference and lazily built CUDA kernels (see src.ops.policy for how the implemen
 """
 
 from src.ops import bias_act, upfirdn2d
-from src.ops.policy import OpsBuildError, configure, get_config
+from src.ops.build import OpsBuildError
+from src.ops.policy import configure, get_config
 
 __all__ = ["bias_act", "upfirdn2d", "configure", "get_config", "OpsBuildError"]

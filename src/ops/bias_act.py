@@ -108,8 +108,8 @@ def _check_epilogue(x, dim, scale, addend) -> None:
 
 
 def _apply_epilogue_ref(x, scale, addend):
-    """x * scale[n, c] + addend in x.dtype, exactly as the generator computed it before fusing
-    (one addcmul when both are given). x [N, C, *spatial] -> same shape and dtype."""
+    """x * scale[n, c] + addend in x.dtype, exactly as ``modulated_conv2d`` computes it (one
+    addcmul when both are given). x [N, C, *spatial] -> same shape and dtype."""
     if scale is not None:
         scale = scale.to(x.dtype).reshape(*scale.shape, *([1] * (x.ndim - 2)))
         if addend is not None:
@@ -189,8 +189,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, b, scale, addend))
     if needs_grad:
-        # Training / regularisation: the same autograd graph as before the fusion (addcmul, then
-        # the differentiable bias_act kernel), so backward and double backward are unchanged.
+        # Training / regularisation: the autograd graph of the unfused formula (addcmul, then the
+        # differentiable bias_act kernel), so backward and double backward are those of the ref.
         return _bias_act_cuda(plugin, _apply_epilogue_ref(x, scale, addend), b, dim, spec, alpha, gain, clamp)
     return _bias_act_epilogue_cuda(plugin, x, b, scale, addend, spec, alpha, gain, clamp)
 

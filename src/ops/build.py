@@ -8,6 +8,7 @@
   ranks starting at once one builds, the others wait. A lock left by a killed build makes the
   waiters time out (``lock_timeout`` seconds) with a one-line message naming the file to delete.
 * Module-level cache guarded by a ``threading.Lock``.
+* Failures raise ``OpsBuildError`` (defined here); ``src.ops.policy`` decides what a failure means.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from typing import Optional
 
 import torch
 
-from src.ops.policy import OpsBuildError
-
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "bias_act.cu", "upfirdn2d.cu")
 _NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr")  # torch adds its own -std
@@ -31,6 +30,10 @@ _CXX_FLAGS = ("-O3",)
 
 _cache_lock = threading.Lock()
 _plugin = None
+
+
+class OpsBuildError(RuntimeError):
+    """The CUDA extension could not be built or loaded (message is one line; cause is chained)."""
 
 
 def reset_cache() -> None:
@@ -47,7 +50,7 @@ def cache_dir() -> Path:
 
 
 def current_arch() -> str:
-    """Compute capability of the current CUDA device as 'MAJORMINOR' (e.g. '90' on an H100)."""
+    """Compute capability of the current CUDA device as 'MAJORMINOR' (e.g. '90' for sm_90)."""
     if not torch.cuda.is_available():
         raise OpsBuildError("cannot build the CUDA ops: no CUDA device is visible")
     major, minor = torch.cuda.get_device_capability()

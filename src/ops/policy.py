@@ -5,8 +5,12 @@ Resolution of the implementation for one call:
     (``configure(impl=...)`` or env ``LGFA_OPS_IMPL``, default ``'auto'``) is used;
   * ``'ref'`` -> pure PyTorch; CPU tensors ALWAYS use ref (also with ``impl='cuda'``);
   * ``'auto'`` / ``'cuda'`` on CUDA tensors -> the compiled extension, built lazily on first use.
-    If the build fails: ``on_build_failure='error'`` (default) raises ``OpsBuildError`` (and keeps
-    raising the same error without rebuilding), ``'fallback'`` warns once and uses ref from then on.
+    If the build fails: ``on_build_failure='error'`` (default) raises ``build.OpsBuildError``
+    (and keeps raising the same error without rebuilding), ``'fallback'`` warns once and uses
+    ref from then on.
+
+This module imports ``src.ops.build`` (never the other way round): build compiles and loads the
+extension and defines ``OpsBuildError``; policy decides whether and when to use it.
 """
 
 from __future__ import annotations
@@ -18,14 +22,11 @@ from typing import Optional
 
 import torch
 
+from src.ops import build
 from src.utils.errors import UserError
 
 IMPLS = ("auto", "ref", "cuda")
 FAILURE_POLICIES = ("error", "fallback")
-
-
-class OpsBuildError(RuntimeError):
-    """The CUDA extension could not be built or loaded (message is one line; cause is chained)."""
 
 
 def _env_choice(name: str, default: str, choices) -> str:
@@ -51,7 +52,7 @@ _state = {
     "on_build_failure": None,
     "lock_timeout": None,
     "fallback_active": False,  # set once a build failed under the 'fallback' policy
-    "build_error": None,  # the OpsBuildError of a failed build (never retried)
+    "build_error": None,  # the build.OpsBuildError of a failed build (never retried)
 }
 
 
@@ -102,8 +103,6 @@ def get_config() -> dict:
 
 def reset() -> None:
     """Forget the policy, any recorded build failure and the loaded extension (tests use this)."""
-    from src.ops import build
-
     with _lock:
         for k in _state:
             _state[k] = False if k == "fallback_active" else None
@@ -130,11 +129,9 @@ def resolve(impl: str, *tensors: torch.Tensor):
             raise _state["build_error"]
         policy = _state["on_build_failure"]
         timeout = _state["lock_timeout"]
-    from src.ops import build
-
     try:
         return build.get_plugin(lock_timeout=timeout)
-    except OpsBuildError as err:
+    except build.OpsBuildError as err:
         with _lock:
             if policy == "fallback":
                 if not _state["fallback_active"]:

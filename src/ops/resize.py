@@ -4,7 +4,7 @@
 average pooling accumulate with atomic adds: they are not deterministic, and under
 ``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic=True``, our
 ``hardware.deterministic``) they raise. The CLIP and LPIPS losses resize
-generated frames, so that mode could not train at all.
+generated frames, so without this that mode could not train at all.
 
 Every one of these resamplings is separable: out = M_h @ x @ M_w^T with one fixed matrix per axis.
 ``resize`` builds those matrices once per (size, mode, antialias) by resampling an identity basis

@@ -9,7 +9,7 @@
 // Forward-only epilogue variant (bias_act_epilogue_cuda, used by the generator's modulated conv
 // under no_grad): z = x * s[n, c] + a[n?, c?, j] + b[c] for x [N, C, *spatial], so the
 // demodulation scale and the noise are applied in the same pass over x as the bias and activation
-// (the separate addcmul read and wrote the largest activations once more).
+// (a separate addcmul would read and write the largest activations once more).
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -348,9 +348,9 @@ void dispatch_act(int64_t act, int64_t order, bool has_b, const at::Tensor& x, c
   TORCH_CHECK(false, "bias_act: unknown activation id ", act);
 }
 
-// The messages of the checks below are literals on purpose: with torch 2.11 (cu130) on our H100
-// image, a TORCH_CHECK message that formats an integer crashes the process (SIGSEGV, also from a
-// plain .cpp extension) instead of raising; strings and dtypes format fine.
+// The messages of the checks below are literals on purpose: with torch 2.11 (cu130), a
+// TORCH_CHECK message that formats an integer crashes the process (SIGSEGV, also from a plain
+// .cpp extension) instead of raising; strings and dtypes format fine.
 void check_bias(const at::Tensor& x, const at::Tensor& b, int64_t C) {
   TORCH_CHECK(b.is_cuda() && b.device() == x.device(), "bias_act: b must be on x's device");
   TORCH_CHECK(b.dim() == 1 && b.size(0) == C, "bias_act: b must have shape [C], C = x.size(dim)");
