@@ -35,12 +35,12 @@ def main() -> None:
     t0 = time.perf_counter()
     import torch
 
-    from src.systems.animator import load_animator
+    from src.pipeline import FaceAnimator
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t1 = time.perf_counter()
-    module = load_animator(args.checkpoint, map_overrides={"projection_reader": args.projection_reader}
+    module = FaceAnimator.from_pretrained(args.checkpoint, overrides={"projection_reader": args.projection_reader}
                            if args.projection_reader else None)
     kw = {"identity_projection": args.identity_projection}
     t2 = time.perf_counter()

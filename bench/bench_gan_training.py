@@ -46,7 +46,7 @@ def detach_from_lightning(module):
 
 
 def bench_raw(model_kwargs, device, warmup, iters):
-    from src.systems.stylegan import StyleGANModule
+    from src.embedded.training.gan import StyleGANModule
 
     torch.manual_seed(0)
     m = StyleGANModule(**model_kwargs).to(device)
@@ -75,7 +75,7 @@ def bench_raw(model_kwargs, device, warmup, iters):
 
 
 def bench_render(resolution, batch, device, reps=20):
-    from src.data.synthetic import render, sample_params
+    from src.embedded import render, sample_params
 
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
@@ -96,7 +96,7 @@ def bench_render(resolution, batch, device, reps=20):
 def bench_lightning(model_kwargs, iters):
     import pytorch_lightning as pl
 
-    from src.systems.stylegan import RenderStepDataModule, StyleGANModule
+    from src.embedded.training.gan import RenderStepDataModule, StyleGANModule
 
     m = StyleGANModule(**model_kwargs)
     trainer = pl.Trainer(accelerator="gpu", devices=1, precision="32-true", max_steps=2 * iters, logger=False,

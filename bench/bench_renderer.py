@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.synthetic import render, sample_params  # noqa: E402
+from src.embedded import render, sample_params  # noqa: E402
 
 
 def bench(device: str, resolution: int, batch: int, repeats: int) -> tuple[float, float]:

@@ -36,13 +36,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=20000)
     args = ap.parse_args(argv)
     from src.data.augment import augmented_views, label_preserving_pipe
-    from src.data.synthetic import PARAM_SPACE
+    from src.embedded import PARAM_SPACE
     from src.losses.animator import contrastive_clip_loss
-    from src.networks.oracle import load_oracle
+    from src.embedded.oracle import load_oracle
     from src.networks.small_clip import load_small_clip
-    from src.systems.animator import load_animator
+    from src.pipeline import FaceAnimator
     try:
-        module = load_animator(args.animator)
+        module = FaceAnimator.from_pretrained(args.animator)
         oracle = load_oracle(args.oracle)
         clip = load_small_clip(args.clip) if args.clip else module.clip
     except UserError as e:

@@ -15,7 +15,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.synthetic import neutral_params, render, sample_params, vocabulary  # noqa: E402
+from src.embedded import neutral_params, render, sample_params, vocabulary  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 from src.utils.io import atomic_write  # noqa: E402
 

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "assets"))
     args = ap.parse_args(argv)
     try:
-        from src.systems.animator import export_animator, load_animator
+        from src.pipeline import FaceAnimator
 
         if args.face_id and args.identity_reader:
             raise UserError("an animator has one identity-loss network: pass --face-id or --identity-reader")
@@ -81,8 +81,8 @@ def main(argv=None) -> int:
             overrides["projection_reader"] = str(paths["identity_reader"]) if args.identity_projection > 0 else None
         if args.started_from is not None:
             overrides["init_checkpoint"] = args.started_from
-        module = load_animator(args.animator_ckpt, map_overrides=overrides)
-        dst = export_animator(module, out / "animator_synthetic.safetensors", relative_to=out)
+        module = FaceAnimator.from_pretrained(args.animator_ckpt, overrides=overrides)
+        dst = module.save_pretrained(out / "animator_synthetic.safetensors", relative_to=out)
         for f in sorted(out.iterdir()):
             print(f"{f.stat().st_size / 1e6:8.2f} MB  {f}")
         print(f"exported {dst}")

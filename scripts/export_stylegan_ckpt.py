@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    from src.systems.stylegan import StyleGANModule
+    from src.embedded.training.gan import StyleGANModule
     from src.utils.checkpoint_io import AtomicCheckpointIO
     try:
         ckpt = AtomicCheckpointIO().load_checkpoint(argv[0])

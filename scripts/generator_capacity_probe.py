@@ -7,7 +7,7 @@
 2. Ridge-regress the oracle readings (unit-normalised, [P]) on centred w: A [P, w_dim]. The ridge
    strength is picked on the last 20 % of the fit faces, whose R^2 is reported, then A is refitted on all.
 3. Per concept and test face (seeds 10000+i): the required change r of the preset's target
-   attributes T, as src.eval.evaluate.oracle_scores defines it. 'constrained': the minimum-norm
+   attributes T, as src.embedded.oracle.oracle_scores defines it. 'constrained': the minimum-norm
    delta with A_T delta = r_T and A_I delta = 0 (I: identity attributes), InterFaceGAN's conditional
    projection done as one least-squares system; 'unconstrained': only A_T delta = r_T. A 16-frame
    video w_t = w + t/15 delta is rendered and scored by oracle_scores (reach, right way, drift).
@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.data.synthetic import PARAM_SPACE  # noqa: E402
-from src.data.synthetic.vocabulary import apply_preset, get  # noqa: E402
-from src.eval.evaluate import oracle_scores  # noqa: E402
+from src.embedded import PARAM_SPACE  # noqa: E402
+from src.embedded.vocabulary import apply_preset, get  # noqa: E402
+from src.embedded.oracle import oracle_scores  # noqa: E402
 from src.stylegan import seeded_ws  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 
@@ -119,7 +119,7 @@ def directions(a: torch.Tensor, target: torch.Tensor, required: torch.Tensor) ->
 def score_concept(G, oracle, w: torch.Tensor, first_img: torch.Tensor, first_read: torch.Tensor, a: torch.Tensor,
                   concept: str, frames: int, noise_mode: str, batch: int) -> dict[str, dict[str, float]]:
     """Render and score both variants' videos of one concept -> {variant: {metric: mean}}, aggregated
-    as src.eval.evaluate (reach and right way over valid videos, drift over all)."""
+    as the evaluation (reach and right way over valid videos, drift over all)."""
     target, required = required_change(first_read, concept)
     t = torch.arange(1, frames, device=w.device).float().div(frames - 1).view(1, -1, 1)  # frame 0 is the input
     rows = {}
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     try:
         from omegaconf import OmegaConf
 
-        from src.networks.oracle import load_oracle
+        from src.embedded.oracle import load_oracle
         from src.stylegan import load_generator
 
         if args.fit_faces < 50 or args.faces < 1 or args.frames < 2 or args.batch < 1:

@@ -5,7 +5,7 @@
 Each "video" is one sampled face (seeds 10000+i, as the evaluation): frame 0 with the constant noise
 the animations use, frames 1..T-1 with freshly drawn per-pixel noise (StyleGAN's stochastic detail:
 hair strands, skin texture; not meant to change who the face is). The videos are scored by the
-evaluation's own function (src.eval.evaluate.oracle_scores), so the drift printed is what the
+evaluation's own function (src.embedded.oracle.oracle_scores), so the drift printed is what the
 metric reads where the face does not change: the judge's floor on generator images (max over frames
 of per-frame reading noise). On renders the same metric reads 0.017 (MODEL_CARD.md).
 """
@@ -21,17 +21,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.data.synthetic import PARAM_SPACE  # noqa: E402
-from src.eval.evaluate import oracle_scores  # noqa: E402
+from src.embedded import PARAM_SPACE  # noqa: E402
+from src.embedded.oracle import oracle_scores  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 
 
 @torch.no_grad()
 def noise_floor(animator_path: str, oracle_path: str, faces: int, frames: int, batch: int, device: str) -> dict:
-    from src.networks.oracle import load_oracle
-    from src.systems.animator import load_animator
+    from src.embedded.oracle import load_oracle
+    from src.pipeline import FaceAnimator
 
-    module = load_animator(animator_path, device=device)
+    module = FaceAnimator.from_pretrained(animator_path, device=device)
     oracle = load_oracle(oracle_path, device=device)
     G = module.generator
     sums = {"identity_drift": 0.0, "identity_drift_raw": 0.0}

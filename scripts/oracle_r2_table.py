@@ -2,10 +2,10 @@
 import sys; from pathlib import Path; sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 torch.set_num_threads(2)
-from src.data.synthetic.params import PARAM_SPACE, sample_params
-from src.data.synthetic.render import render
-from src.networks.oracle import load_oracle
-from src.systems.oracle import r2_per_param, r2_observable
+from src.embedded.params import PARAM_SPACE, sample_params
+from src.embedded.render import render
+from src.embedded.oracle import load_oracle
+from src.embedded.training.oracle import r2_per_param, r2_observable
 oracle = load_oracle(str(Path(__file__).resolve().parents[1] / 'assets' / 'oracle_synthetic.safetensors')).eval()
 g = torch.Generator().manual_seed(987654)
 preds, targets = [], []

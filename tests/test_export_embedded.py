@@ -50,7 +50,7 @@ def test_bad_projection_options_fail_before_writing(export_main, tmp_path, capsy
 def test_export_records_projection_and_start_and_is_relocatable(export_main, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from src.systems.animator import load_animator
+    from src.pipeline import FaceAnimator
 
     out = tmp_path / "assets"
     reader = ASSETS / "identity_reader_synthetic.safetensors"
@@ -69,9 +69,9 @@ def test_export_records_projection_and_start_and_is_relocatable(export_main, tmp
     # the folder moves: the record resolves against wherever it now is, the projection included
     moved = tmp_path / "moved"
     out.rename(moved)
-    module = load_animator(moved / "animator_synthetic.safetensors")
-    assert module.hparams["identity_projection"] == 0.25
-    assert module.hparams["projection_reader"] == str(moved / "identity_reader_synthetic.safetensors")
+    module = FaceAnimator.from_pretrained(moved / "animator_synthetic.safetensors")
+    assert module.config["identity_projection"] == 0.25
+    assert module.config["projection_reader"] == str(moved / "identity_reader_synthetic.safetensors")
     module.projection_reader()  # loads from the moved folder
 
 

@@ -8,12 +8,13 @@ import pytorch_lightning as pl
 import torch
 
 from src.data.augment import degrade
-from src.data.synthetic import PARAM_SPACE, render, sample_params
-from src.data.synthetic.params import identity_twins, with_expressions_of
-from src.data.synthetic_datamodule import RenderIndexDataModule
-from src.networks.face_id import (ArcFaceIdentity, SyntheticFaceID, build_identity_net, identity_net_files,
-                                  load_face_id, save_face_id)
-from src.systems.face_id import FaceIDModule, info_nce
+from src.embedded import PARAM_SPACE, render, sample_params
+from src.embedded.params import identity_twins, with_expressions_of
+from src.embedded.datamodule import RenderIndexDataModule
+from src.embedded.face_id import SyntheticFaceID, load_face_id, save_face_id
+from src.identity.arcface import ArcFaceIdentity
+from src.identity.build import build_identity_net, identity_net_files
+from src.embedded.training.face_id import FaceIDModule, info_nce
 from src.utils.errors import UserError
 
 
@@ -181,8 +182,10 @@ def test_animator_builds_its_identity_loss_from_the_domain(tmp_path):
     assert all(p.grad is None for p in m.identity_net.parameters())
     with pytest.raises(UserError, match="needs an identity network"):
         build(domain=tiny_domain(), loss=loss)
-    m = build(domain=domain, loss=loss, inference_only=True)  # inference never loads it
-    assert m.identity_net is None
+    from src.pipeline import FaceAnimator
+
+    pipe = FaceAnimator(m.config(), generator=m.generator, clip=m.clip)  # inference never loads it
+    assert not any(isinstance(x, SyntheticFaceID) for x in pipe.modules())
 
 
 def test_shipped_animator_experiment_points_at_the_shipped_recogniser(tmp_path):
@@ -218,8 +221,8 @@ def test_identity_reader_distance_counts_only_what_the_input_shows():
     """The attribute reader's identity distance: mean |f - g| over the attributes; the frame colour
     counts only where the input face wears glasses; identity_loss uses the reader's distance."""
     from src.losses.animator import identity_loss
-    from src.networks.face_id import IdentityAttributeReader
-    from src.networks.oracle import AttributeOracle
+    from src.identity.reader import IdentityAttributeReader
+    from src.embedded.oracle import AttributeOracle
 
     names = ["glasses", "glasses_color", "mouth_width"]
     reader = IdentityAttributeReader(AttributeOracle(resolution=16, width=2, hidden=4, num_params=3), names).eval()
@@ -238,9 +241,9 @@ def test_identity_reader_distance_counts_only_what_the_input_shows():
 
 
 def test_animator_builds_the_attribute_identity_loss(tmp_path):
-    from src.data.synthetic import PARAM_SPACE
-    from src.networks.face_id import IdentityAttributeReader
-    from src.networks.oracle import AttributeOracle, save_oracle
+    from src.embedded import PARAM_SPACE
+    from src.identity.reader import IdentityAttributeReader
+    from src.embedded.oracle import AttributeOracle, save_oracle
     from tests.test_animator import PAPER_LOSS, tiny_domain
     from tests.test_animator_system import build
 

@@ -1,4 +1,4 @@
-"""GAN training (src/systems/stylegan.py, src/losses/gan.py, src/data/augment.py) on tiny CPU sizes."""
+"""GAN training (src/embedded/training/gan.py, src/losses/gan.py, src/data/augment.py) on tiny CPU sizes."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-import src.data.synthetic as synthetic
-import src.systems.stylegan as sg
+import src.embedded as synthetic
+import src.embedded.training.gan as sg
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
@@ -317,7 +317,7 @@ def test_random_feature_extractor_is_fixed():
 
 
 def test_eval_with_oracle_and_clip_features(tmp_path):
-    from src.networks.oracle import AttributeOracle, save_oracle
+    from src.embedded.oracle import AttributeOracle, save_oracle
     from src.networks.small_clip import SmallClip, save_small_clip
 
     torch.manual_seed(0)

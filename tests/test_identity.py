@@ -1,4 +1,4 @@
-"""Identity embeddings and metrics (src.eval.identity)."""
+"""Identity embeddings and metrics (src.identity)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.eval.identity import (IRSE50, ArcFaceEmbedder, acd, drift_to_first, embed_video, identity_embedder,
-                               load_irse50)
+from src.identity.arcface import ArcFaceEmbedder
+from src.identity.build import identity_embedder
+from src.identity.irse50 import IRSE50, load_irse50
+from src.identity.metrics import acd, drift_to_first, embed_video
 from src.utils.errors import UserError
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"

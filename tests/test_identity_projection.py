@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.networks.identity_projection import identity_jacobian, project_offsets
+from src.identity.projection import identity_jacobian, project_offsets
 from src.utils.errors import UserError
 
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from src.eval.metrics import (ClipFrechetDistance, frame0_psnr, identity_drift, smoothness, text_alignment,
+from src.identity.metrics import identity_drift
+from src.eval.metrics import (ClipFrechetDistance, frame0_psnr, smoothness, text_alignment,
                               video_metrics)
 from src.utils.errors import UserError
 

@@ -8,10 +8,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from src.data.synthetic import PARAM_SPACE, render, sample_params
-from src.data.synthetic_datamodule import RenderIndexDataModule
-from src.networks.oracle import AttributeOracle, load_oracle, oracle_attributes, save_oracle
-from src.systems.oracle import OracleModule, r2_per_param
+from src.embedded import PARAM_SPACE, render, sample_params
+from src.embedded.datamodule import RenderIndexDataModule
+from src.embedded.oracle import AttributeOracle, load_oracle, oracle_attributes, save_oracle
+from src.embedded.training.oracle import OracleModule, r2_per_param
 from src.utils.errors import UserError
 
 
@@ -99,8 +99,8 @@ def test_task_config_composes(tmp_path):
 
 
 def test_r2_observable_ignores_gaze_of_closed_eyes():
-    from src.data.synthetic.params import PARAM_SPACE, sample_params
-    from src.systems.oracle import r2_observable, r2_per_param
+    from src.embedded.params import PARAM_SPACE, sample_params
+    from src.embedded.training.oracle import r2_observable, r2_per_param
 
     p = sample_params(64, torch.Generator().manual_seed(0))
     closed = torch.arange(64) % 4 == 0
@@ -117,8 +117,8 @@ def test_r2_observable_ignores_gaze_of_closed_eyes():
 
 def test_identity_drift_skips_unobservable_attributes():
     """Evaluation drift: the frame colour of absent glasses is untrained oracle noise and must not count."""
-    from src.data.synthetic import PARAM_SPACE
-    from src.eval.evaluate import oracle_scores
+    from src.embedded import PARAM_SPACE
+    from src.embedded.oracle import oracle_scores
 
     n, t = 2, 3
     base = torch.full((len(PARAM_SPACE),), 0.5)
@@ -141,8 +141,8 @@ def test_identity_drift_skips_unobservable_attributes():
 
 def test_identity_drift_of_discrete_attributes_counts_class_changes_only():
     """Glasses and hair style drift only when the rounded class changes (then by the whole range)."""
-    from src.data.synthetic import PARAM_SPACE
-    from src.eval.evaluate import oracle_scores
+    from src.embedded import PARAM_SPACE
+    from src.embedded.oracle import oracle_scores
 
     n, t = 3, 4
     base = torch.full((len(PARAM_SPACE),), 0.5)
@@ -170,7 +170,7 @@ def test_identity_drift_of_discrete_attributes_counts_class_changes_only():
 def test_identity_reader_trains_on_identity_targets_and_exports_their_names(tmp_path):
     """targets='identity': only identity columns are regressed, logged and stored; the judge's loader
     refuses such a partial reader, the attribute loader reads it with its names."""
-    from src.networks.oracle import load_attribute_net
+    from src.embedded.oracle import load_attribute_net
 
     export = tmp_path / "reader"
     model = OracleModule(resolution=16, width=4, hidden=16, batch_size=8, warmup_steps=1, export_path=str(export),
@@ -198,7 +198,7 @@ def test_identity_reader_trains_on_identity_targets_and_exports_their_names(tmp_
 
 
 def test_attribute_loader_refuses_names_out_of_the_renderers_order(tmp_path):
-    from src.networks.oracle import load_attribute_net
+    from src.embedded.oracle import load_attribute_net
 
     net = AttributeOracle(resolution=16, width=2, hidden=4, num_params=2)
     save_oracle(net, tmp_path / "r", ["mouth_width", "eye_size"])  # eye_size comes first in the renderer

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import src.networks.small_clip as sc
-from src.data.synthetic import vocabulary
+from src.embedded import vocabulary
 from src.data.text_cache import TextEmbeddingCache, caption_hash, save_text_cache
-from src.systems.clip import ClipModule, ClipStepDataModule, build_caption_list, make_pairs, soft_infonce
+from src.embedded.training.clip import ClipModule, ClipStepDataModule, build_caption_list, make_pairs, soft_infonce
 from src.utils.errors import UserError
 
 ARCH = dict(image_size=32, patch_size=8, width=64, layers=2, heads=2, embed_dim=32)
@@ -157,7 +157,7 @@ def test_soft_infonce_counts_duplicate_captions_as_positives():
 
 
 def test_training_steps_reduce_the_loss(cache_file, monkeypatch):
-    import src.systems.clip as clip_sys
+    import src.embedded.training.clip as clip_sys
 
     m = _module(cache_file)
     opt = m.configure_optimizers()["optimizer"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from src.data.synthetic import NUM_PARAMS, render, vocabulary as V
-from src.data.synthetic_datamodule import (
+from src.embedded import NUM_PARAMS, render, vocabulary as V
+from src.embedded.datamodule import (
     RenderIndexDataModule,
     SyntheticDataModule,
     SyntheticStream,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.data.synthetic import PARAM_SPACE, PARAMS, neutral_params, render, sample_params
-from src.data.synthetic.render import _EYE_Y, _HEAD_UNIT, _HEAD_Y
+from src.embedded import PARAM_SPACE, PARAMS, neutral_params, render, sample_params
+from src.embedded.render import _EYE_Y, _HEAD_UNIT, _HEAD_Y
 from src.utils.errors import UserError
 
 R = 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.data.synthetic import PARAM_SPACE, neutral_params, sample_params, vocabulary as V
+from src.embedded import PARAM_SPACE, neutral_params, sample_params, vocabulary as V
 from src.utils.errors import UserError
 
 

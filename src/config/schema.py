@@ -190,11 +190,31 @@ class AnimateConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = "${paths.assets}/animator_synthetic.safetensors"
+    faces: int = 200                  # faces: the latents of seeds face_seed_offset, face_seed_offset + 1, ...
+    face_seed_offset: int = 10000
+    frames: int = 16
+    batch: int = 50                   # faces per generator call
+    decay: str = "linear"
+    strength: float = 1.0
+    motion_total: Optional[str] = None  # train | paper (null: the checkpoint's setting)
+    identity_projection: Optional[float] = None  # 0..1 (null: the checkpoint's setting)
+    projection_reader: Optional[str] = None
+    oracle: Optional[str] = "auto"    # the embedded domain's attribute oracle: auto (for that domain) | a path | null
+    concepts: Optional[List[str]] = None  # null: every concept of the checkpoint's domain
+    device: str = "cpu"
+    output: str = "evaluation.json"   # the full results (JSON, written atomically)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def register_configs() -> None:
     """Register the schemas under the names the primary configs list first in their defaults."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="animate_schema", node=AnimateConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
 _PRECISIONS = {"32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"}
@@ -240,15 +260,20 @@ def validate_config(cfg: DictConfig) -> None:
         need(layers is None or (len(layers) > 0 and len(set(layers)) == len(layers)
                                 and all(isinstance(i, int) and i >= 0 for i in layers)),
              f"model.offset_layers must be null or a list of distinct W+ layer indices >= 0, got {layers}")
-    if "frames" in cfg:  # animate config
+    if "frames" in cfg:  # animate and evaluate configs
         need(2 <= cfg.frames <= 512, f"frames must be in 2..512, got {cfg.frames}")
-        need(cfg.fps > 0, f"fps must be > 0, got {cfg.fps}")
         need(0 < cfg.strength <= 10, f"strength must be in (0, 10], got {cfg.strength}")
         need(cfg.decay in _DECAYS, f"decay '{cfg.decay}' is not one of {sorted(_DECAYS)}")
         need(cfg.get("motion_total") in (None, "train", "paper"),
              f"motion_total '{cfg.get('motion_total')}' is not train or paper")
         ip = cfg.get("identity_projection")
         need(ip is None or 0 <= ip <= 1, f"identity_projection must be in [0, 1], got {ip}")
+    if "faces" in cfg:  # evaluate config
+        need(cfg.faces >= 1, f"faces must be >= 1, got {cfg.faces}")
+        need(cfg.batch >= 1, f"batch must be >= 1, got {cfg.batch}")
+        need(cfg.face_seed_offset >= 0, f"face_seed_offset must be >= 0, got {cfg.face_seed_offset}")
+    if "fps" in cfg:  # animate config
+        need(cfg.fps > 0, f"fps must be > 0, got {cfg.fps}")
         need(cfg.projection_steps >= 1, f"projection_steps must be >= 1, got {cfg.projection_steps}")
         sources = [k for k in ("image", "latent", "seed") if cfg.get(k) is not None]
         need(len(sources) <= 1, f"give only one of image=, latent=, seed= (got {', '.join(sources)})")

@@ -1,1 +1,1 @@
-"""Data: the synthetic face renderer (src.data.synthetic), data modules and image I/O."""
+"""Data: the synthetic face renderer (src.embedded), data modules and image I/O."""

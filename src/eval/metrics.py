@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from src.data.prompts import distinct_in_order
+from src.identity.metrics import identity_drift
 from src.utils.errors import UserError
 
 
@@ -53,18 +54,6 @@ def text_alignment(clip, frames: torch.Tensor, prompts: Sequence[str],
     target = torch.tensor([candidates.index(p) for p in prompts], device=sim.device)
     own = sim.gather(1, target[:, None])[:, 0]
     return {"clip_score": own.mean().item(), "text_top1": (sim.argmax(dim=1) == target).float().mean().item()}
-
-
-@torch.no_grad()
-def identity_drift(frames: torch.Tensor, identity_fn: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-    """Identity preservation from embeddings e = identity_fn(frames [N*T,3,H,W]) -> [N*T,E]."""
-    _check_video(frames)
-    n, t = frames.shape[:2]
-    e = identity_fn(frames.reshape(n * t, *frames.shape[2:])).float().reshape(n, t, -1)
-    dist = (e - e[:, :1]).norm(dim=-1)  # [N,T], dist[:,0] = 0
-    acd = (e[:, 1:] - e[:, :-1]).pow(2).sum(-1).mean()
-    return {"id_drift": dist[:, 1:].mean().item(), "id_drift_max": dist[:, 1:].max(dim=1).values.mean().item(),
-            "acd": acd.item()}
 
 
 def second_difference(x: torch.Tensor) -> torch.Tensor:

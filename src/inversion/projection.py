@@ -217,19 +217,15 @@ def _pick(obj: Any, path: Path) -> Any:
     raise UserError(f"{path}: holds a {type(obj).__name__}, not a latent array")
 
 
-def load_latent(path: str | os.PathLike, G: Any) -> torch.Tensor:
-    """Read a W [1,w_dim] / [w_dim] or W+ [1,num_ws,w_dim] / [num_ws,w_dim] latent -> ws [1,num_ws,w_dim].
+def latent_from_tensor(t: Any, G: Any, what: str = "latent") -> torch.Tensor:
+    """A W [1,w_dim] / [w_dim] or W+ [1,num_ws,w_dim] / [num_ws,w_dim] array -> ws [1,num_ws,w_dim].
 
-    G: the generator (or a (num_ws, w_dim) tuple) that fixes the expected shape.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"latent file not found: {path}")
+    G: the generator (or a (num_ws, w_dim) tuple) that fixes the expected shape; ``what`` names the
+    latent in errors."""
     num_ws, w_dim = _latent_dims(G)
-    arr = _read_array(path)
-    t = torch.as_tensor(np.asarray(arr) if isinstance(arr, np.ndarray) else arr)
+    t = torch.as_tensor(np.asarray(t) if isinstance(t, np.ndarray) else t)
     if not t.is_floating_point():
-        raise UserError(f"{path}: latent must be floating point, got {t.dtype}")
+        raise UserError(f"{what}: latent must be floating point, got {t.dtype}")
     t = t.float()
     shape = tuple(t.shape)
     if shape in ((w_dim,), (1, w_dim)):
@@ -237,8 +233,16 @@ def load_latent(path: str | os.PathLike, G: Any) -> torch.Tensor:
     elif shape in ((num_ws, w_dim), (1, num_ws, w_dim)):
         ws = t.reshape(1, num_ws, w_dim)
     else:
-        raise UserError(f"{path}: latent shape {list(shape)} does not fit the generator: expected W [1,{w_dim}] "
+        raise UserError(f"{what}: latent shape {list(shape)} does not fit the generator: expected W [1,{w_dim}] "
                         f"or W+ [1,{num_ws},{w_dim}]")
     if not torch.isfinite(ws).all():
-        raise UserError(f"{path}: latent contains NaN or inf")
+        raise UserError(f"{what}: latent contains NaN or inf")
     return ws
+
+
+def load_latent(path: str | os.PathLike, G: Any) -> torch.Tensor:
+    """Read a latent file (.npy, .npz, .pt, .safetensors) -> ws [1,num_ws,w_dim]; see latent_from_tensor."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"latent file not found: {path}")
+    return latent_from_tensor(_read_array(path), G, what=str(path))

@@ -41,10 +41,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (used to pin frozen weights in checkpoints)."""
+def sha256_files(files, chunk: int = 1 << 20) -> str:
+    """Hex sha256 over the bytes of ``files`` in the given order (pins frozen weights in checkpoints)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    for path in files:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
+

@@ -5,7 +5,7 @@ can show is a Concept here (``paper=True``), plus a few pose/gaze concepts of ou
 has training phrasings (``phrasings[0]`` is the paper's sentence), held-out paraphrases that never
 appear in training (zero-shot tests), and an expression *preset*: target values in natural units
 for the parameters the concept moves (apply_preset interpolates towards them). Left/right are the
-image's left/right, as in src.data.synthetic.params.
+image's left/right, as in src.embedded.params.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Sequence, Union
 
 import torch
 
-from src.data.synthetic.params import (
+from src.embedded.params import (
     EYE_COLORS,
     GLASSES_COLORS,
     HAIR_COLORS,

@@ -1,7 +1,9 @@
 """Attribute oracle: a small CNN that reads every synthetic-face parameter back from an image.
 
-It is the objective judge of motion on the synthetic domain (expression reached, identity kept).
-Outputs are the parameters normalised to [0, 1] (src.data.synthetic.PARAM_SPACE.normalize).
+It is the objective judge of motion on the embedded domain: whether a prompt's attributes moved the
+right way, how far toward the preset, and how far identity attributes drifted (:func:`oracle_scores`).
+Outputs are the parameters normalised to [0, 1] (``PARAM_SPACE.normalize``). The same network type,
+trained on the identity parameters only, is the identity-attribute reader (``src/identity/reader.py``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from src.data.synthetic.params import NUM_PARAMS, PARAM_SPACE
+from src.embedded.params import NUM_PARAMS, PARAM_SPACE, observable_mask
+from src.embedded.vocabulary import apply_preset, get
 from src.networks.weights_file import load_net_state, net_files, read_net_files, save_net
 from src.ops.resize import resize
 from src.utils.errors import UserError
@@ -126,3 +129,53 @@ def load_oracle(path: str | Path, device: str | torch.device = "cpu") -> Attribu
         raise UserError(f"{net_files(path)[1]} reads {len(names)} of the renderer's {len(PARAM_SPACE)} "
                         "parameters: the oracle must read them all")
     return oracle
+
+
+def identity_reading(path: str | Path, device: str | torch.device = "cpu"):
+    """frames [N,3,H,W] -> the oracle's readings of the identity parameters [N, 20]: the identity
+    metric ``domain.identity_metric=oracle`` (the oracle at ``path``)."""
+    oracle = load_oracle(path, device)
+    mask = PARAM_SPACE.mask("identity", device=device)
+    return lambda x: oracle(x)[:, mask]
+
+
+def oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch.Tensor]:
+    """Per-video oracle scores. frames [N,T,3,H,W]; returns tensors [N], and
+    identity_drift_by_attribute / identity_observable [N, identity attributes] (PARAM_SPACE.identity_names).
+
+    Identity drift skips what the input face cannot show (observable_mask of frame 0: the frame
+    colour of absent glasses), where the oracle's reading is untrained noise."""
+    n, t = frames.shape[:2]
+    all_unit = oracle(frames.reshape(n * t, *frames.shape[2:])).float().reshape(n, t, -1)  # one pass
+    first, last = all_unit[:, 0], all_unit[:, -1]
+    start_nat = PARAM_SPACE.clamp(PARAM_SPACE.denormalize(first))
+    target_unit = PARAM_SPACE.normalize(apply_preset(start_nat, concept, 1.0))
+    required = target_unit - first                             # [N,P], only preset params are non-zero
+    preset = torch.zeros(required.shape[1], dtype=torch.bool, device=required.device)
+    for name in get(concept).preset:
+        preset[PARAM_SPACE.idx(name)] = True
+    required = torch.where(preset, required, torch.zeros_like(required))
+    change = last - first
+    norm2 = required.pow(2).sum(1)
+    reach = (change * required).sum(1) / norm2.clamp_min(1e-8)  # fraction of the required change
+    identity = PARAM_SPACE.mask("identity", device=all_unit.device)
+    # discrete attributes (glasses on/off, hair style) change only when their class changes: the
+    # oracle regresses class indices, and a reading between two classes is uncertainty, not a change
+    # (a class flip counts as the whole range, as a continuous attribute moved end to end)
+    read = PARAM_SPACE.normalize(PARAM_SPACE.clamp(PARAM_SPACE.denormalize(all_unit)))
+    discrete = torch.tensor([s.discrete for s in PARAM_SPACE.specs], device=all_unit.device)
+    read = torch.where(discrete, read, all_unit)
+    seen = observable_mask(first.clamp(0, 1))[:, identity]
+
+    def max_change(step: torch.Tensor) -> torch.Tensor:  # [N,T,P] -> [N, identity params], 0 where unseen
+        return torch.where(seen, step.amax(dim=1)[:, identity], 0.0)
+
+    step = (read - read[:, :1]).abs()
+    drift = max_change(torch.where(discrete & (step > 0), torch.ones_like(step), step))
+    # the raw readings, discrete ones too (no class rounding), for comparison
+    raw = max_change((all_unit - all_unit[:, :1]).abs())
+    valid = norm2 > 0.05 ** 2  # faces already at the target have nothing to show
+    return {"reach": reach, "right_way": (reach > 0).float(), "valid": valid.float(),
+            "identity_drift": drift.sum(1) / seen.sum(1).clamp_min(1), "identity_drift_max": drift.amax(1),
+            "identity_drift_raw": raw.sum(1) / seen.sum(1).clamp_min(1),
+            "identity_drift_by_attribute": drift, "identity_observable": seen.float()}

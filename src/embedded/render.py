@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from src.data.synthetic.params import (
+from src.embedded.params import (
     EYE_COLORS,
     GLASSES_COLORS,
     HAIR_COLORS,

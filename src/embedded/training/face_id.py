@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from src.data.augment import degrade
-from src.data.synthetic.params import PARAM_SPACE, identity_twins, sample_params, with_expressions_of
-from src.data.synthetic.render import render
-from src.networks.face_id import SyntheticFaceID, save_face_id
+from src.embedded.params import PARAM_SPACE, identity_twins, sample_params, with_expressions_of
+from src.embedded.render import render
+from src.embedded.face_id import SyntheticFaceID, save_face_id
 from src.utils.errors import UserError
-from src.systems.render_trained import RenderTrainedModule
+from src.embedded.training.common import RenderTrainedModule
 from src.utils.seeds import derive_seed
 
 

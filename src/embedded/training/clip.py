@@ -32,8 +32,8 @@ from torch import Tensor
 from src.data.augment import label_preserving_pipe
 from src.data.text_cache import TextEmbeddingCache, save_text_cache
 from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
-from src.data.synthetic_datamodule import RenderIndexDataModule
-from src.systems.generated_eval import GeneratedEvalHooks
+from src.embedded.datamodule import RenderIndexDataModule
+from src.embedded.training.common import GeneratedEvalHooks
 from src.utils.errors import UserError
 
 __all__ = ["ClipModule", "ClipStepDataModule", "build_caption_list", "identity_captions", "make_pairs"]
@@ -52,7 +52,7 @@ def identity_captions(num_samples: int = 4000, seed: int = 0) -> List[str]:
     uniformly (hair colour x style, glasses colour, skin, eyes, shirt and background hues), so
     all palette entries are reached; deterministic for a given seed.
     """
-    from src.data.synthetic import PARAM_SPACE, sample_params, vocabulary
+    from src.embedded import PARAM_SPACE, sample_params, vocabulary
 
     g = torch.Generator().manual_seed(seed)
     p = sample_params(num_samples, g, "cpu")
@@ -72,7 +72,7 @@ def identity_captions(num_samples: int = 4000, seed: int = 0) -> List[str]:
 
 
 def neutral_captions() -> List[str]:
-    from src.data.synthetic import vocabulary
+    from src.embedded import vocabulary
 
     return [f"a person {p}" for p in vocabulary.NEUTRAL_PHRASES]
 
@@ -80,7 +80,7 @@ def neutral_captions() -> List[str]:
 def build_caption_list() -> List[str]:
     """The finite caption universe of the synthetic domain, in a fixed order:
     training phrasings, neutral captions, identity captions, held-out paraphrases (deduplicated)."""
-    from src.data.synthetic import vocabulary
+    from src.embedded import vocabulary
 
     seq = (vocabulary.all_training_phrasings() + neutral_captions() + identity_captions()
            + vocabulary.all_heldout_phrasings())
@@ -103,7 +103,7 @@ def make_pairs(n: int, generator: torch.Generator, resolution: int, device, iden
     a training phrasing, or with ``identity_prob`` a one-attribute identity caption. ``allowed``
     (a set of captions) restricts identity captions to those with a cached embedding.
     """
-    from src.data.synthetic import PARAM_SPACE, render, sample_params, vocabulary
+    from src.embedded import PARAM_SPACE, render, sample_params, vocabulary
 
     K = len(vocabulary.CONCEPTS)
     params = sample_params(n, generator, "cpu")
@@ -189,7 +189,7 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
                  noise_std: float = 0.0, adv_eps: float = 0.0, adv_weight: float = 0.5,
                  init_checkpoint: Optional[str] = None):
         super().__init__()
-        from src.systems.stylegan import _plain
+        from src.embedded.training.gan import _plain
 
         arch = _plain(arch)  # plain dict in the checkpoint (weights_only loading)
         self.save_hyperparameters()
@@ -210,7 +210,7 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         # (kept out of the module tree: its buffer is not a weight and must not enter checkpoints)
         self._augment_pipes: Dict[str, torch.nn.Module] = {}
         cache = self._load_or_build_cache(text_cache_path, text_cache_hash)
-        from src.data.synthetic import vocabulary
+        from src.embedded import vocabulary
 
         need = set(vocabulary.all_training_phrasings()) | set(vocabulary.all_heldout_phrasings()) | set(neutral_captions())
         missing = [c for c in need if c not in cache]
@@ -325,7 +325,7 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
     @torch.no_grad()
     def class_embeddings(self, heldout: bool) -> Tensor:
         """[K, D] concept embeddings: mean of the (held-out or training) phrasings' embeddings."""
-        from src.data.synthetic import vocabulary
+        from src.embedded import vocabulary
 
         rows = []
         for c in vocabulary.CONCEPTS:

@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from src.data.ranks import rank_and_world
-from src.data.synthetic import vocabulary
-from src.data.synthetic.params import neutral_params, sample_params
-from src.data.synthetic.render import render
+from src.embedded import vocabulary
+from src.embedded.params import neutral_params, sample_params
+from src.embedded.render import render
 from src.utils.errors import UserError
 from src.utils.seeds import derive_seed
 

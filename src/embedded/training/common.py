@@ -1,9 +1,10 @@
-"""What the small networks trained on renders made on the fly (oracle, face recogniser) share: the
-learning-rate schedule, the validation/test plumbing and the export when fit ends."""
+"""What the embedded domain's training systems share: the learning-rate schedule, the validation/test
+plumbing of networks trained on renders made on the fly (oracle, face recogniser) and the hooks of
+modules that generate their own evaluation data (GAN, CLIP)."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -73,3 +74,30 @@ class RenderTrainedModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_path and self.global_rank == 0:
             self.save_weights(self.hparams.export_path)
+
+class GeneratedEvalHooks:
+    """Mixin: the module renders its evaluation batches itself from an index (a seed).
+
+    Subclasses define ``_eval_start()``, ``_eval_step(index)`` and ``_eval_end(prefix)``; test
+    indices are shifted by ``test_index_offset`` so that test data can be disjoint from validation.
+    """
+
+    test_index_offset = 0
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(self.test_index_offset + batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

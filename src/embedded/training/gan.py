@@ -6,7 +6,7 @@ One ``training_step`` is one iteration of the official loop, folded into two opt
   ``pl_interval`` iterations the path-length penalty on ``batch_size // pl_batch_shrink`` extra
   fakes is added to the same loss, weighted ``pl_weight * pl_interval`` (lazy regularisation).
 * D: logistic loss on fakes (made without graph) and on reals rendered on the GPU by
-  ``src.data.synthetic.render``; every ``r1_interval`` iterations the R1 penalty
+  ``src.embedded.render``; every ``r1_interval`` iterations the R1 penalty
   ``gamma/2 * r1_interval`` is added, computed on the same real forward pass.
 * G_ema: EMA of G with a half-life of ``ema_kimg`` thousand images and ramp-up ``ema_rampup``.
 * optional ADA: ``AugmentPipe`` on every image D sees, p driven by E[sign(D(real))] -> target.
@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
-from src.data.synthetic_datamodule import RenderIndexDataModule
+from src.embedded.datamodule import RenderIndexDataModule
 from src.ops.resize import resize
-from src.systems.generated_eval import GeneratedEvalHooks
+from src.embedded.training.common import GeneratedEvalHooks
 from src.utils.errors import UserError
 
 __all__ = ["StyleGANModule", "RenderStepDataModule", "RandomConvFeatures", "build_feature_extractor"]
@@ -124,9 +124,9 @@ class _OracleFeatures(nn.Module):
 
 
 def _load_oracle(path: str) -> nn.Module:
-    """Load the attribute oracle (``src.networks.oracle.load_oracle``) on CPU."""
+    """Load the attribute oracle (``src.embedded.oracle.load_oracle``) on CPU."""
     try:
-        from src.networks.oracle import load_oracle  # owned by the oracle task
+        from src.embedded.oracle import load_oracle  # owned by the oracle task
     except ImportError as e:  # pragma: no cover - depends on another module being present
         raise UserError(f"model.oracle_path is set but the oracle loader is unavailable: {e}") from e
     return load_oracle(path, "cpu")  # raises UserError for missing/mismatched files
@@ -263,7 +263,7 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
         ``sample_params`` draws on a CPU generator; the parameters go to the GPU through pinned
         memory with ``non_blocking=True`` so that the copy does not stall the host.
         """
-        from src.data.synthetic import render, sample_params
+        from src.embedded import render, sample_params
 
         params = sample_params(n, generator, "cpu")
         if self.device.type == "cuda":

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from src.data.augment import degrade
-from src.data.synthetic.params import PARAM_SPACE, observable_mask, sample_params
-from src.data.synthetic.render import render
-from src.networks.oracle import AttributeOracle, save_oracle
+from src.embedded.params import PARAM_SPACE, observable_mask, sample_params
+from src.embedded.render import render
+from src.embedded.oracle import AttributeOracle, save_oracle
 from src.utils.errors import UserError
-from src.systems.render_trained import RenderTrainedModule
+from src.embedded.training.common import RenderTrainedModule
 from src.utils.seeds import derive_seed
 
 

@@ -1,0 +1,138 @@
+"""Evaluation of a trained animator over many faces x every prompt of its domain.
+
+Per video: CLIP score and top-1 accuracy of the prompt among the domain's prompts (last frame),
+frame-0 PSNR against the input face, smoothness (pixel/latent second differences, flicker).
+With the embedded domain's attribute oracle: whether the prompt's target attributes move the
+right way, how much of the required change is reached and how far identity attributes drift
+(``src.embedded.oracle.oracle_scores``). Per corpus: Frechet distance of CLIP features of last
+frames vs input faces. The entry point is ``evaluate.py`` at the repository root.
+"""
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from typing import Optional, Sequence
+
+import torch
+
+from src.utils.errors import UserError
+
+
+@torch.no_grad()
+def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, decay: str = "linear",
+             strength: float = 1.0, oracle=None, concepts: Optional[Sequence[str]] = None,
+             face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None,
+             identity_projection: Optional[float] = None) -> dict:
+    """Animate ``n_faces`` faces (seeds face_seed_offset + i) with every concept's prompt.
+
+    pipeline: a :class:`~src.pipeline.FaceAnimator`; oracle: the embedded domain's attribute oracle
+    (adds right-way, reach and identity-drift scores). motion_total, identity_projection: see
+    ``FaceAnimator.animate`` (default: the file's setting). Returns {summary, per_concept, settings}."""
+    from tqdm import tqdm
+
+    from src.embedded import PARAM_SPACE
+    from src.embedded.oracle import oracle_scores
+    from src.eval.metrics import ClipFrechetDistance, video_metrics
+
+    motion_total = pipeline.resolve_motion_total(motion_total)
+    if identity_projection is None:
+        identity_projection = float(pipeline.config.get("identity_projection") or 0.0)
+    domain = pipeline.config["domain"]
+    template = domain["prompts"]["template"]
+    concepts = list(concepts or domain["prompts"]["concepts"])
+    if not concepts:
+        raise UserError("the domain has no prompt concepts to evaluate")
+    prompt_list = [template.format(c) for c in concepts]
+    device = pipeline.device
+    fd = ClipFrechetDistance(pipeline.clip).to(device)
+    per_concept: dict[str, dict[str, float]] = {}
+    totals: dict[str, float] = defaultdict(float)
+    count = 0
+    jacobians: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per face batch: it does not depend on the prompt
+    bar = tqdm(total=len(concepts) * n_faces, unit="video", disable=not progress, file=sys.stderr)
+    for concept, prompt in zip(concepts, prompt_list):
+        sums: dict[str, float] = defaultdict(float)
+        oracle_sums: dict[str, float] = defaultdict(float)
+        drift_by_attribute = torch.zeros(len(PARAM_SPACE.identity_names))
+        observable_count = torch.zeros(len(PARAM_SPACE.identity_names))
+        valid_total = 0.0
+        for start in range(0, n_faces, batch):
+            seeds = list(range(face_seed_offset + start, face_seed_offset + min(n_faces, start + batch)))
+            w = pipeline.sample_latents(seeds=seeds)
+            image = pipeline.render_image(w).clamp(-1, 1)
+            if identity_projection > 0 and start not in jacobians:
+                jacobians[start] = pipeline.identity_jacobian(w)
+            out = pipeline.animate(w, [prompt] * len(seeds), num_frames=frames, decay=decay, strength=strength,
+                                 image=image, seed=start, motion_total=motion_total,
+                                 identity_projection=identity_projection, identity_jacobian=jacobians.get(start))
+            video = out["frames"]
+            m = video_metrics(video, ws=out["ws"], image=image, clip=pipeline.clip, prompts=[prompt] * len(seeds),
+                              prompt_list=prompt_list)
+            for k, v in m.items():
+                sums[k] += v * len(seeds)
+            fd.update(image, real=True)
+            fd.update(video[:, -1].clamp(-1, 1), real=False)
+            if oracle is not None:
+                s = oracle_scores(oracle, video, concept)
+                valid = s["valid"]
+                valid_total += valid.sum().item()
+                for k in ("reach", "right_way"):
+                    oracle_sums[k] += (s[k] * valid).sum().item()
+                for k in ("identity_drift", "identity_drift_max", "identity_drift_raw"):
+                    oracle_sums[k] += s[k].sum().item()
+                drift_by_attribute += s["identity_drift_by_attribute"].sum(0).cpu()
+                observable_count += s["identity_observable"].sum(0).cpu()
+            bar.update(len(seeds))
+        row = {k: v / n_faces for k, v in sums.items()}
+        if oracle is not None:
+            row["oracle_reach"] = oracle_sums["reach"] / max(valid_total, 1.0)
+            row["oracle_right_way"] = oracle_sums["right_way"] / max(valid_total, 1.0)
+            row["oracle_valid_videos"] = valid_total
+            row["oracle_identity_drift"] = oracle_sums["identity_drift"] / n_faces
+            row["oracle_identity_drift_max"] = oracle_sums["identity_drift_max"] / n_faces
+            row["oracle_identity_drift_raw"] = oracle_sums["identity_drift_raw"] / n_faces
+        per_concept[concept] = row
+        for k, v in row.items():
+            totals[k] += v
+        if oracle is not None:  # which identity attributes move (a dict, kept out of the scalar sums)
+            row["oracle_identity_drift_by_attribute"] = dict(zip(
+                PARAM_SPACE.identity_names, (drift_by_attribute / observable_count.clamp_min(1)).tolist()))
+        count += 1
+    bar.close()
+    summary = {k: v / count for k, v in totals.items() if k != "oracle_valid_videos"}
+    if oracle is not None:
+        summary["oracle_identity_drift_by_attribute"] = {
+            name: sum(r["oracle_identity_drift_by_attribute"][name] for r in per_concept.values()) / count
+            for name in PARAM_SPACE.identity_names}
+    try:
+        summary.update(fd.compute())
+    except RuntimeError as e:  # too few faces for a covariance: report, do not fail the evaluation
+        summary["clip_fd_error"] = str(e)
+    return {"summary": summary, "per_concept": per_concept,
+            "settings": {"faces": n_faces, "frames": frames, "decay": decay, "strength": strength, "motion_total": motion_total,
+                         "identity_projection": identity_projection,
+                         "projection_reader": pipeline.config.get("projection_reader") if identity_projection else None,
+                         "concepts": concepts, "face_seed_offset": face_seed_offset}}
+
+
+#: the columns of the printed summary: (result key, header, format)
+TABLE_COLUMNS = (("text_top1", "top-1", "{:.3f}"), ("clip_score", "CLIP", "{:.3f}"),
+                 ("oracle_right_way", "right way", "{:.3f}"), ("oracle_reach", "reach", "{:.3f}"),
+                 ("oracle_identity_drift", "id drift", "{:.4f}"), ("frame0_psnr", "frame-0 dB", "{:.1f}"),
+                 ("pixel_jerk", "jerk", "{:.4f}"))
+
+
+def summary_table(result: dict) -> str:
+    """A fixed-width table of the per-concept and overall figures of :func:`evaluate`'s result (the
+    columns the result has; the full set of metrics stays in the JSON)."""
+    rows = [(name, row) for name, row in result["per_concept"].items()] + [("overall", result["summary"])]
+    cols = [c for c in TABLE_COLUMNS if any(isinstance(r.get(c[0]), (int, float)) for _, r in rows)]
+    width = max(len("concept"), *(len(name) for name, _ in rows))
+    lines = ["  ".join(["concept".ljust(width)] + [h.rjust(max(len(h), 7)) for _, h, _ in cols])]
+    for i, (name, row) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * len(lines[0]))
+        cells = [(fmt.format(row[k]) if isinstance(row.get(k), (int, float)) else "-").rjust(max(len(h), 7))
+                 for k, h, fmt in cols]
+        lines.append("  ".join([name.ljust(width)] + cells))
+    return "\n".join(lines)

@@ -1,0 +1,4 @@
+"""Inference apart from training: ``FaceAnimator.from_pretrained(path)(face, text)`` -> frames."""
+from src.pipeline.face_animator import FaceAnimator
+
+__all__ = ["FaceAnimator"]

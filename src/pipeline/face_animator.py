@@ -1,0 +1,315 @@
+"""Inference: one still face plus a sentence becomes a short video of that face doing it.
+
+    from src.pipeline import FaceAnimator
+
+    animator = FaceAnimator.from_pretrained("assets/animator_synthetic.safetensors", device="cpu")
+    frames = animator(seed=3, text="The person is winking.", frames=16)          # [T, 3, H, W] in [-1, 1]
+    frames = animator(latent_or_image, ["The person is smiling.", "The person is winking."])  # chained
+    out = animator.animate(ws, prompts, num_frames=16)          # batched: frames [N, T, 3, H, W], ws, offsets
+
+A :class:`FaceAnimator` holds the frozen generator, the CLIP encoder and the trained recurrent
+animator, built from the configuration an animator file records (``src/pipeline/animator_file.py``).
+No Lightning here: training (``src/systems/animator.py``) owns a FaceAnimator, adds the losses, and
+writes the same file format with :meth:`FaceAnimator.save_pretrained`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
+from src.pipeline import components
+from src.pipeline.animator_file import read_animator_file, write_animator_file
+from src.utils.config import flatten, get_dotted, plain, set_dotted
+from src.utils.errors import UserError
+
+#: the recorded settings that shape the recurrent animator (keys of the file's hyper_parameters)
+ARCHITECTURE_KEYS = ("hidden", "variant", "mapper_hidden", "mapper_last_activation", "mapper_lr_mul", "h0_eval",
+                     "image_offset_schedule", "use_image_mapper", "offset_space", "offset_layers")
+
+
+class FaceAnimator(nn.Module):
+    """The frozen generator and CLIP plus the trained animator; see the module docstring.
+
+    config: the animator's recorded configuration (``domain`` names the generator, CLIP and prompts;
+    the architecture keys; inference defaults ``train_frames``, ``motion_total``,
+    ``identity_projection``, ``projection_reader``). In-code ``generator`` / ``clip`` replace the
+    files the config names (tests, custom networks).
+    """
+
+    def __init__(self, config: Mapping[str, Any], generator: Optional[nn.Module] = None,
+                 clip: Optional[nn.Module] = None):
+        super().__init__()
+        self.config = plain(dict(config))
+        domain = self.config.get("domain") or {}
+        self.domain = domain
+        self.prompt_list = components.prompt_list(domain)
+        self.noise_mode = str(get_dotted(domain, "generator.noise_mode", "const"))
+        self.truncation_psi = float(get_dotted(domain, "generator.truncation_psi", 1.0))
+        self.frozen_sources: dict[str, tuple[list[str], nn.Module]] = {}
+        files: list[str] = []
+        if generator is None:
+            generator, files = components.load_domain_generator(domain)
+        self.generator = components.freeze(generator)
+        self.frozen_sources["generator"] = (files, self.generator)
+        self.clip = components.build_clip(domain, "clip", clip)
+        self.frozen_sources["clip"] = (list(getattr(self.clip, "weight_files", [])), self.clip)
+        # the CLIP text tower is trained (and saved) when the config fine-tunes it
+        self.text_params: list[nn.Parameter] = (list(self.clip.text_parameters())
+                                                if float(self.config.get("text_lr") or 0) > 0 else [])
+        for p in self.text_params:
+            p.requires_grad_(True)
+        arch = {k: self.config[k] for k in ARCHITECTURE_KEYS if k in self.config}
+        self.animator = RecurrentAnimator(embed_dim=self.clip.embed_dim, num_ws=self.generator.num_ws,
+                                          w_dim=self.generator.w_dim, **arch)
+        projection = float(self.config.get("identity_projection") or 0.0)
+        if not 0.0 <= projection <= 1.0:
+            raise UserError(f"identity_projection must be in [0, 1], got {projection}")
+        if projection > 0 and not self.config.get("projection_reader"):
+            raise UserError("identity_projection > 0 needs model.projection_reader (an identity-attribute reader)")
+        self.frozen_hashes = {name: self.frozen_hash(name) for name in self.frozen_sources}
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        overrides: Optional[Mapping[str, Any]] = None, hash_check: Optional[str] = None,
+                        **modules: nn.Module) -> "FaceAnimator":
+        """Build from an animator file (an export or a training checkpoint).
+
+        overrides: config entries to change, nested or dotted (e.g. {'domain.generator.checkpoint':
+        '/new/G.pkl'}); hash_check (error | warn | off; default: the file's setting): what to do when a
+        frozen file's sha256 differs from the one the animator was trained with. ``generator=`` /
+        ``clip=``: in-code modules instead of the files the config names.
+        """
+        path = Path(path).expanduser()
+        record = read_animator_file(path)
+        config = record.hyper_parameters
+        for key, value in flatten(plain(dict(overrides or {}))).items():
+            set_dotted(config, key, value)
+        pipe = cls(config, **modules)
+        pipe.check_hashes(record.frozen_hashes, hash_check)
+        pipe.load_trainable(record.state_dict, path)
+        return pipe.to(device).eval()
+
+    def save_pretrained(self, path: str | Path, relative_to: Optional[str | Path] = None, fp16: bool = False,
+                        config: Optional[Mapping[str, Any]] = None) -> Path:
+        """Write the trainable weights, the config (``config`` or this pipeline's) and the frozen
+        weights' hashes as one export (atomic); see ``write_animator_file``."""
+        return write_animator_file(path, config if config is not None else self.config,
+                                   self.trainable_state_dict(), self.frozen_hashes, relative_to=relative_to, fp16=fp16)
+
+    def frozen_hash(self, name: str) -> dict[str, Any]:
+        files, module = self.frozen_sources[name]
+        return components.frozen_record(files, module)
+
+    def check_hashes(self, saved: Mapping[str, Mapping[str, str]], mode: Optional[str] = None) -> list[str]:
+        """Compare recorded hashes with the loaded frozen weights (see ``components.compare_hashes``)."""
+        return components.compare_hashes(saved, self.frozen_hashes, mode or self.config.get("hash_check") or "error")
+
+    def trainable_keys(self) -> set[str]:
+        """State-dict keys of the trained weights: the animator's, and the text tower's when fine-tuned."""
+        ids = {id(p) for p in self.text_params}
+        keys = {k for k in self.state_dict() if k.startswith("animator.")}
+        return keys | {f"clip.{n}" for n, p in self.clip.named_parameters() if id(p) in ids}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        keys = self.trainable_keys()
+        return {k: v for k, v in self.state_dict().items() if k in keys}
+
+    def load_trainable(self, state: Mapping[str, torch.Tensor], source: Any = "state dict") -> None:
+        """Load the trained weights; the frozen ones stay as loaded from their own files."""
+        full = self.state_dict()
+        missing = sorted(k for k in self.trainable_keys() if k not in state)
+        unexpected = sorted(k for k in state if k not in full)
+        wrong = sorted(k for k in state if k in full and tuple(state[k].shape) != tuple(full[k].shape))
+        if missing or unexpected or wrong:
+            what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                    else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, not {tuple(full[wrong[0]].shape)}")
+            raise UserError(f"{source}: weights do not fit the saved config ({what})")
+        full.update(state)
+        self.load_state_dict(full, strict=True)
+
+    # ------------------------------------------------------------------ faces
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @torch.no_grad()
+    def sample_latents(self, n: Optional[int] = None, seed: Optional[int] = None,
+                       seeds: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
+        """W+ latents [n,num_ws,w_dim] of random faces: z ~ N(0,I), mapped with the domain's truncation.
+        ``seeds``: one seed per sample; else ``seed`` (default 0) seeds all n draws together."""
+        G = self.generator
+        if seeds is not None:
+            from src.stylegan import seeded_ws
+
+            return seeded_ws(G, seeds, self.truncation_psi)
+        if n is None:
+            raise ValueError("give n or seeds")
+        z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0 if seed is None else int(seed)))
+        return G.mapping(z.to(self.device), torch.zeros(n, G.c_dim, device=self.device),
+                         truncation_psi=self.truncation_psi)
+
+    def render_image(self, w_input: torch.Tensor) -> torch.Tensor:
+        """w_input [N,L,C] -> the input face [N,3,H,W]."""
+        return self.generator.synthesis(w_input, noise_mode=self.noise_mode)
+
+    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+        """ws [N,T,L,C] -> frames [N,T,3,H,W], all frames in ONE batched generator call."""
+        n, t = ws.shape[:2]
+        img = self.generator.synthesis(ws.reshape(n * t, *ws.shape[2:]), noise_mode=self.noise_mode)
+        return img.reshape(n, t, *img.shape[1:])
+
+    def face_latent(self, face: Any = None, seed: Optional[int] = None, projection_steps: int = 300,
+                    progress: bool = False) -> torch.Tensor:
+        """W+ [1,L,C] of a face: a latent tensor (W [C] / [1,C], W+ [L,C] / [1,L,C]), a latent file
+        (.npy/.npz/.pt/.safetensors), an image tensor [3,H,W] / [1,3,H,W] in [-1,1] or image file (projected into
+        the generator), or None (the face of ``seed``, default 0)."""
+        from src.inversion.projection import latent_from_tensor, load_latent, project
+
+        if face is None:
+            return self.sample_latents(1, seed=0 if seed is None else int(seed))
+        label = "the image"
+        if isinstance(face, (str, Path)):
+            if Path(face).suffix.lower() in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
+                return load_latent(face, self.generator).to(self.device)
+            from src.data.images import load_image
+
+            label, face = str(face), load_image(face)
+        if not isinstance(face, torch.Tensor):
+            raise UserError(f"a face is a latent, an image or a file path, not {type(face).__name__}")
+        if face.shape[-3:-2] == (3,) and face.dim() in (3, 4):  # an image
+            image = (face[None] if face.dim() == 3 else face).to(self.device).float()
+            # optimisation needs gradients: outside no_grad; LPIPS-VGG when installed, else pixels only
+            with torch.enable_grad():
+                result = project(self.generator, image, steps=projection_steps, progress=progress)
+            if progress:
+                print(f"projected {label}: PSNR {result['psnr']:.2f} dB, MSE {result['mse']:.5f}", file=sys.stderr)
+            return result["ws"].detach()
+        return latent_from_tensor(face, self.generator).to(self.device)
+
+    # ------------------------------------------------------------------ identity projection
+    def projection_reader(self) -> nn.Module:
+        """The identity-attribute reader of the inference projection (config.projection_reader), loaded
+        on first use and cached outside the module tree (it is not a weight of the animator)."""
+        reader = self.__dict__.get("_projection_reader")
+        if reader is None:
+            path = self.config.get("projection_reader")
+            if not path:
+                raise UserError("identity projection needs model.projection_reader (an identity-attribute reader; "
+                                "experiment=embedded_identity_reader trains one)")
+            from src.identity.reader import load_identity_reader
+
+            # the first use may come under torch.inference_mode() (Lightning's validation): weights
+            # loaded there would be inference tensors, which the Jacobian's backward cannot use
+            with torch.inference_mode(False):
+                reader = load_identity_reader(path, device=next(self.animator.parameters()).device)
+            self.__dict__["_projection_reader"] = reader
+        return reader
+
+    def identity_jacobian(self, w_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J [N, A, L*C], shown [N, A] bool) of the projection reader at faces w_input [N, L, C]: the
+        first-order effect of a W+ offset on each identity reading, and which readings each face shows.
+        It depends on the face alone, so one computation serves every prompt."""
+        from src.identity.projection import identity_jacobian
+
+        reader = self.projection_reader()
+        render = lambda ws: self.generator.synthesis(ws, noise_mode=self.noise_mode)  # noqa: E731
+        jac, readings = identity_jacobian(render, reader, w_input.to(self.device).float(), self.animator.layer_mask)
+        return jac, reader.shown(readings)
+
+    def project_identity(self, w_input: torch.Tensor, offsets: torch.Tensor, strength: float,
+                         jacobian: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """offsets [N,T,L,C] without ``strength`` of their first-order effect on the identity readings
+        of each face w_input [N,L,C] (readings a face does not show are left free)."""
+        from src.identity.projection import project_offsets
+
+        jac, shown = jacobian if jacobian is not None else self.identity_jacobian(w_input)
+        if jac.shape[0] != offsets.shape[0]:
+            raise UserError(f"identity Jacobian of {jac.shape[0]} faces for {offsets.shape[0]} animations")
+        return project_offsets(offsets, jac, strength, rows=shown)
+
+    # ------------------------------------------------------------------ animation
+    def resolve_motion_total(self, requested: Optional[str] = None) -> str:
+        """``requested`` ('train' | 'paper'), or the recorded setting (default 'train')."""
+        motion_total = requested or self.config.get("motion_total") or "train"
+        if motion_total not in MOTION_TOTALS:
+            raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
+        return motion_total
+
+    @torch.no_grad()
+    def animate(self, w_input: torch.Tensor, prompts: Sequence[str] | str, num_frames: int = 16,
+                decay: str = "linear", strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0,
+                motion_total: Optional[str] = None, identity_projection: Optional[float] = None,
+                identity_jacobian: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """Animate N faces w_input [N,L,C] (or [L,C]) with N prompts (one prompt serves all N).
+
+        image [N,3,H,W] in [-1,1]: the face shown to CLIP (default: G.synthesis(w_input)).
+        motion_total (default: the recorded one): 'train' scales the step sizes so that the video moves
+        as far in total as a training video, then ``strength`` multiplies; 'paper' uses the authors'
+        r_t = 0.8 / T * decay(t, T) * strength. identity_projection (default: the recorded one, 0..1):
+        how much of each offset's first-order effect on the face's identity readings is removed.
+        identity_jacobian: ``self.identity_jacobian(w_input)`` when already computed.
+        Returns dict(frames [N,T,3,H,W] in [-1,1], ws [N,T,L,C], offsets [N,T,L,C]).
+        """
+        if decay not in DECAYS:
+            raise UserError(f"decay '{decay}' is not one of {', '.join(DECAYS)}")
+        if num_frames < 2:
+            raise UserError(f"num_frames must be >= 2, got {num_frames}")
+        if self.resolve_motion_total(motion_total) == "train":
+            strength = strength * training_matched_strength(num_frames, decay, int(self.config.get("train_frames", 4)),
+                                                            self.animator.step_base)
+        device = self.device
+        w_input = w_input.to(device).float()
+        if w_input.ndim == 2:
+            w_input = w_input[None]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        n = w_input.shape[0]
+        if len(prompts) == 1 and n > 1:
+            prompts = prompts * n
+        if len(prompts) != n:
+            raise UserError(f"{len(prompts)} prompts for {n} faces")
+        projection = float(self.config.get("identity_projection") or 0.0) if identity_projection is None \
+            else float(identity_projection)
+        if not 0.0 <= projection <= 1.0:
+            raise UserError(f"identity_projection must be in [0, 1], got {projection}")
+        was_training = self.animator.training
+        self.animator.eval()
+        try:
+            if image is None:
+                image = self.render_image(w_input)
+            image_emb = self.clip.encode_image(image.to(device))
+            text_emb = self.clip.encode_text(prompts)
+            out = self.animator(w_input, text_emb, image_emb, num_frames, decay=decay, strength=strength,
+                                generator=torch.Generator().manual_seed(int(seed)))
+            if projection > 0:
+                offsets = self.project_identity(w_input, out["offsets"], projection, jacobian=identity_jacobian)
+                # variant 'ours': frame 0's offset is exactly zero and stays zero, so frame 0 is still the input
+                out = {**out, "offsets": offsets, "ws": w_input[:, None] + offsets}
+            frames = self.synthesize(out["ws"])
+        finally:
+            self.animator.train(was_training)
+        return dict(frames=frames.clamp(-1, 1), ws=out["ws"], offsets=out["offsets"])
+
+    def __call__(self, face: Any = None, text: Sequence[str] | str = "The person is smiling.", frames: int = 16,
+                 strength: float = 1.0, decay: str = "linear", seed: Optional[int] = None, **kw: Any) -> torch.Tensor:
+        """One video [T,3,H,W] in [-1,1] of ``face`` (see :meth:`face_latent`; None: the face of
+        ``seed``) doing ``text``: one prompt, or a list of prompts played one after the other, each
+        segment starting from the previous one's last frame. Other keywords go to :meth:`animate`
+        (motion_total, identity_projection) or :meth:`face_latent` (projection_steps, progress)."""
+        face_kw = {k: kw.pop(k) for k in ("projection_steps", "progress") if k in kw}
+        prompts = [text] if isinstance(text, str) else list(text)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise UserError("text must be a non-empty prompt or a list of non-empty prompts")
+        ws = self.face_latent(face, seed=seed, **face_kw)
+        segments = []
+        for i, prompt in enumerate(prompts):
+            out = self.animate(ws, [prompt.strip()], num_frames=frames, decay=decay, strength=strength, **kw)
+            video = out["frames"][0]
+            segments.append(video if i == 0 else video[1:])  # a chained segment repeats its first frame
+            ws = out["ws"][:, -1]
+        return torch.cat(segments, dim=0)
