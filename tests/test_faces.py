@@ -1,4 +1,4 @@
-"""FacesDataModule (src.data.faces) on the shared human / dog / anime samples and temp folders."""
+"""FacesDataModule (src.data.faces_datamodule) on the shared human / dog / anime samples and temp folders."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.faces import FacesDataModule, list_images
+from src.data.face_files import list_images
+from src.data.faces_datamodule import FacesDataModule
 from src.utils.errors import UserError
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
@@ -82,7 +83,7 @@ def test_skips_and_counts_corrupt_files(tmp_path, caplog, workers):
     assert not any(p in ("zz_corrupt.png", "sub/truncated.png") for p in paths)
     assert dm.num_skipped == 2  # counted once each, also when found in worker processes
     assert sorted(dm.skipped_files) == ["sub/truncated.png", "zz_corrupt.png"]
-    with caplog.at_level(logging.WARNING, logger="src.data.faces"):
+    with caplog.at_level(logging.WARNING, logger="src.data.faces_datamodule"):
         dm.teardown("fit")
         _epoch_paths(dm.train_dataloader())  # a second epoch: known-bad files are not retried
         dm.teardown("fit")

@@ -156,7 +156,7 @@ class PromptDataModule(pl.LightningDataModule):
         super().__init__()
         self.latents = None
         if latents:  # input faces from a file (e4e W+ codes ...) instead of sampled ones
-            from src.data.faces import read_latents_file
+            from src.data.face_files import read_latents_file
 
             bank = read_latents_file(latents)
             bank = torch.stack(list(bank.values())) if isinstance(bank, dict) else bank
