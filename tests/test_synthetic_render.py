@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from src.embedded import PARAM_SPACE, PARAMS, neutral_params, render, sample_params
-from src.embedded.render import _EYE_Y, _HEAD_UNIT, _HEAD_Y
+from src.embedded.head import EYE_Y, HEAD_UNIT, HEAD_Y
 from src.utils.errors import UserError
 
 R = 64
@@ -38,8 +38,8 @@ def _box_mask(cx: float, cy: float, hw: float, hh: float) -> torch.Tensor:
 
 
 def _head_to_image(u: float, v: float, p: torch.Tensor) -> tuple[float, float]:
-    s = float(p[0, PARAM_SPACE.idx("head_scale")]) * _HEAD_UNIT
-    return u * s, _HEAD_Y + v * s
+    s = float(p[0, PARAM_SPACE.idx("head_scale")]) * HEAD_UNIT
+    return u * s, HEAD_Y + v * s
 
 
 def test_shape_range_dtype_and_determinism():
@@ -87,8 +87,8 @@ def test_closing_left_eye_changes_only_left_eye_box():
     p = _base()
     a, b = render(p, R), render(_with(p, eye_open_l=0.0), R)
     es = float(p[0, PARAM_SPACE.idx("eye_spacing")])
-    lx, ly = _head_to_image(-es, _EYE_Y, p)
-    rx_, _ = _head_to_image(es, _EYE_Y, p)
+    lx, ly = _head_to_image(-es, EYE_Y, p)
+    rx_, _ = _head_to_image(es, EYE_Y, p)
     ch = _changed(a, b)
     left = _box_mask(lx, ly, 0.16, 0.12)
     assert ch.sum() > 10
@@ -99,8 +99,8 @@ def test_closing_left_eye_changes_only_left_eye_box():
 def test_right_eye_and_gaze_change_only_eye_boxes():
     p = _base()
     es = float(p[0, PARAM_SPACE.idx("eye_spacing")])
-    lx, ly = _head_to_image(-es, _EYE_Y, p)
-    rx_, _ = _head_to_image(es, _EYE_Y, p)
+    lx, ly = _head_to_image(-es, EYE_Y, p)
+    rx_, _ = _head_to_image(es, EYE_Y, p)
     eyes = _box_mask(lx, ly, 0.16, 0.12) | _box_mask(rx_, ly, 0.16, 0.12)
     ch = _changed(render(p, R), render(_with(p, eye_open_r=0.0), R))
     assert ch.sum() > 10 and not (ch & ~_box_mask(rx_, ly, 0.16, 0.12)).any()
@@ -121,7 +121,7 @@ def test_mouth_params_change_only_mouth_box(name, value):
 
 def test_brows_move_above_the_eyes():
     p = _base()
-    _, ly = _head_to_image(0.0, _EYE_Y, p)
+    _, ly = _head_to_image(0.0, EYE_Y, p)
     for name, value in (("brow_raise", 1.0), ("brow_angle", 1.0), ("brow_asym", 1.0)):
         ch = _changed(render(p, R), render(_with(p, **{name: value}), R))
         assert ch.sum() > 8, name
