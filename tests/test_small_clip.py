@@ -10,7 +10,9 @@ import torch.nn.functional as F
 import src.networks.small_clip as sc
 from src.embedded import vocabulary
 from src.data.text_cache import TextEmbeddingCache, caption_hash, save_text_cache
-from src.embedded.training.clip import ClipModule, ClipStepDataModule, build_caption_list, make_pairs, soft_infonce
+from src.embedded.datamodule import RenderIndexDataModule
+from src.embedded.training.clip import ClipModule, soft_infonce
+from src.embedded.training.clip_pairs import build_caption_list, make_pairs
 from src.utils.errors import UserError
 
 ARCH = dict(image_size=32, patch_size=8, width=64, layers=2, heads=2, embed_dim=32)
@@ -191,7 +193,7 @@ def test_fit_export_and_load_round_trip(cache_file, tmp_path, no_minilm):
     trainer = pl.Trainer(accelerator="cpu", max_steps=3, val_check_interval=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0)
-    dm = ClipStepDataModule(steps_per_epoch=10, val_batches=1, test_batches=1)
+    dm = RenderIndexDataModule(steps_per_epoch=10, val_batches=1, test_batches=1)
     trainer.fit(m, datamodule=dm)
     for key in ("val/zs_acc", "val/zs_acc_heldout"):
         assert 0.0 <= float(trainer.callback_metrics[key]) <= 1.0

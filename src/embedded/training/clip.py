@@ -5,12 +5,12 @@ The text tower (MiniLM) is locked, so training reads its features from a ``TextE
 given, computes them once at start-up with MiniLM. Only the image tower, the text projection and
 the logit scale are trained.
 
-Pairs are made inside the step, on the module's device: faces from ``sample_params`` (CPU
-generator), a concept per face (or none) applied with ``apply_preset`` to a near-neutral
-expression, rendered with ``render``; each caption is, at random, a training phrasing of the
-concept or a one-attribute identity description ("a person with curly red hair"). The caption
-universe is finite (``build_caption_list``) so every caption has a cached embedding; held-out
-paraphrases are in the cache but are only used for evaluation.
+Pairs are made inside the step by ``clip_pairs.make_pairs``, on the module's device: faces from
+``sample_params`` (CPU generator), a concept per face (or none) applied with ``apply_preset`` to a
+near-neutral expression, rendered with ``render``; each caption is, at random, a training phrasing
+of the concept or a one-attribute identity description ("a person with curly red hair"). The
+caption universe is finite (``build_caption_list``) so every caption has a cached embedding;
+held-out paraphrases are in the cache but are only used for evaluation.
 
 Loss: symmetric InfoNCE with soft targets (captions repeated in a batch are all positives).
 Metrics: zero-shot top-1 accuracy over the concepts on fixed held-out renders, with class
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -32,118 +32,12 @@ from torch import Tensor
 from src.data.augment import label_preserving_pipe
 from src.data.text_cache import TextEmbeddingCache, save_text_cache
 from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
-from src.embedded.datamodule import RenderIndexDataModule
+from src.embedded.training.clip_pairs import build_caption_list, make_pairs, neutral_captions
 from src.embedded.training.common import GeneratedEvalHooks
+from src.utils.config import plain
 from src.utils.errors import UserError
 
-__all__ = ["ClipModule", "ClipStepDataModule", "build_caption_list", "identity_captions", "make_pairs"]
-
-_WITH_KEYS = ("hair", "glasses", "beard", "lipstick", "eyes", "skin")
-
-
-def _identity_caption_of(key: str, part: str) -> str:
-    return f"a person with {part}" if key in _WITH_KEYS else f"a person {part}"
-
-
-def identity_captions(num_samples: int = 4000, seed: int = 0) -> List[str]:
-    """Every one-attribute identity caption the renderer's faces produce (sorted).
-
-    Enumerated by describing ``num_samples`` faces drawn with identity attributes spread
-    uniformly (hair colour x style, glasses colour, skin, eyes, shirt and background hues), so
-    all palette entries are reached; deterministic for a given seed.
-    """
-    from src.embedded import PARAM_SPACE, sample_params, vocabulary
-
-    g = torch.Generator().manual_seed(seed)
-    p = sample_params(num_samples, g, "cpu")
-    # Spread the attributes whose natural distribution is skewed, so rare values are described.
-    for name in ("hair_color", "eye_color", "skin_tone", "glasses_color", "bg_hue", "shirt_hue", "lipstick", "beard"):
-        spec = PARAM_SPACE.specs[PARAM_SPACE.idx(name)]
-        p[:, PARAM_SPACE.idx(name)] = spec.low + (spec.high - spec.low) * torch.rand(num_samples, generator=g)
-    for name, frac in (("glasses", 0.5),):
-        p[:, PARAM_SPACE.idx(name)] = (torch.rand(num_samples, generator=g) < frac).float()
-    lo, hi = PARAM_SPACE.specs[PARAM_SPACE.idx("bg_light")].low, PARAM_SPACE.specs[PARAM_SPACE.idx("bg_light")].high
-    p[:, PARAM_SPACE.idx("bg_light")] = lo + (hi - lo) * torch.rand(num_samples, generator=g)
-    out = set()
-    for row in p:
-        for key, part in vocabulary.identity_parts(row).items():
-            out.add(_identity_caption_of(key, part))
-    return sorted(out)
-
-
-def neutral_captions() -> List[str]:
-    from src.embedded import vocabulary
-
-    return [f"a person {p}" for p in vocabulary.NEUTRAL_PHRASES]
-
-
-def build_caption_list() -> List[str]:
-    """The finite caption universe of the synthetic domain, in a fixed order:
-    training phrasings, neutral captions, identity captions, held-out paraphrases (deduplicated)."""
-    from src.embedded import vocabulary
-
-    seq = (vocabulary.all_training_phrasings() + neutral_captions() + identity_captions()
-           + vocabulary.all_heldout_phrasings())
-    seen, out = set(), []
-    for s in seq:
-        if s not in seen:
-            seen.add(s)
-            out.append(s)
-    return out
-
-
-def make_pairs(n: int, generator: torch.Generator, resolution: int, device, identity_prob: float = 0.3,
-               neutral_prob: float = 0.1, jitter: float = 0.15, strength=(0.7, 1.0),
-               allowed: Optional[set] = None, concepts_only: bool = False):
-    """Render ``n`` faces and caption them.
-
-    Returns (images [n,3,R,R] on ``device``, captions list[str], concepts [n] long (-1 = none)).
-    A face with a concept starts from a near-neutral expression (``jitter`` of its random
-    expression kept) and moves to the concept's preset with a random ``strength``; its caption is
-    a training phrasing, or with ``identity_prob`` a one-attribute identity caption. ``allowed``
-    (a set of captions) restricts identity captions to those with a cached embedding.
-    """
-    from src.embedded import PARAM_SPACE, render, sample_params, vocabulary
-
-    K = len(vocabulary.CONCEPTS)
-    params = sample_params(n, generator, "cpu")
-    concepts = torch.randint(0, K, (n,), generator=generator)
-    if not concepts_only:
-        concepts = torch.where(torch.rand(n, generator=generator) < neutral_prob, torch.full_like(concepts, -1), concepts)
-    expr = PARAM_SPACE.mask("expression")
-    neutral = PARAM_SPACE.neutral()
-    calm = neutral + jitter * (params - neutral)
-    params = torch.where(expr, calm, params)
-    rows = (concepts >= 0).nonzero().flatten()
-    if rows.numel():
-        s = strength[0] + (strength[1] - strength[0]) * torch.rand(rows.numel(), generator=generator)
-        params[rows] = vocabulary.apply_preset(params[rows], concepts[rows], s)
-    captions: List[str] = []
-    for i in range(n):
-        ci = int(concepts[i])
-        use_identity = float(torch.rand(1, generator=generator)) < identity_prob
-        if use_identity or ci < 0:
-            parts = list(vocabulary.identity_parts(params[i]).items())
-            k = int(torch.randint(len(parts), (1,), generator=generator))
-            cap = _identity_caption_of(*parts[k])
-            if allowed is None or cap in allowed:
-                captions.append(cap)
-                continue
-        if ci < 0:
-            nc = neutral_captions()
-            captions.append(nc[int(torch.randint(len(nc), (1,), generator=generator))])
-        else:
-            ph = vocabulary.CONCEPTS[ci].phrasings
-            captions.append(ph[int(torch.randint(len(ph), (1,), generator=generator))])
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        params = params.pin_memory().to(dev, non_blocking=True)
-    img = render(params.to(dev), resolution)
-    return img, captions, concepts
-
-
-# The data module only hands out step/batch indices: the module renders its data in the step.
-ClipStepDataModule = RenderIndexDataModule
+__all__ = ["ClipModule", "soft_infonce"]
 
 
 def soft_infonce(img_emb: Tensor, txt_emb: Tensor, caption_ids: Tensor, scale: Tensor) -> Tensor:
@@ -189,9 +83,7 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
                  noise_std: float = 0.0, adv_eps: float = 0.0, adv_weight: float = 0.5,
                  init_checkpoint: Optional[str] = None):
         super().__init__()
-        from src.embedded.training.gan import _plain
-
-        arch = _plain(arch)  # plain dict in the checkpoint (weights_only loading)
+        arch = plain(arch)  # plain dict in the checkpoint (weights_only loading)
         self.save_hyperparameters()
         self.clip = SmallClip(**(arch or {}))
         for name, value in (("augment_p", augment_p), ("adv_weight", adv_weight)):
