@@ -96,13 +96,14 @@ def bench_render(resolution, batch, device, reps=20):
 def bench_lightning(model_kwargs, iters):
     import pytorch_lightning as pl
 
-    from src.embedded.training.gan import RenderStepDataModule, StyleGANModule
+    from src.embedded.datamodule import RenderIndexDataModule
+    from src.embedded.training.gan import StyleGANModule
 
     m = StyleGANModule(**model_kwargs)
     trainer = pl.Trainer(accelerator="gpu", devices=1, precision="32-true", max_steps=2 * iters, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0)
-    dm = RenderStepDataModule(steps_per_epoch=iters + 16)
+    dm = RenderIndexDataModule(steps_per_epoch=iters + 16)
     t0 = time.perf_counter()
     trainer.fit(m, datamodule=dm)
     torch.cuda.synchronize()

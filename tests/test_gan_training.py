@@ -1,4 +1,4 @@
-"""GAN training (src/embedded/training/gan.py, src/losses/gan.py, src/data/augment.py) on tiny CPU sizes."""
+"""GAN training (src/embedded/training/gan*.py, src/losses/gan.py, src/data/augment.py) on tiny CPU sizes."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,9 @@ import torch
 
 import src.embedded as synthetic
 import src.embedded.training.gan as sg
+import src.embedded.training.gan_metrics as gm
 from src.data.augment import AdaptiveP, AugmentPipe
+from src.embedded.datamodule import RenderIndexDataModule
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
 
@@ -276,7 +278,7 @@ def test_fit_validate_test_and_export_with_lightning(tmp_path):
     trainer = pl.Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0)
-    dm = sg.RenderStepDataModule(**data_kw)
+    dm = RenderIndexDataModule(**data_kw)
     trainer.fit(m, datamodule=dm)
     assert m.iteration == 2 and trainer.global_step == 4  # 2 optimiser steps per iteration
     assert torch.isfinite(trainer.callback_metrics["val/fd"])
@@ -307,13 +309,13 @@ def test_trainer_precision_other_than_32_is_refused():
     trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(UserError, match="32-true"):
-        trainer.fit(m, datamodule=sg.RenderStepDataModule(steps_per_epoch=2, val_batches=1, test_batches=1))
+        trainer.fit(m, datamodule=RenderIndexDataModule(steps_per_epoch=2, val_batches=1, test_batches=1))
 
 
 def test_random_feature_extractor_is_fixed():
-    a, b = sg.RandomConvFeatures(), sg.RandomConvFeatures()
+    a, b = gm.RandomConvFeatures(), gm.RandomConvFeatures()
     x = _imgs(2)
-    assert torch.equal(a(x), b(x)) and a(x).shape == (2, sg.RandomConvFeatures.num_features)
+    assert torch.equal(a(x), b(x)) and a(x).shape == (2, gm.RandomConvFeatures.num_features)
 
 
 def test_eval_with_oracle_and_clip_features(tmp_path):
@@ -324,8 +326,8 @@ def test_eval_with_oracle_and_clip_features(tmp_path):
     save_oracle(AttributeOracle(resolution=16, width=4, hidden=8), tmp_path / "oracle.safetensors")
     save_small_clip(SmallClip(image_size=16, patch_size=8, width=32, layers=1, heads=2, embed_dim=8),
                     tmp_path / "clip.safetensors")
-    for kw, feat_type in ((dict(oracle_path=str(tmp_path / "oracle.safetensors")), sg._OracleFeatures),
-                          (dict(feature_clip_path=str(tmp_path / "clip.safetensors")), sg._ClipImageFeatures)):
+    for kw, feat_type in ((dict(oracle_path=str(tmp_path / "oracle.safetensors")), gm._OracleFeatures),
+                          (dict(feature_clip_path=str(tmp_path / "clip.safetensors")), gm._ClipImageFeatures)):
         m = _detached(sg.StyleGANModule(**TINY, **kw))
         assert isinstance(m._feature_net, feat_type)
         m._eval_start()

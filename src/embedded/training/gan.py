@@ -20,11 +20,13 @@ Mixed precision: ``precision='fp16_res'`` is the official design (the top ``num_
 of G and D run in fp16 with ``conv_clamp``; gradients pass ``nan_to_num``), ``'bf16'`` wraps G/D
 forwards in bf16 autocast (networks built without fp16 blocks), ``'fp32'`` disables both.
 The Lightning trainer itself must run at ``32-true``.
+
+The reals come from ``gan_reals`` (rendered one batch ahead); validation/test metrics (Frechet
+distance, attribute distance, sample grids) from ``gan_metrics``.
 """
 from __future__ import annotations
 
 import copy
-import math
 import os
 import tempfile
 from contextlib import nullcontext
@@ -38,118 +40,17 @@ from torch import Tensor, nn
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
-from src.embedded.datamodule import RenderIndexDataModule
-from src.ops.resize import resize
-from src.embedded.training.common import GeneratedEvalHooks
+from src.embedded.training.gan_metrics import GanEvalHooks
+from src.embedded.training.gan_reals import RealPrefetcher
+from src.utils.config import plain
 from src.utils.errors import UserError
 
-__all__ = ["StyleGANModule", "RenderStepDataModule", "RandomConvFeatures", "build_feature_extractor"]
+__all__ = ["StyleGANModule"]
 
 _PRECISIONS = ("fp16_res", "bf16", "fp32")
 
 
-def _plain(value: Any) -> Any:
-    """DictConfig/ListConfig -> plain dict/list (recursively); other values unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-# The data module only hands out step/batch indices: the module renders its data in the step.
-RenderStepDataModule = RenderIndexDataModule
-
-
-# --------------------------------------------------------------------------------------------
-# feature extractors for the Frechet distance
-# --------------------------------------------------------------------------------------------
-class RandomConvFeatures(nn.Module):
-    """A fixed, randomly initialised conv net (seed 0): img [N,3,H,W] in [-1,1] -> [N, 256].
-
-    Used when no trained feature network is configured. Random conv features are a known,
-    weak-but-informative embedding for Frechet distances; values are only comparable between
-    runs that use this same extractor (same seed, same architecture).
-    """
-
-    num_features = 256
-
-    def __init__(self, input_size: int = 64):
-        super().__init__()
-        self.input_size = input_size
-        gen = torch.Generator().manual_seed(0)
-        chans = [3, 32, 64, 128, 128]
-        layers = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * math.sqrt(2.0 / (cin * 9)))
-                conv.bias.zero_()
-            layers += [conv, nn.LeakyReLU(0.2)]
-        self.net = nn.Sequential(*layers)
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, img: Tensor) -> Tensor:
-        x = resize(img.float(), (self.input_size, self.input_size), mode="bilinear", antialias=True)
-        h = self.net(x)
-        # Mean and std pooling: 128 + 128 = 256 features.
-        return torch.cat([h.mean((2, 3)), h.std((2, 3))], 1)
-
-
-class _ClipImageFeatures(nn.Module):
-    """The small CLIP's image tower as a feature extractor: img [N,3,H,W] -> [N, embed_dim]."""
-
-    def __init__(self, clip):
-        super().__init__()
-        self.clip = clip.eval().requires_grad_(False)
-        self.num_features = int(clip.embed_dim)
-
-    def forward(self, img: Tensor) -> Tensor:
-        return self.clip.encode_image(img.float()).float()
-
-
-class _OracleFeatures(nn.Module):
-    """The attribute oracle's predictions as features: img -> [N, P] in [0, 1]."""
-
-    def __init__(self, oracle: nn.Module, num_features: int):
-        super().__init__()
-        self.oracle = oracle.eval().requires_grad_(False)
-        self.num_features = int(num_features)
-
-    def forward(self, img: Tensor) -> Tensor:
-        return self.oracle(img.float()).float()
-
-
-def _load_oracle(path: str) -> nn.Module:
-    """Load the attribute oracle (``src.embedded.oracle.load_oracle``) on CPU."""
-    try:
-        from src.embedded.oracle import load_oracle  # owned by the oracle task
-    except ImportError as e:  # pragma: no cover - depends on another module being present
-        raise UserError(f"model.oracle_path is set but the oracle loader is unavailable: {e}") from e
-    return load_oracle(path, "cpu")  # raises UserError for missing/mismatched files
-
-
-def build_feature_extractor(clip_path: Optional[str] = None, oracle: Optional[nn.Module] = None,
-                            num_params: Optional[int] = None) -> nn.Module:
-    """Feature net for the Frechet distance: small CLIP tower > oracle > fixed random conv net."""
-    if clip_path:
-        from src.networks.small_clip import load_small_clip
-
-        if not Path(clip_path).is_file():
-            raise UserError(f"model.feature_clip_path not found: {clip_path}")
-        return _ClipImageFeatures(load_small_clip(clip_path, "cpu"))
-    if oracle is not None:
-        return _OracleFeatures(oracle, num_params)
-    return RandomConvFeatures()
-
-
-# --------------------------------------------------------------------------------------------
-# the Lightning module
-# --------------------------------------------------------------------------------------------
-class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
+class StyleGANModule(GanEvalHooks, pl.LightningModule):
     """StyleGAN2(-ADA) GAN training with manual optimisation.
 
     Args (all plain values, as Hydra gives them):
@@ -172,7 +73,7 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
         log_every: log losses every this many iterations (tensors, no sync in the step).
         export_path: where G_ema is saved at the end of training (``.safetensors`` + ``.json``).
         feature_clip_path / oracle_path: feature nets for the validation metrics (see
-            ``build_feature_extractor``); oracle_path also enables ``val/attr_dist``.
+            ``gan_metrics.build_feature_extractor``); oracle_path also enables ``val/attr_dist``.
         sample_dir: when set, a grid of G_ema samples is saved there after every validation.
         fused_adam: use Adam(fused=True) on CUDA (foreach elsewhere).
     """
@@ -202,8 +103,8 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
         # Hydra hands nested nodes over as DictConfig/ListConfig: make them plain so that the
         # checkpoint's hyper_parameters load with weights_only=True (save_hyperparameters reads
         # these locals).
-        G_kwargs, D_kwargs, augment_kwargs, betas = (_plain(G_kwargs), _plain(D_kwargs), _plain(augment_kwargs),
-                                                     _plain(betas))
+        G_kwargs, D_kwargs = plain(G_kwargs), plain(D_kwargs)
+        augment_kwargs, betas = plain(augment_kwargs), plain(betas)
         self.save_hyperparameters()
         self.automatic_optimization = False
 
@@ -229,26 +130,11 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
         # Progress counters are plain ints (no device round trip); saved in checkpoints.
         self.cur_nimg = 0
         self.iteration = 0
-        self._gen: Optional[torch.Generator] = None
-        self._side_stream = None
-        self._next_real: Optional[Tensor] = None
-
-        # Validation metrics (built lazily on the right device at first use).
-        # The FID metric lives in a plain dict so it is not registered as a submodule (it would
-        # otherwise appear in state_dict only after the first validation and break resuming).
-        self._eval_objs: Dict[str, Any] = {}
-        self._oracle = _load_oracle(oracle_path) if oracle_path else None
-        self._feature_net = build_feature_extractor(feature_clip_path, self._oracle,
-                                                    self._oracle_num_params() if self._oracle is not None else None)
+        self._gen: Optional[torch.Generator] = None  # CPU generator of the training reals
+        self._reals = RealPrefetcher(batch_size, resolution)
+        self._init_eval(feature_clip_path, oracle_path)
 
     # ---------------------------------------------------------------- helpers
-    def _oracle_num_params(self) -> int:
-        n = getattr(self._oracle, "num_params", None)
-        if n is None:
-            with torch.no_grad():
-                n = self._oracle(torch.zeros(1, 3, self.resolution, self.resolution)).shape[1]
-        return int(n)
-
     def _autocast(self):
         if self.hparams.precision == "bf16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -256,49 +142,6 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
 
     def _c(self, n: int) -> Tensor:
         return torch.zeros(n, 0, device=self.device)
-
-    def _render_reals(self, n: int, generator: torch.Generator) -> Tensor:
-        """[n, 3, R, R] in [-1, 1] rendered on this module's device (on the current stream).
-
-        ``sample_params`` draws on a CPU generator; the parameters go to the GPU through pinned
-        memory with ``non_blocking=True`` so that the copy does not stall the host.
-        """
-        from src.embedded import render, sample_params
-
-        params = sample_params(n, generator, "cpu")
-        if self.device.type == "cuda":
-            params = params.pin_memory().to(self.device, non_blocking=True)
-        return render(params, self.resolution).to(self.device, torch.float32)
-
-    def _prefetch_reals(self) -> None:
-        """Render the next training batch of reals ahead of time.
-
-        On CUDA the render runs on a side stream: the renderer's own host syncs (value checks,
-        small constant uploads) then wait only for that stream, not for the queued G/D work,
-        and its kernels overlap with training. On CPU it simply renders.
-        """
-        if self.device.type != "cuda":
-            self._next_real = self._render_reals(self.batch_size, self._gen)
-            return
-        if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(device=self.device)
-        # No wait on the main stream: the render reads only fresh pinned parameters, and the
-        # result is handed over with wait_stream + record_stream in _take_reals.
-        with torch.cuda.stream(self._side_stream):
-            self._next_real = self._render_reals(self.batch_size, self._gen)
-
-    def _take_reals(self) -> Tensor:
-        """The prefetched reals [B, 3, R, R], safe to use on the current stream."""
-        if self._next_real is None:
-            self._prefetch_reals()
-        real = self._next_real
-        self._next_real = None
-        if self.device.type == "cuda":
-            main = torch.cuda.current_stream(self.device)
-            main.wait_stream(self._side_stream)
-            # The allocator must not recycle this memory until the main stream is done with it.
-            real.record_stream(main)
-        return real
 
     def _mapping(self, G: nn.Module, z: Tensor, update_emas: bool = False, mixing: bool = True) -> Tensor:
         """z [N, z_dim] -> ws [N, num_ws, w_dim], with per-sample style mixing.
@@ -405,7 +248,7 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
             ws_d = self._mapping(self.G, torch.randn(B, self.z_dim, device=self.device))
             fake_d = self._synth(self.G, ws_d)
         fake_logits = self._run_D(fake_d)
-        real = self._take_reals().detach().requires_grad_(do_r1)
+        real = self._reals.take(self._gen, self.device).detach().requires_grad_(do_r1)
         real_logits = self._run_D(real)
         if self.ada_stats is not None:
             self.ada_stats.accumulate(real_logits)
@@ -429,7 +272,7 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
             self.ada_stats.update(self.augment_pipe, B, h.ada_interval)
         self.iteration += 1
         # Queue the next reals now that this iteration's work is queued (overlaps on CUDA).
-        self._prefetch_reals()
+        self._reals.prefetch(self._gen, self.device)
 
         if log_now:
             logs = {"train/loss_g": loss_g.detach(), "train/loss_d": loss_d.detach(),
@@ -443,69 +286,6 @@ class StyleGANModule(GeneratedEvalHooks, pl.LightningModule):
             self.log_dict(logs, on_step=True, on_epoch=False)
             self.log("train/kimg", float(self.cur_nimg) / 1000.0, on_step=True, on_epoch=False)
         return None
-
-    # ---------------------------------------------------------------- evaluation
-    def _metric(self):
-        fid = self._eval_objs.get("fid")
-        if fid is None:
-            from torchmetrics.image.fid import FrechetInceptionDistance
-
-            fid = FrechetInceptionDistance(feature=self._feature_net, reset_real_features=True, normalize=True)
-        fid = fid.to(self.device)
-        self._eval_objs["fid"] = fid
-        return fid
-
-    def _eval_start(self) -> None:
-        self._metric().reset()
-        self._attr = None
-        if self._oracle is not None:
-            self._oracle = self._oracle.to(self.device)
-            p = self._oracle_num_params()
-            self._attr = torch.zeros(2, 3, p, device=self.device, dtype=torch.float64)  # real/fake x (n, sum, sumsq)
-        self._samples = None
-
-    @torch.no_grad()
-    def _eval_step(self, batch_idx: int) -> None:
-        # Seeded per batch index: every evaluation compares the same reals and latents.
-        gen = torch.Generator().manual_seed(10_000_019 + int(batch_idx))
-        B = self.batch_size
-        real = self._render_reals(B, gen)
-        z = torch.randn(B, self.z_dim, generator=gen).to(self.device)
-        ws = self.G_ema.mapping(z, self._c(B))
-        fake = self._synth(self.G_ema, ws, noise_mode="const").clamp(-1, 1)
-        fid = self._metric()
-        fid.update(real, real=True)
-        fid.update(fake, real=False)
-        if self._attr is not None:
-            for k, img in enumerate((real, fake)):
-                a = self._oracle(img).double()
-                self._attr[k, 0] += a.shape[0]
-                self._attr[k, 1] += a.sum(0)
-                self._attr[k, 2] += a.square().sum(0)
-        if self._samples is None:
-            self._samples = fake[:16].detach().cpu()
-
-    def _eval_end(self, prefix: str) -> None:
-        fd = self._metric().compute().float()
-        self.log(f"{prefix}/fd", fd, sync_dist=False)
-        if self._attr is not None:
-            n = self._attr[:, 0].clamp(min=1)
-            mean = self._attr[:, 1] / n
-            std = (self._attr[:, 2] / n - mean.square()).clamp(min=0).sqrt()
-            dist = ((mean[0] - mean[1]).abs().mean() + (std[0] - std[1]).abs().mean()).float()
-            self.log(f"{prefix}/attr_dist", dist)
-        if self.hparams.sample_dir and self._samples is not None and self.global_rank == 0:
-            self._save_samples(Path(self.hparams.sample_dir) / f"{prefix}_it{self.iteration:07d}.png")
-
-    def _save_samples(self, path: Path) -> None:
-        import torchvision
-
-        from src.utils.io import atomic_write
-
-        grid = torchvision.utils.make_grid((self._samples + 1) / 2, nrow=4).clamp(0, 1)
-        with atomic_write(path) as tmp:
-            torchvision.utils.save_image(grid, str(tmp))
-
 
     # ---------------------------------------------------------------- checkpoint / export
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
