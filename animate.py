@@ -37,7 +37,7 @@ def run(cfg) -> Path:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but CUDA is not available")
-    overrides = {"projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
+    overrides = {"inference.projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
     animator = FaceAnimator.from_pretrained(cfg.checkpoint, device=device, overrides=overrides)
     face = cfg.latent if cfg.latent is not None else cfg.image
     with torch.no_grad():

@@ -27,7 +27,7 @@ def run(cfg) -> dict:
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("device=cuda but CUDA is not available")
-    overrides = {"projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
+    overrides = {"inference.projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
     pipeline = FaceAnimator.from_pretrained(cfg.checkpoint, device=cfg.device, overrides=overrides)
     oracle = None
     oracle_path = cfg.get("oracle")

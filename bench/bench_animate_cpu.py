@@ -40,7 +40,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t1 = time.perf_counter()
-    module = FaceAnimator.from_pretrained(args.checkpoint, overrides={"projection_reader": args.projection_reader}
+    module = FaceAnimator.from_pretrained(args.checkpoint, overrides={"inference.projection_reader": args.projection_reader}
                            if args.projection_reader else None)
     kw = {"identity_projection": args.identity_projection}
     t2 = time.perf_counter()

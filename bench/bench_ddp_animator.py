@@ -338,10 +338,10 @@ def build_module(args: argparse.Namespace):
     lpips_dir = args.lpips_dir or None  # None: the module's default, $LGFA_LPIPS_DIR or ~/.cache/lgfa/lpips
     torch.manual_seed(args.seed + 3)
     try:
-        module = AnimatorModule(domain=domain, loss=loss, hidden=args.hidden, variant="ours",
-                                train_frames=args.frames, text_lr=args.text_lr, clip_views=0,
-                                lpips_size=64 if args.tiny else 224, lpips_path=lpips_dir,
-                                video_every_n_steps=0, hash_check="off",
+        module = AnimatorModule(domain=domain, loss=loss, net={"hidden": args.hidden, "variant": "ours"},
+                                train={"frames": args.frames, "text_lr": args.text_lr, "clip_views": 0,
+                                       "lpips_size": 64 if args.tiny else 224, "lpips_path": lpips_dir},
+                                validation={"video_every_n_steps": 0}, hash_check="off",
                                 generator=generator, clip=input_enc, loss_clip=loss_arg)
     except UserError as e:
         if "LPIPS" in str(e):

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--latent-weight", type=float, default=1.0)
-    ap.add_argument("--views", type=int, default=0, help="augmented views in the loss (as model.clip_views)")
+    ap.add_argument("--views", type=int, default=0, help="augmented views in the loss (as model.train.clip_views)")
     ap.add_argument("--seed", type=int, default=20000)
     args = ap.parse_args(argv)
     from src.data.augment import augmented_views, label_preserving_pipe

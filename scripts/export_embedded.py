@@ -8,7 +8,7 @@ Files are copied byte for byte (with their .json sidecars and the CLIP text cach
 animator checkpoint recorded still match; the animator is exported as safetensors whose config names
 the other files relative to the assets folder (relocatable). --identity-projection records the inference
 projection the animator is meant to run with (on the identity reader), so animate.py and the evaluation
-use it by default; --started-from replaces the training machine's model.init_checkpoint path in the
+use it by default; --started-from replaces the training machine's model.train.init_checkpoint path in the
 record with a portable description of the start (e.g. "git show REV:assets/animator_synthetic.safetensors").
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--identity-projection", type=float, default=None,
                     help="0..1: the default inference projection of the export (needs --identity-reader, its reader)")
     ap.add_argument("--started-from", default=None,
-                    help="recorded as model.init_checkpoint: where a fine-tuned animator started, portably")
+                    help="recorded as model.train.init_checkpoint: where a fine-tuned animator started, portably")
     ap.add_argument("--out", default=str(ROOT / "assets"))
     args = ap.parse_args(argv)
     try:
@@ -72,15 +72,15 @@ def main(argv=None) -> int:
         paths = {key: copy_with_sidecars(Path(getattr(args, key)), out, stem) for key, stem in NAMES.items()
                  if getattr(args, key) is not None}
         overrides = {"domain.generator.checkpoint": str(paths["generator"]), "domain.clip.checkpoint": str(paths["clip"]),
-                     "domain.loss_clip.checkpoint": str(paths["clip"]), "identity_metric_path": str(paths["oracle"])}
+                     "domain.loss_clip.checkpoint": str(paths["clip"]), "validation.identity_metric_path": str(paths["oracle"])}
         for key in ("face_id", "identity_reader"):
             if key in paths:
                 overrides["domain.identity_loss.checkpoint"] = str(paths[key])
         if args.identity_projection is not None:
-            overrides["identity_projection"] = args.identity_projection
-            overrides["projection_reader"] = str(paths["identity_reader"]) if args.identity_projection > 0 else None
+            overrides["inference.identity_projection"] = args.identity_projection
+            overrides["inference.projection_reader"] = str(paths["identity_reader"]) if args.identity_projection > 0 else None
         if args.started_from is not None:
-            overrides["init_checkpoint"] = args.started_from
+            overrides["train.init_checkpoint"] = args.started_from
         module = FaceAnimator.from_pretrained(args.animator_ckpt, overrides=overrides)
         dst = module.save_pretrained(out / "animator_synthetic.safetensors", relative_to=out)
         for f in sorted(out.iterdir()):

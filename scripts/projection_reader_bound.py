@@ -2,7 +2,7 @@
 
     python scripts/projection_reader_bound.py --faces 12 --projections 0.5 1.0 [--device cuda] [--out b.json]
 
-The projection (model.identity_projection) removes each offset's first-order effect on an identity
+The projection (model.inference.identity_projection) removes each offset's first-order effect on an identity
 reader's readings. The shipped reader is a separate, weaker network than the judge (the oracle that
 the evaluation scores drift with). This diagnostic runs the same evaluation (src.eval.runner) three
 ways on the same faces and prompts: no projection; the projection with the shipped reader; and the

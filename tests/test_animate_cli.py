@@ -13,7 +13,7 @@ import evaluate
 from src.pipeline import FaceAnimator
 from src.systems.animator import AnimatorModule
 from tests.conftest import ROOT
-from tests.test_animator import PAPER_LOSS, tiny_domain, write_tiny_models
+from tests.test_animator import PAPER_LOSS, groups, tiny_domain, write_tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def exported(tmp_path_factory):
     domain = tiny_domain(generator={"checkpoint": str(g_path), "truncation_psi": 0.7, "noise_mode": "const"},
                          clip=clip_cfg, loss_clip=dict(clip_cfg))
     torch.manual_seed(0)
-    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, hidden=8, train_frames=3, val_frames=4)
+    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, **groups(hidden=8, train_frames=3, val_frames=4))
     path = module.export(tmp / "animator.safetensors", relative_to=tmp)
     return dict(tmp=tmp, path=path, module=module)
 
@@ -180,7 +180,7 @@ def test_evaluate_with_projection_computes_each_face_batch_jacobian_once(exporte
     torch.manual_seed(0)
     reader = save_oracle(AttributeOracle(resolution=16, width=2, hidden=4, num_params=len(names)).eval(),
                          tmp_path / "reader", names)
-    module = FaceAnimator.from_pretrained(exported["path"], overrides={"projection_reader": str(reader)})
+    module = FaceAnimator.from_pretrained(exported["path"], overrides={"inference.projection_reader": str(reader)})
     w = module.sample_latents(2, seed=4)
     # a precomputed Jacobian gives exactly the animation that computes its own
     own = module.animate(w, ["The person is smiling."], num_frames=4, identity_projection=0.5)

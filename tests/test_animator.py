@@ -74,6 +74,27 @@ def tiny_domain(**over) -> dict:
     return d
 
 
+def groups(**flat) -> dict:
+    """AnimatorModule's typed groups (net, train, inference, validation) from flat setting names;
+    train_frames / val_frames / val_decay name train.frames / inference.frames / inference.decay."""
+    from dataclasses import fields
+
+    from src.config.schema import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+                                   AnimatorValidationConfig)
+
+    renamed = {"train_frames": ("train", "frames"), "val_frames": ("inference", "frames"),
+               "val_decay": ("inference", "decay")}
+    owners = {f.name: group for group, cls in (("net", AnimatorNetConfig), ("train", AnimatorTrainConfig),
+                                               ("inference", AnimatorInferenceConfig),
+                                               ("validation", AnimatorValidationConfig))
+              for f in fields(cls)}
+    out: dict = {}
+    for key, value in flat.items():
+        group, name = renamed.get(key) or (owners[key], key)
+        out.setdefault(group, {})[name] = value
+    return out
+
+
 PAPER_LOSS = {"contrastive": 0.5, "lpips": 1.0, "smoothness": 1.0, "endpoint": 1.0, "latent": 1.0,
               "identity": 0.0, "tau": 0.07}
 

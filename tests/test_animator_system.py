@@ -12,15 +12,21 @@ from src.data.prompts import PromptDataModule
 from src.pipeline import FaceAnimator
 from src.systems.animator import AnimatorModule
 from src.utils.errors import UserError
-from tests.test_animator import PAPER_LOSS, tiny_clip_model, tiny_domain, tiny_generator, write_tiny_models
+from tests.test_animator import PAPER_LOSS, groups, tiny_clip_model, tiny_domain, tiny_generator, write_tiny_models
+
+
+MODULE_KWARGS = ("generator", "clip", "loss_clip", "perceptual", "identity_net", "identity_metric_net", "hash_check")
 
 
 def build(variant="ours", **kw):
-    kw.setdefault("generator", tiny_generator())
-    kw.setdefault("clip", tiny_clip_model())
+    """A tiny AnimatorModule; settings by their flat names (see tests.test_animator.groups)."""
+    modules = {k: kw.pop(k) for k in MODULE_KWARGS if k in kw}
+    modules.setdefault("generator", tiny_generator())
+    modules.setdefault("clip", tiny_clip_model())
+    domain, loss = kw.pop("domain", tiny_domain()), kw.pop("loss", PAPER_LOSS)
+    settings = dict(hidden=8, variant=variant, train_frames=4, val_frames=5, video_every_n_steps=0)
     torch.manual_seed(0)
-    return AnimatorModule(domain=kw.pop("domain", tiny_domain()), loss=kw.pop("loss", PAPER_LOSS), hidden=8,
-                          variant=variant, train_frames=4, val_frames=5, video_every_n_steps=0, **kw)
+    return AnimatorModule(domain=domain, loss=loss, **groups(**{**settings, **kw}), **modules)
 
 
 class CountCalls:
@@ -142,8 +148,9 @@ def trained(tmp_path_factory):
     domain = tiny_domain(generator={"checkpoint": str(g_path), "truncation_psi": 0.7, "noise_mode": "const"},
                          clip=clip_cfg, loss_clip=dict(clip_cfg))
     torch.manual_seed(0)
-    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, hidden=8, train_frames=3, val_frames=4,
-                            video_every_n_steps=2, video_fps=4.0, num_videos=2)
+    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, **groups(hidden=8, train_frames=3, val_frames=4,
+                                                                     video_every_n_steps=2, video_fps=4.0,
+                                                                     num_videos=2))
     dm = PromptDataModule(domain["prompts"], batch_size=3, seed=0, train_batches=2, val_batches=1, test_batches=1)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -271,7 +278,7 @@ def test_hydra_containers_become_plain_hparams():
             return all(plain(v) for v in x)
         return x is None or isinstance(x, (str, int, float, bool))
 
-    assert plain(dict(m.hparams)) and m.hparams["betas"] == [0.0, 0.99]
+    assert plain(dict(m.hparams)) and m.hparams["train"]["betas"] == [0.0, 0.99]
     assert m.configure_optimizers().defaults["betas"] == (0.0, 0.99)
 
 
@@ -369,7 +376,7 @@ def test_init_checkpoint_warm_starts_the_animator_from_an_export_or_a_lightning_
     trainer.strategy.connect(m)
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     warm2 = build(init_checkpoint=str(tmp_path / "a.ckpt"), generator=m.generator, clip=m.clip)
-    assert warm2.hparams["init_checkpoint"] == str(tmp_path / "a.ckpt")
+    assert warm2.hparams["train"]["init_checkpoint"] == str(tmp_path / "a.ckpt")
     for a, b in zip(m.animator.parameters(), warm2.animator.parameters()):
         assert torch.equal(a, b)
     # an inference rebuild does not read it again (the export's own weights win, the file may be gone)
@@ -380,10 +387,10 @@ def test_init_checkpoint_warm_starts_the_animator_from_an_export_or_a_lightning_
         assert torch.equal(a, b)
     with pytest.raises(UserError, match="does not fit"):
         build(init_checkpoint=str(path), use_image_mapper=False, generator=m.generator, clip=m.clip)
-    with pytest.raises(UserError, match="model.init_checkpoint: animator checkpoint not found"):
+    with pytest.raises(UserError, match="model.train.init_checkpoint: animator checkpoint not found"):
         build(init_checkpoint=str(tmp_path / "missing.safetensors"))
     (tmp_path / "other.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    with pytest.raises(UserError, match="model.init_checkpoint: .*not an exported animator"):
+    with pytest.raises(UserError, match="model.train.init_checkpoint: .*not an exported animator"):
         build(init_checkpoint=str(tmp_path / "other.safetensors"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -425,9 +432,9 @@ def test_identity_projection_removes_the_reading_change_keeps_frame0_and_travels
         m.animate(w, ["The person is smiling."], num_frames=4, identity_projection=2.0)
     path = m.export(tmp_path / "a.safetensors", relative_to=tmp_path)
     back = FaceAnimator.from_pretrained(path, generator=m.generator, clip=m.clip)
-    assert back.config["projection_reader"] == reader_path and back.config["identity_projection"] == 1.0
+    assert back.config["inference"]["projection_reader"] == reader_path and back.config["inference"]["identity_projection"] == 1.0
     # Lightning validates and tests under torch.inference_mode(), where a model trained with
-    # model.identity_projection > 0 first loads its reader and takes the Jacobian
+    # model.inference.identity_projection > 0 first loads its reader and takes the Jacobian
     with torch.inference_mode():
         w_inf = back.sample_latents(2, seed=3)
         torch.testing.assert_close(back.animate(w_inf, ["The person is smiling."], num_frames=4)["ws"], out["ws"])
@@ -438,3 +445,37 @@ def test_identity_projection_removes_the_reading_change_keeps_frame0_and_travels
         build(identity_projection=0.5)
     with pytest.raises(UserError, match="identity_projection"):
         build(identity_projection=-0.1, projection_reader=reader_path)
+
+
+def test_files_with_ungrouped_settings_load_into_the_groups(tmp_path):
+    """Animator files written before the settings were grouped (every setting at the top level)
+    rebuild the same animator: the reader moves each setting into its group."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from src.pipeline.animator_file import FORMAT
+
+    m = build(offset_space="w", offset_layers=[0, 1], identity_projection=0.0, train_frames=4, val_frames=5)
+    path = m.export(tmp_path / "new.safetensors")
+    hp = m.config()
+    flat = {"domain": hp["domain"], "loss": hp["loss"], "hash_check": hp["hash_check"], "inference_only": True,
+            "train_frames": hp["train"]["frames"], "val_frames": hp["inference"]["frames"],
+            "val_decay": hp["inference"]["decay"]}
+    for group in ("net", "train", "inference", "validation"):
+        flat.update({k: v for k, v in hp[group].items() if k not in ("frames", "decay")})
+    save_file({k: v.contiguous() for k, v in m.trainable_state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"format": FORMAT, "hyper_parameters": json.dumps(flat), "frozen_hashes": json.dumps(m.frozen_hashes)})
+    new = FaceAnimator.from_pretrained(path, generator=m.generator, clip=m.clip)
+    old = FaceAnimator.from_pretrained(tmp_path / "old.safetensors", generator=m.generator, clip=m.clip)
+    assert old.config == new.config
+    assert old.animator.offset_space == "w" and old.animator.offset_layers == [0, 1]
+    w = m.sample_latents(2, seed=3)
+    torch.testing.assert_close(old.animate(w, ["The person is smiling."], num_frames=4)["ws"],
+                               new.animate(w, ["The person is smiling."], num_frames=4)["ws"])
+
+
+def test_unknown_setting_in_a_group_is_one_line():
+    with pytest.raises(UserError, match=r"model.net has no setting 'hiddn'"):
+        AnimatorModule(domain=tiny_domain(), loss=PAPER_LOSS, net={"hiddn": 8}, generator=tiny_generator(),
+                       clip=tiny_clip_model())

@@ -54,15 +54,15 @@ def test_shipped_and_all_layers_animator_recipes(tmp_path):
     assert final.domain.identity_loss.kind == "attributes" and final.loss.identity == 120.0
     assert final.loss.lpips == final.loss.latent == 1.0 and stage2.loss.lpips == stage2.loss.latent == 2.0
     assert final.domain.identity_loss.checkpoint.endswith("identity_reader_synthetic.safetensors")
-    assert final.model.projection_reader == final.domain.identity_loss.checkpoint
-    assert final.model.identity_projection == 0.5 and stage2.model.identity_projection == 0.0
+    assert final.model.inference.projection_reader == final.domain.identity_loss.checkpoint
+    assert final.model.inference.identity_projection == 0.5 and stage2.model.inference.identity_projection == 0.0
     # the fine-tuning stages start from the shipped file by default (its metadata says where it started)
-    assert stage1.model.init_checkpoint is None
+    assert stage1.model.train.init_checkpoint is None
     for cfg in (stage2, final):
-        assert OmegaConf.select(cfg, "model.init_checkpoint", throw_on_resolution_failure=False) is not None
-    assert final.model.init_checkpoint.endswith("assets/animator_synthetic.safetensors")
+        assert OmegaConf.select(cfg, "model.train.init_checkpoint", throw_on_resolution_failure=False) is not None
+    assert final.model.train.init_checkpoint.endswith("assets/animator_synthetic.safetensors")
     assert final.name == "embedded-animator-identity-refine"
-    for key in ("model.offset_layers", "model.clip_views", "loss.contrastive", "seed"):
+    for key in ("model.net.offset_layers", "model.train.clip_views", "loss.contrastive", "seed"):
         assert OmegaConf.select(final, key) == OmegaConf.select(stage1, key), key
     # the export records the recipe it came from, the inference projection and a portable start
     import json
@@ -72,16 +72,16 @@ def test_shipped_and_all_layers_animator_recipes(tmp_path):
         hp = json.loads(f.metadata()["hyper_parameters"])
     assert dict(hp["loss"]) == dict(final.loss)
     assert hp["domain"]["identity_loss"]["kind"] == "attributes"
-    assert hp["offset_layers"] == list(final.model.offset_layers)
-    assert hp["identity_projection"] == final.model.identity_projection
-    assert hp["projection_reader"] == "identity_reader_synthetic.safetensors"
-    assert hp["init_checkpoint"].startswith("git show ")
+    assert hp["net"]["offset_layers"] == list(final.model.net.offset_layers)
+    assert hp["inference"]["identity_projection"] == final.model.inference.identity_projection
+    assert hp["inference"]["projection_reader"] == "identity_reader_synthetic.safetensors"
+    assert hp["train"]["init_checkpoint"].startswith("git show ")
     shipped = stage1
-    assert list(shipped.model.offset_layers) == list(range(8)) and shipped.loss.identity == 7.0
-    assert shipped.trainer.max_steps == 6000 and shipped.model.offset_space == "wplus"
+    assert list(shipped.model.net.offset_layers) == list(range(8)) and shipped.loss.identity == 7.0
+    assert shipped.trainer.max_steps == 6000 and shipped.model.net.offset_space == "wplus"
     old = compose_train(["experiment=embedded_animator_all_layers"], tmp_path)
-    assert old.model.offset_layers is None and old.loss.identity == 0.0 and old.trainer.max_steps == 3000
-    assert old.loss.contrastive == shipped.loss.contrastive == 2.0 and old.model.clip_views == 4
+    assert old.model.net.offset_layers is None and old.loss.identity == 0.0 and old.trainer.max_steps == 3000
+    assert old.loss.contrastive == shipped.loss.contrastive == 2.0 and old.model.train.clip_views == 4
 
 
 def test_paper_weights():
@@ -112,10 +112,10 @@ def test_typos_and_types_fail_at_compose(override, needle, tmp_path):
     ("hardware.precision=17-mixed", "hardware.precision"),
     ("domain.resolution=100", "domain.resolution"),
     ("hardware.ops_impl=triton", "hardware.ops_impl"),
-    ("model.offset_space=style", "model.offset_space"),
-    ("model.offset_layers=[0,0]", "model.offset_layers"),
-    ("model.offset_layers=[-1]", "model.offset_layers"),
-    ("model.offset_layers=[]", "model.offset_layers"),
+    ("model.net.offset_space=style", "model.net.offset_space"),
+    ("model.net.offset_layers=[0,0]", "model.net.offset_layers"),
+    ("model.net.offset_layers=[-1]", "model.net.offset_layers"),
+    ("model.net.offset_layers=[]", "model.net.offset_layers"),
 ])
 def test_bad_values_fail_validation(override, needle, tmp_path):
     cfg = compose_train([override], tmp_path)

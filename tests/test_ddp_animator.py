@@ -18,7 +18,7 @@ from src.data.prompts import PromptBatches, PromptDataModule, SameOrderOnEveryRa
 from src.losses.animator import contrastive_clip_loss, similarity_matrix
 from src.systems.animator import AnimatorModule
 from src.utils.errors import UserError
-from tests.test_animator import PAPER_LOSS, tiny_clip_model, tiny_domain, tiny_generator
+from tests.test_animator import PAPER_LOSS, groups, tiny_clip_model, tiny_domain, tiny_generator
 
 PROMPTS = [f"The person is {c}." for c in ("smiling", "angry", "winking", "crying", "pouting")]
 NO_LPIPS = {**PAPER_LOSS, "lpips": 0.0}
@@ -145,8 +145,11 @@ def test_every_rank_iterates_the_same_global_batches_and_workers_keep_the_order(
 # ---------------------------------------------------------------- the module
 def _module(**kw) -> AnimatorModule:
     torch.manual_seed(0)
-    return AnimatorModule(domain=tiny_domain(), loss=kw.pop("loss", NO_LPIPS), hidden=8, train_frames=4, val_frames=4,
-                          video_every_n_steps=0, generator=tiny_generator(), clip=tiny_clip_model(), **kw)
+    loss = kw.pop("loss", NO_LPIPS)
+    modules = {k: kw.pop(k) for k in ("loss_clip",) if k in kw}
+    settings = groups(**{**dict(hidden=8, train_frames=4, val_frames=4, video_every_n_steps=0), **kw})
+    return AnimatorModule(domain=tiny_domain(), loss=loss, generator=tiny_generator(), clip=tiny_clip_model(),
+                          **settings, **modules)
 
 
 def test_compute_losses_is_split_invariant():
@@ -219,9 +222,9 @@ class SaveTrainable(pl.Callback):
 def _sgd_module() -> SGDAnimator:
     # text tower fine-tuned too: its gradients then flow through the candidates of every rank
     torch.manual_seed(0)
-    return SGDAnimator(domain=tiny_domain(), loss=NO_LPIPS, hidden=8, train_frames=4, val_frames=4,
-                       video_every_n_steps=0, generator=tiny_generator(), clip=tiny_clip_model(),
-                       loss_clip=tiny_clip_model(seed=1), text_lr=0.1)
+    return SGDAnimator(domain=tiny_domain(), loss=NO_LPIPS,
+                       **groups(hidden=8, train_frames=4, val_frames=4, video_every_n_steps=0, text_lr=0.1),
+                       generator=tiny_generator(), clip=tiny_clip_model(), loss_clip=tiny_clip_model(seed=1))
 
 
 def _fit(devices: int, batch_size: int, path: str) -> None:

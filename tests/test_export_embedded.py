@@ -59,10 +59,11 @@ def test_export_records_projection_and_start_and_is_relocatable(export_main, tmp
     dst = out / "animator_synthetic.safetensors"
     hp = metadata(dst)
     # file names relative to the folder, the projection and a portable start in the record
-    assert hp["identity_projection"] == 0.25 and hp["projection_reader"] == "identity_reader_synthetic.safetensors"
+    assert hp["inference"]["identity_projection"] == 0.25
+    assert hp["inference"]["projection_reader"] == "identity_reader_synthetic.safetensors"
     assert hp["domain"]["identity_loss"]["checkpoint"] == "identity_reader_synthetic.safetensors"
     assert hp["domain"]["generator"]["checkpoint"] == "stylegan2_synthetic128.safetensors"
-    assert hp["init_checkpoint"] == "git show REV:assets/animator_synthetic.safetensors"
+    assert hp["train"]["init_checkpoint"] == "git show REV:assets/animator_synthetic.safetensors"
     assert (out / "identity_reader_synthetic.json").is_file() and (out / "clip_synthetic.text_cache.safetensors").is_file()
     source, exported = load_file(str(ASSETS / "animator_synthetic.safetensors")), load_file(str(dst))
     assert source.keys() == exported.keys() and all(torch.equal(source[k], exported[k]) for k in source)
@@ -70,12 +71,12 @@ def test_export_records_projection_and_start_and_is_relocatable(export_main, tmp
     moved = tmp_path / "moved"
     out.rename(moved)
     module = FaceAnimator.from_pretrained(moved / "animator_synthetic.safetensors")
-    assert module.config["identity_projection"] == 0.25
-    assert module.config["projection_reader"] == str(moved / "identity_reader_synthetic.safetensors")
+    assert module.config["inference"]["identity_projection"] == 0.25
+    assert module.config["inference"]["projection_reader"] == str(moved / "identity_reader_synthetic.safetensors")
     module.projection_reader()  # loads from the moved folder
 
 
 def test_shipped_animator_runs_with_its_recorded_projection():
     hp = metadata(ASSETS / "animator_synthetic.safetensors")
-    assert 0 < hp["identity_projection"] <= 1
-    assert (ASSETS / hp["projection_reader"]).is_file()
+    assert 0 < hp["inference"]["identity_projection"] <= 1
+    assert (ASSETS / hp["inference"]["projection_reader"]).is_file()

@@ -22,7 +22,7 @@ def tiny_overrides(tmp_path_factory):
     over = ["task=animator", "domain=synthetic", "loss=paper", "hardware=cpu", "logger=csv",
             f"domain.generator.checkpoint={g_path}", "domain.resolution=16", "domain.perceptual=none",
             "domain.identity_metric=none", "domain.prompts.concepts=[smiling,angry,winking]",
-            "model.hidden=8", "model.val_frames=4", "model.video_every_n_steps=0",
+            "model.net.hidden=8", "model.inference.frames=4", "model.validation.video_every_n_steps=0",
             "data.batch_size=3", "data.val_batches=1", "data.test_batches=1", "data.train_batches=4",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"]
     for key in ("clip", "loss_clip"):
@@ -66,7 +66,7 @@ def test_wandb_offline(tiny_overrides, tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = compose_train(tiny_overrides + ["logger=wandb", "model.video_every_n_steps=1", "model.num_videos=2"], tmp_path)
+    cfg = compose_train(tiny_overrides + ["logger=wandb", "model.validation.video_every_n_steps=1", "model.validation.num_videos=2"], tmp_path)
     try:
         train(cfg)
     finally:

@@ -102,7 +102,7 @@ fi
 # embedded animator (global batch 2 x 8 videos); prints Lightning's it/s
 if [ "$NGPU" -ge 2 ]; then
   stage lightning_ddp 120 80 python train.py experiment=embedded_animator hardware=ddp hardware.devices="$NGPU" \
-    data.batch_size=8 trainer.max_steps=60 trainer.val_check_interval=30 model.video_every_n_steps=0 \
+    data.batch_size=8 trainer.max_steps=60 trainer.val_check_interval=30 model.validation.video_every_n_steps=0 \
     logger=csv paths.log_dir="$TMP/lgfa_ddp" name=ddp-smoke
   tail -c 600 "$OUT/lightning_ddp.log" | tr '\r' '\n' | grep -v '^$' | tail -n 4
 fi

@@ -8,7 +8,7 @@
 #      reader makes it the identity-loss network (domain.identity_loss.kind=attributes)
 #   4. animator variants trained side by side on the shipped generator and the new CLIP (with FID
 #      the identity-loss network is configured; a variant turns the loss on with loss.identity=W)
-#      (INIT= an animator export or checkpoint: every variant fine-tunes from it, model.init_checkpoint;
+#      (INIT= an animator export or checkpoint: every variant fine-tunes from it, model.train.init_checkpoint;
 #      EXPERIMENT= the recipe the variants override, default embedded_animator)
 #   5. export + evaluation of every variant (200 faces x every prompt, with the oracle; EVAL_STRENGTHS
 #      lists inference strengths, default 1.0; EVAL_PROJECTIONS lists identity-projection amounts > 0
@@ -69,13 +69,13 @@ elif [ -n "${FID:-}" ]; then
   id_overrides="domain.identity_loss.kind=synthetic domain.identity_loss.checkpoint=$FID"; id_export="--face-id $FID"
 fi
 
-IFS=';' read -ra variants <<< "${ANIM_VARIANTS:-views=model.clip_views=4 model.clip_view_noise=0.03}"
+IFS=';' read -ra variants <<< "${ANIM_VARIANTS:-views=model.train.clip_views=4 model.train.clip_view_noise=0.03}"
 for v in "${variants[@]}"; do
   name=${v%%=*}; overrides=${v#*=}
   log start animator_$name
   python train.py experiment=${EXPERIMENT:-embedded_animator} name=anim-$name domain.generator.checkpoint="$G" \
-    domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.identity_metric_path="$O" \
-    model.video_every_n_steps=0 ${INIT:+model.init_checkpoint=$INIT} +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $id_overrides $overrides $common \
+    domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.validation.identity_metric_path="$O" \
+    model.validation.video_every_n_steps=0 ${INIT:+model.train.init_checkpoint=$INIT} +trainer.max_time=$(minutes ${ANIM_MIN:-8}) $id_overrides $overrides $common \
     > "$RUNS/animator_$name.log" 2>&1 &
 done
 wait
@@ -86,17 +86,17 @@ for v in "${variants[@]}"; do
   ( python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
       --oracle "$O" $id_export --out "$RUNS/assets_$name" > "$RUNS/export_$name.log" 2>&1 &&
     for s in ${EVAL_STRENGTHS:-1.0}; do
-      python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
-        --strength $s --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" --device cuda \
-        --out "$RUNS/eval_${name}_s$s.json" > "$RUNS/evaluate_${name}_s$s.log" 2>&1; log end evaluate_${name}_s$s rc=$?
+      python evaluate.py checkpoint="$RUNS/assets_$name/animator_synthetic.safetensors" faces=${EVAL_FACES:-200} \
+        strength=$s oracle="$RUNS/assets_$name/oracle_synthetic.safetensors" device=cuda \
+        output="$RUNS/eval_${name}_s$s.json" > "$RUNS/evaluate_${name}_s$s.log" 2>&1; log end evaluate_${name}_s$s rc=$?
     done
     for p in ${EVAL_PROJECTIONS:-}; do
       for f in default ${EVAL_CONFIRM_OFFSET:-}; do  # the default faces, then other test faces (seeds f..)
         tag=p$p; [ "$f" = default ] || tag=p${p}_f$f
-        python -m src.eval.evaluate "$RUNS/assets_$name/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
-          --identity-projection $p --projection-reader "${READER:-assets/identity_reader_synthetic.safetensors}" \
-          $([ "$f" = default ] || echo --face-seed-offset $f) --oracle "$RUNS/assets_$name/oracle_synthetic.safetensors" \
-          --device cuda --out "$RUNS/eval_${name}_$tag.json" > "$RUNS/evaluate_${name}_$tag.log" 2>&1
+        python evaluate.py checkpoint="$RUNS/assets_$name/animator_synthetic.safetensors" faces=${EVAL_FACES:-200} \
+          identity_projection=$p projection_reader="${READER:-assets/identity_reader_synthetic.safetensors}" \
+          $([ "$f" = default ] || echo face_seed_offset=$f) oracle="$RUNS/assets_$name/oracle_synthetic.safetensors" \
+          device=cuda output="$RUNS/eval_${name}_$tag.json" > "$RUNS/evaluate_${name}_$tag.log" 2>&1
         log end evaluate_${name}_$tag rc=$?
       done
     done ) &

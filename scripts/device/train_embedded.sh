@@ -30,15 +30,15 @@ has stylegan && stage stylegan experiment=embedded_stylegan ${EXTRA_STYLEGAN:-}
 wait
 if has animator; then
   stage animator experiment=embedded_animator domain.generator.checkpoint="$G" \
-    domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.identity_metric_path="$O" ${EXTRA_ANIMATOR:-}
+    domain.clip.checkpoint="$C" domain.loss_clip.checkpoint="$C" model.validation.identity_metric_path="$O" ${EXTRA_ANIMATOR:-}
 fi
 if has evaluate; then
   A=$RUNS/animator/runs/embedded-animator
   echo "start evaluate $(date +%s)" >> "$RUNS/stages"
   python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
     --oracle "$O" --out "$RUNS/assets" > "$RUNS/export.log" 2>&1 &&
-  python -m src.eval.evaluate "$RUNS/assets/animator_synthetic.safetensors" --faces ${EVAL_FACES:-200} \
-    --oracle "$RUNS/assets/oracle_synthetic.safetensors" --device ${EVAL_DEVICE:-cuda} --out "$RUNS/eval.json" > "$RUNS/evaluate.log" 2>&1
+  python evaluate.py checkpoint="$RUNS/assets/animator_synthetic.safetensors" faces=${EVAL_FACES:-200} \
+    oracle="$RUNS/assets/oracle_synthetic.safetensors" device=${EVAL_DEVICE:-cuda} output="$RUNS/eval.json" > "$RUNS/evaluate.log" 2>&1
   echo "end evaluate rc=$? $(date +%s)" >> "$RUNS/stages"
 fi
 echo "all done $(date +%s)" >> "$RUNS/stages"

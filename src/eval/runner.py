@@ -36,7 +36,7 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
 
     motion_total = pipeline.resolve_motion_total(motion_total)
     if identity_projection is None:
-        identity_projection = float(pipeline.config.get("identity_projection") or 0.0)
+        identity_projection = float(pipeline.inference_cfg.identity_projection or 0.0)
     domain = pipeline.config["domain"]
     template = domain["prompts"]["template"]
     concepts = list(concepts or domain["prompts"]["concepts"])
@@ -111,7 +111,7 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
     return {"summary": summary, "per_concept": per_concept,
             "settings": {"faces": n_faces, "frames": frames, "decay": decay, "strength": strength, "motion_total": motion_total,
                          "identity_projection": identity_projection,
-                         "projection_reader": pipeline.config.get("projection_reader") if identity_projection else None,
+                         "projection_reader": pipeline.inference_cfg.projection_reader if identity_projection else None,
                          "concepts": concepts, "face_seed_offset": face_seed_offset}}
 
 

@@ -26,7 +26,29 @@ FORMAT = "lgfa-animator-1"
 # config entries that name files; in an export, relative paths are relative to the file's folder
 FILE_KEYS = ("domain.generator.checkpoint", "domain.clip.checkpoint", "domain.loss_clip.checkpoint",
              "domain.clip.pretrained", "domain.loss_clip.pretrained", "domain.identity_loss.checkpoint",
-             "identity_metric_path", "projection_reader", "init_checkpoint")
+             "validation.identity_metric_path", "inference.projection_reader", "train.init_checkpoint")
+# files written before the settings were grouped keep them at the top level: where each one lives now
+_GROUPED = {**{k: f"net.{k}" for k in ("hidden", "variant", "mapper_hidden", "mapper_last_activation", "mapper_lr_mul",
+                                       "h0_eval", "image_offset_schedule", "use_image_mapper", "offset_space",
+                                       "offset_layers")},
+            "train_frames": "train.frames", "val_frames": "inference.frames", "val_decay": "inference.decay",
+            "motion_total": "inference.motion_total", "identity_projection": "inference.identity_projection",
+            "projection_reader": "inference.projection_reader",
+            **{k: f"train.{k}" for k in ("lr", "text_lr", "betas", "clip_loss", "cosine_fallback_weight", "clip_views",
+                                         "clip_view_noise", "lpips_size", "lpips_path", "init_checkpoint")},
+            **{k: f"validation.{k}" for k in ("identity_metric_path", "video_every_n_steps", "video_fps",
+                                              "num_videos")}}
+_DROPPED = ("inference_only",)  # a flag of the loader that wrote some of them, not a setting
+
+
+def grouped(hyper_parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration with its settings in their groups (net, train, inference, validation), also
+    when it comes from a file that kept them at the top level."""
+    hp = {k: v for k, v in plain(dict(hyper_parameters)).items() if k not in _DROPPED}
+    for key, dotted in _GROUPED.items():
+        if key in hp and not isinstance(hp[key], dict):
+            set_dotted(hp, dotted, hp.pop(key))
+    return hp
 
 
 @dataclass
@@ -46,7 +68,7 @@ def _read_checkpoint(path: Path) -> AnimatorFile:
         raise UserError(f"{path}: not a loadable checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise UserError(f"{path}: not an animator checkpoint (no hyper_parameters/state_dict)")
-    return AnimatorFile(plain(dict(ckpt["hyper_parameters"])), ckpt["state_dict"], ckpt.get("frozen_hashes") or {})
+    return AnimatorFile(grouped(ckpt["hyper_parameters"]), ckpt["state_dict"], ckpt.get("frozen_hashes") or {})
 
 
 def _read_export(path: Path) -> AnimatorFile:
@@ -62,7 +84,7 @@ def _read_export(path: Path) -> AnimatorFile:
         raise UserError(f"{path}: not an exported animator (metadata format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")
     try:
-        hp, hashes = json.loads(meta["hyper_parameters"]), json.loads(meta.get("frozen_hashes", "{}"))
+        hp, hashes = grouped(json.loads(meta["hyper_parameters"])), json.loads(meta.get("frozen_hashes", "{}"))
     except (KeyError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable animator metadata ({e})") from None
     for key in FILE_KEYS:  # relative file names are relative to the export's folder

@@ -16,28 +16,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from dataclasses import asdict
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from src.config.schema import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+                               typed_group)
 from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
 from src.utils.config import flatten, get_dotted, plain, set_dotted
 from src.utils.errors import UserError
 
-#: the recorded settings that shape the recurrent animator (keys of the file's hyper_parameters)
-ARCHITECTURE_KEYS = ("hidden", "variant", "mapper_hidden", "mapper_last_activation", "mapper_lr_mul", "h0_eval",
-                     "image_offset_schedule", "use_image_mapper", "offset_space", "offset_layers")
-
-
 class FaceAnimator(nn.Module):
     """The frozen generator and CLIP plus the trained animator; see the module docstring.
 
-    config: the animator's recorded configuration (``domain`` names the generator, CLIP and prompts;
-    the architecture keys; inference defaults ``train_frames``, ``motion_total``,
-    ``identity_projection``, ``projection_reader``). In-code ``generator`` / ``clip`` replace the
+    config: the animator's recorded configuration: ``domain`` names the generator, CLIP and prompts;
+    the groups ``net`` (architecture), ``train`` (its training frames and whether the text tower was
+    fine-tuned) and ``inference`` (the defaults: motion_total, identity_projection, projection_reader)
+    follow the dataclasses of ``src/config/schema.py``. In-code ``generator`` / ``clip`` replace the
     files the config names (tests, custom networks).
     """
 
@@ -45,6 +44,9 @@ class FaceAnimator(nn.Module):
                  clip: Optional[nn.Module] = None):
         super().__init__()
         self.config = plain(dict(config))
+        self.net_cfg = typed_group(AnimatorNetConfig, self.config.get("net"), "net")
+        self.train_cfg = typed_group(AnimatorTrainConfig, self.config.get("train"), "train")
+        self.inference_cfg = typed_group(AnimatorInferenceConfig, self.config.get("inference"), "inference")
         domain = self.config.get("domain") or {}
         self.domain = domain
         self.prompt_list = components.prompt_list(domain)
@@ -60,17 +62,16 @@ class FaceAnimator(nn.Module):
         self.frozen_sources["clip"] = (list(getattr(self.clip, "weight_files", [])), self.clip)
         # the CLIP text tower is trained (and saved) when the config fine-tunes it
         self.text_params: list[nn.Parameter] = (list(self.clip.text_parameters())
-                                                if float(self.config.get("text_lr") or 0) > 0 else [])
+                                                if float(self.train_cfg.text_lr or 0) > 0 else [])
         for p in self.text_params:
             p.requires_grad_(True)
-        arch = {k: self.config[k] for k in ARCHITECTURE_KEYS if k in self.config}
         self.animator = RecurrentAnimator(embed_dim=self.clip.embed_dim, num_ws=self.generator.num_ws,
-                                          w_dim=self.generator.w_dim, **arch)
-        projection = float(self.config.get("identity_projection") or 0.0)
+                                          w_dim=self.generator.w_dim, **asdict(self.net_cfg))
+        projection = float(self.inference_cfg.identity_projection or 0.0)
         if not 0.0 <= projection <= 1.0:
             raise UserError(f"identity_projection must be in [0, 1], got {projection}")
-        if projection > 0 and not self.config.get("projection_reader"):
-            raise UserError("identity_projection > 0 needs model.projection_reader (an identity-attribute reader)")
+        if projection > 0 and not self.inference_cfg.projection_reader:
+            raise UserError("identity_projection > 0 needs model.inference.projection_reader (an identity-attribute reader)")
         self.frozen_hashes = {name: self.frozen_hash(name) for name in self.frozen_sources}
 
     # ------------------------------------------------------------------ files
@@ -81,7 +82,7 @@ class FaceAnimator(nn.Module):
         """Build from an animator file (an export or a training checkpoint).
 
         overrides: config entries to change, nested or dotted (e.g. {'domain.generator.checkpoint':
-        '/new/G.pkl'}); hash_check (error | warn | off; default: the file's setting): what to do when a
+        '/new/G.pkl', 'inference.projection_reader': 'reader.safetensors'}); hash_check (error | warn | off; default: the file's setting): what to do when a
         frozen file's sha256 differs from the one the animator was trained with. ``generator=`` /
         ``clip=``: in-code modules instead of the files the config names.
         """
@@ -198,9 +199,9 @@ class FaceAnimator(nn.Module):
         on first use and cached outside the module tree (it is not a weight of the animator)."""
         reader = self.__dict__.get("_projection_reader")
         if reader is None:
-            path = self.config.get("projection_reader")
+            path = self.inference_cfg.projection_reader
             if not path:
-                raise UserError("identity projection needs model.projection_reader (an identity-attribute reader; "
+                raise UserError("identity projection needs model.inference.projection_reader (an identity-attribute reader; "
                                 "experiment=embedded_identity_reader trains one)")
             from src.identity.reader import load_identity_reader
 
@@ -236,7 +237,7 @@ class FaceAnimator(nn.Module):
     # ------------------------------------------------------------------ animation
     def resolve_motion_total(self, requested: Optional[str] = None) -> str:
         """``requested`` ('train' | 'paper'), or the recorded setting (default 'train')."""
-        motion_total = requested or self.config.get("motion_total") or "train"
+        motion_total = requested or self.inference_cfg.motion_total or "train"
         if motion_total not in MOTION_TOTALS:
             raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
         return motion_total
@@ -261,7 +262,7 @@ class FaceAnimator(nn.Module):
         if num_frames < 2:
             raise UserError(f"num_frames must be >= 2, got {num_frames}")
         if self.resolve_motion_total(motion_total) == "train":
-            strength = strength * training_matched_strength(num_frames, decay, int(self.config.get("train_frames", 4)),
+            strength = strength * training_matched_strength(num_frames, decay, int(self.train_cfg.frames),
                                                             self.animator.step_base)
         device = self.device
         w_input = w_input.to(device).float()
@@ -273,7 +274,7 @@ class FaceAnimator(nn.Module):
             prompts = prompts * n
         if len(prompts) != n:
             raise UserError(f"{len(prompts)} prompts for {n} faces")
-        projection = float(self.config.get("identity_projection") or 0.0) if identity_projection is None \
+        projection = float(self.inference_cfg.identity_projection or 0.0) if identity_projection is None \
             else float(identity_projection)
         if not 0.0 <= projection <= 1.0:
             raise UserError(f"identity_projection must be in [0, 1], got {projection}")

@@ -12,6 +12,7 @@ is loaded (``hash_check``: error | warn | off). :meth:`AnimatorModule.export` wr
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -25,6 +26,8 @@ from src.pipeline.animator_file import FORMAT, read_animator_file
 from src.systems.animator_eval import AnimatorEvaluation
 from src.systems.animator_objective import AnimatorObjective
 from src.utils.config import get_dotted, plain
+from src.config.schema import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+                               AnimatorValidationConfig, typed_group)
 from src.utils.errors import UserError
 
 FROZEN = ("generator", "clip", "loss_clip", "perceptual", "identity_net", "identity_metric_net")
@@ -37,52 +40,50 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
 
     domain: the domain config (generator.{checkpoint, truncation_psi, noise_mode}, clip, loss_clip,
     prompts, perceptual, identity_loss, identity_metric). loss: weights {contrastive, lpips, smoothness,
-    endpoint, latent, identity, tau}. The other arguments are ``model.*`` of ``conf/task/animator.yaml``,
-    documented there. In-code modules (tests, custom identity networks) can be passed as ``generator``,
+    endpoint, latent, identity, tau}. net / train / inference / validation: the typed groups
+    ``model.net`` ... of ``conf/task/animator.yaml`` (dataclasses in ``src/config/schema.py``). In-code modules (tests, custom identity networks) can be passed as ``generator``,
     ``clip``, ``loss_clip``, ``perceptual``, ``identity_net`` (training loss), ``identity_metric_net``
     (evaluation); they are not saved in hparams.
 
-    init_checkpoint: warm start for fine-tuning: the animator weights of an export (.safetensors) or
+    train.init_checkpoint: warm start for fine-tuning: the animator weights of an export (.safetensors) or
     a Lightning checkpoint of the same architecture (its optimiser state and step are not taken;
     resuming a run from its own last.ckpt still wins).
     """
 
-    def __init__(self, domain: Mapping, loss: Mapping, hidden: int = 384, variant: str = "ours",
-                 train_frames: int = 4, val_frames: int = 16, val_decay: str = "linear", lr: float = 1e-3,
-                 text_lr: float = 0.0, betas: Sequence[float] = (0.0, 0.999), mapper_hidden: Optional[int] = None,
-                 mapper_last_activation: str = "lrelu", mapper_lr_mul: float = 1.0, h0_eval: str = "random",
-                 image_offset_schedule: str = "motion", clip_loss: str = "contrastive",
-                 cosine_fallback_weight: float = 0.5, clip_views: int = 0, clip_view_noise: float = 0.0,
-                 lpips_size: Optional[int] = 224, lpips_path: Optional[str] = None,
-                 video_every_n_steps: int = 500, video_fps: float = 10.0, num_videos: int = 4,
-                 hash_check: str = "error", identity_metric_path: Optional[str] = None,
-                 motion_total: str = "train", use_image_mapper: bool = True, offset_space: str = "wplus",
-                 offset_layers: Optional[Sequence[int]] = None, identity_projection: float = 0.0,
-                 projection_reader: Optional[str] = None, init_checkpoint: Optional[str] = None,
+    def __init__(self, domain: Mapping, loss: Mapping, net: Optional[Mapping | AnimatorNetConfig] = None,
+                 train: Optional[Mapping | AnimatorTrainConfig] = None,
+                 inference: Optional[Mapping | AnimatorInferenceConfig] = None,
+                 validation: Optional[Mapping | AnimatorValidationConfig] = None, hash_check: str = "error",
                  generator: Optional[nn.Module] = None, clip: Optional[nn.Module] = None,
                  loss_clip: Optional[nn.Module] = None, perceptual: Optional[nn.Module] = None,
                  identity_net: Optional[nn.Module] = None, identity_metric_net: Optional[nn.Module] = None):
         super().__init__()
         domain, loss = plain(domain), plain(loss)
-        self.save_hyperparameters(ignore=list(FROZEN))
-        for key in list(self.hparams):  # hydra hands over DictConfig/ListConfig: checkpoints need plain data
-            self.hparams[key] = plain(self.hparams[key])
-        self.hparams["domain"], self.hparams["loss"] = domain, loss
+        self.net_cfg = typed_group(AnimatorNetConfig, net, "model.net")
+        self.train_cfg = typed_group(AnimatorTrainConfig, train, "model.train")
+        self.inference_cfg = typed_group(AnimatorInferenceConfig, inference, "model.inference")
+        self.validation_cfg = typed_group(AnimatorValidationConfig, validation, "model.validation")
+        # hparams: plain data (checkpoints load with weights_only=True), the groups as dicts
+        self.save_hyperparameters({"domain": domain, "loss": plain(loss), "net": asdict(self.net_cfg),
+                                   "train": asdict(self.train_cfg), "inference": asdict(self.inference_cfg),
+                                   "validation": asdict(self.validation_cfg), "hash_check": hash_check})
         missing = [k for k in LOSS_KEYS if k not in loss]
         if missing:
             raise UserError(f"loss config lacks {', '.join(missing)}")
-        if clip_views < 0 or clip_view_noise < 0:
-            raise UserError(f"model.clip_views and model.clip_view_noise must be >= 0, got {clip_views}, {clip_view_noise}")
-        if clip_loss not in ("contrastive", "cosine"):
-            raise UserError(f"clip_loss '{clip_loss}' is not contrastive or cosine")
+        tc, ic = self.train_cfg, self.inference_cfg
+        if tc.clip_views < 0 or tc.clip_view_noise < 0:
+            raise UserError(f"model.train.clip_views and model.train.clip_view_noise must be >= 0, "
+                            f"got {tc.clip_views}, {tc.clip_view_noise}")
+        if tc.clip_loss not in ("contrastive", "cosine"):
+            raise UserError(f"model.train.clip_loss '{tc.clip_loss}' is not contrastive or cosine")
         if hash_check not in components.HASH_CHECKS:
             raise UserError(f"hash_check '{hash_check}' is not error, warn or off")
-        if motion_total not in MOTION_TOTALS:
-            raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
-        if val_decay not in DECAYS:
-            raise UserError(f"val_decay '{val_decay}' is not one of {', '.join(DECAYS)}")
-        if train_frames < 2 or val_frames < 2:
-            raise UserError("train_frames and val_frames must be >= 2")
+        if ic.motion_total not in MOTION_TOTALS:
+            raise UserError(f"motion_total '{ic.motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
+        if ic.decay not in DECAYS:
+            raise UserError(f"model.inference.decay '{ic.decay}' is not one of {', '.join(DECAYS)}")
+        if tc.frames < 2 or ic.frames < 2:
+            raise UserError("model.train.frames and model.inference.frames must be >= 2")
         self.domain, self.loss_cfg = domain, {k: float(loss[k]) for k in LOSS_KEYS}
 
         # ---- the inference pipeline: frozen generator and CLIP, the trainable animator. Its modules
@@ -95,7 +96,7 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         self.frozen_sources = dict(pipeline.frozen_sources)
 
         # ---- the CLIP of the loss: the animator's own when it is the same frozen network
-        if components.same_clip(domain) and loss_clip is None and text_lr == 0:
+        if components.same_clip(domain) and loss_clip is None and tc.text_lr == 0:
             self.loss_clip = self.clip
         else:
             self.loss_clip = components.build_clip(domain, "loss_clip", loss_clip)
@@ -106,7 +107,7 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         if perceptual is None and self.loss_cfg["lpips"] > 0:
             from src.networks.perceptual import build_perceptual
 
-            perceptual = build_perceptual(get_dotted(domain, "perceptual", "none"), lpips_path, lpips_size)
+            perceptual = build_perceptual(get_dotted(domain, "perceptual", "none"), tc.lpips_path, tc.lpips_size)
             if perceptual is None:
                 warnings.warn("domain.perceptual is 'none': the LPIPS loss term is skipped")
         if perceptual is not None:
@@ -131,31 +132,31 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         # augmentation pipes of the CLIP-loss views, per device (kept out of the module tree: not weights)
         self._view_pipes: dict[str, nn.Module] = {}
         self.frozen_hashes = {name: components.frozen_record(*self.frozen_sources[name]) for name in self.frozen_sources}
-        if init_checkpoint:
-            self._warm_start(init_checkpoint)
+        if tc.init_checkpoint:
+            self._warm_start(tc.init_checkpoint)
 
     def config(self) -> dict[str, Any]:
         """The run's resolved configuration as plain data (what the exported file records)."""
-        return {k: plain(v) for k, v in self.hparams.items() if k not in FROZEN}
+        return {k: plain(v) for k, v in self.hparams.items()}
 
     def _warm_start(self, path: str) -> None:
         """Load the animator weights of ``path`` (an export or a Lightning checkpoint) into self.animator."""
         try:
             record = read_animator_file(path)
         except UserError as e:
-            raise UserError(f"model.init_checkpoint: {e}") from None
+            raise UserError(f"model.train.init_checkpoint: {e}") from None
         prefix = "animator."
         weights = {k[len(prefix):]: v for k, v in record.state_dict.items() if k.startswith(prefix)}
         try:
             self.animator.load_state_dict(weights, strict=True)
         except RuntimeError as e:
-            raise UserError(f"model.init_checkpoint {path}: its animator does not fit this model config "
+            raise UserError(f"model.train.init_checkpoint {path}: its animator does not fit this model config "
                             f"({str(e).splitlines()[0]})") from None
         # its motion was learnt against its own generator and CLIP: another one makes the start meaningless
         for name in ("generator", "clip"):
             rec, cur = record.frozen_hashes.get(name), self.frozen_hashes.get(name)
             if rec and cur and rec.get("sha256") != cur["sha256"]:
-                warnings.warn(f"model.init_checkpoint {path} was trained with another {name} "
+                warnings.warn(f"model.train.init_checkpoint {path} was trained with another {name} "
                               f"({rec.get('source')}) than this run's ({cur['source']})")
 
     def train(self, mode: bool = True) -> "AnimatorModule":
@@ -260,13 +261,14 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         return total
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every = int(self.hparams.video_every_n_steps or 0)
+        every = int(self.validation_cfg.video_every_n_steps or 0)
         if every > 0 and self.global_step % every == 0 and self.global_rank == 0:
             self.log_video()
 
     def configure_optimizers(self):
-        betas = tuple(float(b) for b in self.hparams.betas)
-        groups = [{"params": list(self.animator.parameters()), "lr": float(self.hparams.lr)}]
+        tc = self.train_cfg
+        groups = [{"params": list(self.animator.parameters()), "lr": float(tc.lr)}]
         if self.text_params:
-            groups.append({"params": self.text_params, "lr": float(self.hparams.text_lr)})
+            groups.append({"params": self.text_params, "lr": float(tc.text_lr)})
+        betas = tuple(float(b) for b in tc.betas)
         return torch.optim.Adam(groups, betas=betas)

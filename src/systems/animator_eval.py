@@ -1,7 +1,7 @@
 """Validation and test of the animator during training: video metrics of whole animations through
 the pipeline, identity metrics by the domain's embedder, and grid videos for the logs.
 
-A mixin of :class:`~src.systems.animator.AnimatorModule` (uses ``pipeline``, ``hparams``, ``domain``,
+A mixin of :class:`~src.systems.animator.AnimatorModule` (uses ``pipeline``, the typed groups, ``domain``,
 ``prompt_list``, ``clip``/``loss_clip`` and ``identity_metric_net``).
 """
 from __future__ import annotations
@@ -39,13 +39,13 @@ class AnimatorEvaluation:
 
     def _build_identity_embedder(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
         kind = str(get_dotted(self.domain, "identity_metric", "none"))
-        path = self.hparams.get("identity_metric_path")
+        path = self.validation_cfg.identity_metric_path
         try:
             from src.identity.build import identity_embedder
 
             if kind == "oracle":
                 if not path:
-                    raise UserError("identity_metric 'oracle' needs model.identity_metric_path (oracle weights)")
+                    raise UserError("identity_metric 'oracle' needs model.validation.identity_metric_path (oracle weights)")
                 from src.embedded.oracle import identity_reading
 
                 return identity_embedder("oracle", fn=identity_reading(path, self.device))
@@ -71,8 +71,8 @@ class AnimatorEvaluation:
         captions = list(batch["caption"])
         w_input = self._batch_latents(batch)
         image = self.render_image(w_input).clamp(-1, 1)  # as the returned frames
-        out = self.animate(w_input, captions, num_frames=int(self.hparams.val_frames),
-                           decay=self.hparams.val_decay, image=image, seed=self._eval_seed(batch))
+        out = self.animate(w_input, captions, num_frames=int(self.inference_cfg.frames),
+                           decay=self.inference_cfg.decay, image=image, seed=self._eval_seed(batch))
         identity_fn, prefix = self._identity_fn()
         return video_metrics(out["frames"], ws=out["ws"], image=image, clip=self._metric_clip(), prompts=captions,
                              prompt_list=self.prompt_list or None, identity_fn=identity_fn, identity_prefix=prefix)
@@ -94,18 +94,18 @@ class AnimatorEvaluation:
 
         if self.trainer is None or not self.prompt_list:
             return None
-        k = min(int(self.hparams.num_videos), len(self.prompt_list))
+        k = min(int(self.validation_cfg.num_videos), len(self.prompt_list))
         prompts = self.prompt_list[:k]
         ws = self.sample_latents(seeds=list(range(k)))
-        out = self.animate(ws, prompts, num_frames=int(self.hparams.val_frames), decay=self.hparams.val_decay)
+        out = self.animate(ws, prompts, num_frames=int(self.inference_cfg.frames), decay=self.inference_cfg.decay)
         suffix = default_video_suffix()  # gif where ffmpeg is missing (e.g. a bare GPU node)
         path = Path(self.trainer.default_root_dir) / "videos" / f"step{self.global_step:07d}{suffix}"
-        write_grid_video(out["frames"].cpu(), path, fps=float(self.hparams.video_fps))
+        write_grid_video(out["frames"].cpu(), path, fps=float(self.validation_cfg.video_fps))
         for logger in self.loggers:
             if type(logger).__name__ == "WandbLogger":
                 import wandb
 
-                logger.experiment.log({"train/video": wandb.Video(str(path), fps=int(self.hparams.video_fps),
+                logger.experiment.log({"train/video": wandb.Video(str(path), fps=int(self.validation_cfg.video_fps),
                                                                   format=suffix.lstrip(".")),
                                        "trainer/global_step": self.global_step})
         return path

@@ -2,7 +2,7 @@
 
 A mixin of :class:`~src.systems.animator.AnimatorModule`: it uses the module's pipeline parts
 (``animator``, ``clip``, ``generator`` via ``synthesize``/``render_image``), the loss networks
-(``loss_clip``, ``perceptual``, ``identity_net``), ``loss_cfg`` and ``hparams``.
+(``loss_clip``, ``perceptual``, ``identity_net``), ``loss_cfg`` and the typed groups ``net_cfg`` / ``train_cfg``.
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ class AnimatorObjective:
         """('contrastive'|'cosine', weight) of the text-alignment term."""
         w = self.loss_cfg["contrastive"]
         if w == 0:
-            return "cosine", float(self.hparams.cosine_fallback_weight)
-        return ("cosine" if self.hparams.clip_loss == "cosine" else "contrastive"), w
+            return "cosine", float(self.train_cfg.cosine_fallback_weight)
+        return ("cosine" if self.train_cfg.clip_loss == "cosine" else "contrastive"), w
 
     def compute_losses(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """One training forward: returns (total, {term: value}, outputs).
@@ -69,7 +69,7 @@ class AnimatorObjective:
         form, w_clip = self.clip_loss_weight()
         if form == "contrastive":
             candidates, positive = self.contrastive_candidates(batch)  # validate before the expensive part
-        T = int(self.hparams.train_frames)
+        T = int(self.train_cfg.frames)
         w_input = self._batch_latents(batch)
         with torch.no_grad():
             image = self.render_image(w_input)  # the input face is the generator's own image of w_input
@@ -77,7 +77,7 @@ class AnimatorObjective:
         text_emb = self._text_embedding(captions)
         out = self.animator(w_input, text_emb, image_emb, T, decay="none", h0_seeds=self._h0_seeds(batch))
         ws, offsets = out["ws"], out["offsets"]
-        if self.hparams.variant == "ours" and self.noise_mode != "random":
+        if self.net_cfg.variant == "ours" and self.noise_mode != "random":
             # frame 0 is the input face exactly (ws[:,0] == w_input): render only frames 1..T-1
             frames = torch.cat([image[:, None], self.synthesize(ws[:, 1:])], dim=1)
         else:
@@ -85,12 +85,12 @@ class AnimatorObjective:
 
         terms: dict[str, torch.Tensor] = {}
         lc = self.loss_clip
-        views = 1 + int(self.hparams.clip_views)
+        views = 1 + int(self.train_cfg.clip_views)
         last = frames[:, -1]
         if views > 1:
             # random augmentation from the global RNG: per rank, so DDP matches one process in distribution only
             pipe = self._view_pipes.setdefault(str(last.device), label_preserving_pipe(p=1.0).to(last.device))
-            last = augmented_views(last, pipe, views - 1, float(self.hparams.clip_view_noise))
+            last = augmented_views(last, pipe, views - 1, float(self.train_cfg.clip_view_noise))
         img_last = lc.encode_image(last).view(views, len(captions), -1)
         if form == "contrastive":
             with torch.no_grad():
