@@ -13,7 +13,7 @@ FORMATS = ("nvidia-pickle", "torch", "safetensors")
 
 def detect_format(path) -> str:
     """'nvidia-pickle' | 'torch' (zip or legacy torch.save: rosinality) | 'safetensors'; UserError otherwise."""
-    from src.stylegan.nvidia_pickle import LEGACY_TORCH_PREFIX
+    from src.stylegan.restricted_unpickler import LEGACY_TORCH_PREFIX
 
     path = Path(path)
     if path.is_dir():
