@@ -58,7 +58,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     """Trainer from the trainer node + the hardware group, with loggers/callbacks instantiated."""
     import pytorch_lightning as pl
 
-    from src.utils.checkpoint_io import AtomicCheckpointIO
+    from src.systems.checkpoint_io import AtomicCheckpointIO
 
     loggers_cfg = cfg.get("logger") or {}
     if "wandb" in loggers_cfg and loggers_cfg.wandb.get("id") is None:

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     from src.embedded.training.gan import StyleGANModule
-    from src.utils.checkpoint_io import AtomicCheckpointIO
+    from src.systems.checkpoint_io import AtomicCheckpointIO
     try:
         ckpt = AtomicCheckpointIO().load_checkpoint(argv[0])
         if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:

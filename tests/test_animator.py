@@ -79,7 +79,7 @@ def groups(**flat) -> dict:
     train_frames / val_frames / val_decay name train.frames / inference.frames / inference.decay."""
     from dataclasses import fields
 
-    from src.config.schema import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+    from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
                                    AnimatorValidationConfig)
 
     renamed = {"train_frames": ("train", "frames"), "val_frames": ("inference", "frames"),

@@ -227,7 +227,7 @@ def test_hash_mismatch_and_moved_files(trained, tmp_path):
 
 
 def test_lightning_resume_restores_trainable_weights(trained, tmp_path):
-    from src.utils.checkpoint_io import AtomicCheckpointIO
+    from src.systems.checkpoint_io import AtomicCheckpointIO
 
     hp = dict(trained["module"].hparams)
     fresh = AnimatorModule(**hp)

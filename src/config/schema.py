@@ -1,6 +1,6 @@
 """Structured-config schemas, registered in Hydra's ConfigStore.
 
-`conf/train.yaml` and `conf/animate.yaml` list the schema as their first default, so the
+`conf/train.yaml`, `conf/animate.yaml` and `conf/evaluate.yaml` list their schema as their first default, so the
 composed config is typed and in struct mode: a misspelt key (``loss.contrastve=0.2``) or a wrong
 type (``loss.tau=abc``) fails at compose time with Hydra's message naming the key. Value checks
 that a type cannot express (ranges, enum-like strings, files) live in :func:`validate_config`.
@@ -8,13 +8,15 @@ that a type cannot express (ranges, enum-like strings, files) live in :func:`val
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+                                 AnimatorValidationConfig, typed_group)
 from src.utils.errors import UserError
 
 
@@ -115,73 +117,6 @@ class LossConfig:
     latent: float = 1.0
     identity: float = 0.0
     tau: float = 0.07
-
-
-@dataclass
-class AnimatorNetConfig:
-    """The recurrent animator's architecture (``model.net``; recorded in every animator file)."""
-    hidden: int = 384                  # RNN hidden size (paper)
-    variant: str = "ours"              # ours: frame 0 == input face exactly | paper: w + M_img(e) + M_mot(d_t)
-    mapper_hidden: Optional[int] = None  # null: the CLIP embedding size (paper)
-    mapper_last_activation: str = "lrelu"  # paper: fused lrelu also on the last layer; 'linear' allows negative offsets
-    mapper_lr_mul: float = 1.0         # equalised-lr multiplier of the mapper layers
-    h0_eval: str = "random"            # random: h0 = 0.01 N(0,I) also at inference (seeded) | zero
-    image_offset_schedule: str = "motion"  # image offset scaled by |d_t| / max|d_t| (motion) or t/(T-1) (linear)
-    use_image_mapper: bool = True      # the prompt-independent per-image offset M_img(e_img) (paper)
-    offset_space: str = "wplus"        # wplus: an offset per W+ layer (paper) | w: one W offset shared by all layers
-    offset_layers: Optional[List[int]] = None  # W+ layers the offsets may move; null = all (paper)
-
-
-@dataclass
-class AnimatorTrainConfig:
-    """The animator's objective and optimiser (``model.train``)."""
-    frames: int = 4                    # frames per training video (paper); inference scales its steps to match
-    lr: float = 1.0e-3                 # Adam lr of the RNN and mappers (paper)
-    text_lr: float = 0.0               # CLIP text-tower fine-tuning lr; paper 1e-5; 0 = frozen
-    betas: List[float] = field(default_factory=lambda: [0.0, 0.999])  # Adam betas (paper)
-    clip_loss: str = "contrastive"     # contrastive (paper) | cosine (1 - cos); loss.contrastive=0 -> cosine
-    cosine_fallback_weight: float = 0.5  # weight of the cosine term when loss.contrastive is 0 (0 = no text loss)
-    clip_views: int = 0                # extra label-preserving augmented views of the last frame in the CLIP loss
-    clip_view_noise: float = 0.0       # Gaussian pixel noise std of those views
-    lpips_size: Optional[int] = 224    # LPIPS computed at 224 px (paper)
-    lpips_path: Optional[str] = None   # LPIPS weights file/folder; null: $LGFA_LPIPS_DIR or ~/.cache/lgfa/lpips
-    init_checkpoint: Optional[str] = None  # warm start (fine-tuning): an animator file of this architecture
-
-
-@dataclass
-class AnimatorInferenceConfig:
-    """How the animator animates by default (``model.inference``; recorded in every animator file)."""
-    frames: int = 16                   # frames of validation videos and of animate.py's default
-    decay: str = "linear"              # step-size decay: none | linear | sqrt | exp | const
-    motion_total: str = "train"        # move as far as training videos (train) or by the paper's step sizes (paper)
-    identity_projection: float = 0.0   # 0..1 of the offsets' first-order identity change removed
-    projection_reader: Optional[str] = None  # the identity-attribute reader of that projection (needed when > 0)
-
-
-@dataclass
-class AnimatorValidationConfig:
-    """What validation measures and logs (``model.validation``)."""
-    identity_metric_path: Optional[str] = None  # weights of domain.identity_metric: oracle or IR-SE50 (arcface)
-    video_every_n_steps: int = 500     # grid video under <run>/videos (and wandb) every N steps; 0 = never
-    video_fps: float = 10.0            # the paper writes 10 fps
-    num_videos: int = 4
-
-
-def typed_group(cls, node: Any, what: str):
-    """A config group as its dataclass: ``node`` (a mapping, None for the defaults, or already a
-    ``cls``); an unknown key is one UserError line naming it."""
-    if isinstance(node, cls):
-        return node
-    from src.utils.config import plain
-
-    values = plain(node) if node is not None else {}
-    if not isinstance(values, dict):
-        raise UserError(f"{what} must be a mapping of settings, got {type(values).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{what} has no setting {unknown[0]!r} (it has {', '.join(sorted(known))})")
-    return cls(**values)
 
 
 @dataclass

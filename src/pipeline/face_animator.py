@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from src.config.schema import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
                                typed_group)
 from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
 from src.pipeline import components
@@ -36,7 +36,7 @@ class FaceAnimator(nn.Module):
     config: the animator's recorded configuration: ``domain`` names the generator, CLIP and prompts;
     the groups ``net`` (architecture), ``train`` (its training frames and whether the text tower was
     fine-tuned) and ``inference`` (the defaults: motion_total, identity_projection, projection_reader)
-    follow the dataclasses of ``src/config/schema.py``. In-code ``generator`` / ``clip`` replace the
+    follow the dataclasses of ``src/config/animator.py``. In-code ``generator`` / ``clip`` replace the
     files the config names (tests, custom networks).
     """
 

@@ -26,7 +26,7 @@ from src.pipeline.animator_file import FORMAT, read_animator_file
 from src.systems.animator_eval import AnimatorEvaluation
 from src.systems.animator_objective import AnimatorObjective
 from src.utils.config import get_dotted, plain
-from src.config.schema import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
                                AnimatorValidationConfig, typed_group)
 from src.utils.errors import UserError
 
@@ -41,8 +41,9 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
     domain: the domain config (generator.{checkpoint, truncation_psi, noise_mode}, clip, loss_clip,
     prompts, perceptual, identity_loss, identity_metric). loss: weights {contrastive, lpips, smoothness,
     endpoint, latent, identity, tau}. net / train / inference / validation: the typed groups
-    ``model.net`` ... of ``conf/task/animator.yaml`` (dataclasses in ``src/config/schema.py``). In-code modules (tests, custom identity networks) can be passed as ``generator``,
-    ``clip``, ``loss_clip``, ``perceptual``, ``identity_net`` (training loss), ``identity_metric_net``
+    ``model.net`` ... of ``conf/task/animator.yaml`` (dataclasses in ``src/config/animator.py``).
+    In-code modules (tests, custom identity networks) can be passed as ``generator``, ``clip``,
+    ``loss_clip``, ``perceptual``, ``identity_net`` (training loss), ``identity_metric_net``
     (evaluation); they are not saved in hparams.
 
     train.init_checkpoint: warm start for fine-tuning: the animator weights of an export (.safetensors) or
