@@ -1,7 +1,8 @@
 """Train a model of the project: python train.py task=animator domain=synthetic loss=paper hardware=cpu
 
 Tasks: stylegan (GAN training of the generator), clip (small LiT CLIP), oracle (attribute regressor),
-face_id (face recogniser of the synthetic domain, for the identity loss), animator (the paper's method). See README.md for sweeps, multi-GPU and SLURM.
+face_id (face recogniser of the synthetic domain, for the identity loss), animator (the paper's method).
+See README.md for sweeps, multi-GPU and SLURM.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.config.schema import register_configs, register_resolvers, validate_config
+from src.utils.config import plain
 from src.utils.cpu_memory import reuse_freed_memory
 from src.utils.errors import UserError
 
@@ -26,21 +28,13 @@ register_configs()
 register_resolvers()
 
 
-def _plain(node: Any) -> Any:
-    """A resolved, plain-python copy of a config node (no DictConfig/Enum objects that would end up
-    in checkpoints and break weights_only loading)."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    return node
-
-
 def _instantiate(node: Any) -> Any:
     """hydra.utils.instantiate on a plain copy; a UserError raised by a constructor (missing file,
     bad value) comes out as itself, not wrapped in Hydra's InstantiationException."""
     from hydra.errors import InstantiationException
 
     try:
-        return hydra.utils.instantiate(_plain(node))
+        return hydra.utils.instantiate(plain(node))
     except InstantiationException as e:
         cause = e.__cause__
         while isinstance(cause, InstantiationException):
@@ -71,9 +65,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     loggers = _instantiate_all(loggers_cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     hw = cfg.hardware
-    trainer_kwargs = _plain(cfg.trainer)
+    trainer_kwargs = plain(cfg.trainer)
     return pl.Trainer(
-        accelerator=hw.accelerator, devices=_plain(hw.devices), num_nodes=hw.num_nodes,
+        accelerator=hw.accelerator, devices=plain(hw.devices), num_nodes=hw.num_nodes,
         strategy=hw.strategy, precision=hw.precision, deterministic=hw.deterministic,
         logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()], **trainer_kwargs,
@@ -84,16 +78,14 @@ def cpu_threads_per_process(hw: DictConfig) -> Optional[int]:
     """Intra-op CPU threads for this process, or None to keep torch's default.
 
     hardware.cpu_threads wins; then $OMP_NUM_THREADS (torch reads it itself); else, when several
-    processes share this node (DDP on GPUs), cores // processes. Ranks that each default to all
-    cores oversubscribe the CPU: on 2 H200s (32 cores), two 1024 px animator steps side by side
-    took 154.5 and 128.4 ms with 32 threads each, against 116.7-129.9 ms alone with 1 or 16
-    (bench/bench_ddp_animator.py; docs/results/session3/ddp_scaling.md).
+    processes share this node (DDP on GPUs), cores // processes: ranks that each take every core
+    oversubscribe the CPU and step up to 1.3x slower (docs/results/ddp_scaling.md).
     """
     if hw.get("cpu_threads"):
         return int(hw.cpu_threads)
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    devices = _plain(hw.devices)
+    devices = plain(hw.devices)
     if hw.accelerator not in ("gpu", "cuda") or "ddp" not in str(hw.strategy):
         return None
     if isinstance(devices, (list, tuple)):
