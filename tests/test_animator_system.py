@@ -182,6 +182,16 @@ def test_checkpoint_holds_only_trainable_weights_and_hashes(trained):
     assert not any(k in hp for k in ("generator", "clip", "loss_clip", "perceptual"))
 
 
+def test_fit_ends_by_writing_the_file_inference_reads(trained):
+    path = trained["tmp"] / "run" / "animator.safetensors"
+    assert path.is_file()
+    pipe = FaceAnimator.from_pretrained(path)
+    module = trained["module"]
+    for (k, a), (k2, b) in zip(module.animator.state_dict().items(), pipe.animator.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert pipe.config["net"] == module.hparams["net"] and pipe.config["inference"]["frames"] == 4
+
+
 def test_load_animator_round_trip(trained):
     module = trained["module"]
     loaded = FaceAnimator.from_pretrained(trained["ckpt"])

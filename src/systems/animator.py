@@ -6,8 +6,8 @@ objective (``src/systems/animator_objective.py``), the optimiser, validation met
 (``src/systems/animator_eval.py``). Frozen parts are eval-mode, requires_grad False, outside the
 optimiser and OUT of the checkpoint's state_dict: a checkpoint holds the trainable weights, the
 resolved config (hparams) and the sha256 of the frozen weights' files, which are compared when it
-is loaded (``hash_check``: error | warn | off). :meth:`AnimatorModule.export` writes the file that
-``FaceAnimator.from_pretrained`` reads.
+is loaded (``hash_check``: error | warn | off). When fit ends, :meth:`AnimatorModule.export` writes
+``<run dir>/animator.safetensors``, the file that ``FaceAnimator.from_pretrained`` reads.
 """
 from __future__ import annotations
 
@@ -265,6 +265,12 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         every = int(self.validation_cfg.video_every_n_steps or 0)
         if every > 0 and self.global_step % every == 0 and self.global_rank == 0:
             self.log_video()
+
+    def on_fit_end(self) -> None:
+        """Write the trained animator as ``<run dir>/animator.safetensors``, the file animate.py and
+        ``FaceAnimator.from_pretrained`` read (rank 0; atomic)."""
+        if self.trainer is not None and self.trainer.is_global_zero:
+            self.export(Path(self.trainer.default_root_dir) / "animator.safetensors")
 
     def configure_optimizers(self):
         tc = self.train_cfg
