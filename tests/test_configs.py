@@ -44,26 +44,26 @@ def test_every_option_composes(group, tmp_path):
 
 
 def test_shipped_and_all_layers_animator_recipes(tmp_path):
-    # the shipped animator: the session-6 recipe (stage 1), fine-tuned on the identity-attribute term
-    # (stage 2, session 8), then with a stronger identity term and weaker LPIPS/latent terms (stage 3)
-    stage1 = compose_train(["experiment=embedded_animator"], tmp_path)
-    stage2 = compose_train(["experiment=embedded_animator_identity"], tmp_path)
+    # the shipped animator: the base recipe, fine-tuned on the identity-attribute term, then refined
+    # with a stronger identity term and weaker LPIPS/latent terms
+    base = compose_train(["experiment=embedded_animator"], tmp_path)
+    identity = compose_train(["experiment=embedded_animator_identity"], tmp_path)
     final = compose_train(["experiment=embedded_animator_identity_refine"], tmp_path)
     OmegaConf.resolve(final)
-    assert stage2.domain.identity_loss.kind == "attributes" and stage2.loss.identity == 60.0
+    assert identity.domain.identity_loss.kind == "attributes" and identity.loss.identity == 60.0
     assert final.domain.identity_loss.kind == "attributes" and final.loss.identity == 120.0
-    assert final.loss.lpips == final.loss.latent == 1.0 and stage2.loss.lpips == stage2.loss.latent == 2.0
+    assert final.loss.lpips == final.loss.latent == 1.0 and identity.loss.lpips == identity.loss.latent == 2.0
     assert final.domain.identity_loss.checkpoint.endswith("identity_reader_synthetic.safetensors")
     assert final.model.inference.projection_reader == final.domain.identity_loss.checkpoint
-    assert final.model.inference.identity_projection == 0.5 and stage2.model.inference.identity_projection == 0.0
+    assert final.model.inference.identity_projection == 0.5 and identity.model.inference.identity_projection == 0.0
     # the fine-tuning stages start from the shipped file by default (its metadata says where it started)
-    assert stage1.model.train.init_checkpoint is None
-    for cfg in (stage2, final):
+    assert base.model.train.init_checkpoint is None
+    for cfg in (identity, final):
         assert OmegaConf.select(cfg, "model.train.init_checkpoint", throw_on_resolution_failure=False) is not None
     assert final.model.train.init_checkpoint.endswith("assets/animator_synthetic.safetensors")
     assert final.name == "embedded-animator-identity-refine"
     for key in ("model.net.offset_layers", "model.train.clip_views", "loss.contrastive", "seed"):
-        assert OmegaConf.select(final, key) == OmegaConf.select(stage1, key), key
+        assert OmegaConf.select(final, key) == OmegaConf.select(base, key), key
     # the export records the recipe it came from, the inference projection and a portable start
     import json
 
@@ -76,7 +76,7 @@ def test_shipped_and_all_layers_animator_recipes(tmp_path):
     assert hp["inference"]["identity_projection"] == final.model.inference.identity_projection
     assert hp["inference"]["projection_reader"] == "identity_reader_synthetic.safetensors"
     assert hp["train"]["init_checkpoint"].startswith("git show ")
-    shipped = stage1
+    shipped = base
     assert list(shipped.model.net.offset_layers) == list(range(8)) and shipped.loss.identity == 7.0
     assert shipped.trainer.max_steps == 6000 and shipped.model.net.offset_space == "wplus"
     old = compose_train(["experiment=embedded_animator_all_layers"], tmp_path)

@@ -5,7 +5,7 @@ official ``torch_utils.ops`` layers written out in plain ``torch`` (``normalize_
 ``conv2d_resample``, ``modulated_conv2d`` and its deferred form whose epilogue ``bias_act`` fuses),
 and the equalised-learning-rate ``FullyConnectedLayer`` and ``Conv2dLayer``. Parameter and buffer
 names, shapes and run-time gains follow the official network pickles
-(docs: /work/shared/docs/stylegan_formats.md), so weights can be copied by name. The only custom
+of NVIDIA's StyleGAN2-ADA code, so weights can be copied by name. The only custom
 ops are ``src.ops.bias_act`` and ``src.ops.upfirdn2d`` (CUDA kernels on CUDA tensors, ref on CPU).
 Conventions: images NCHW float in [-1, 1]; ``ws`` [N, num_ws, w_dim]; ``z`` [N, z_dim];
 ``c`` [N, c_dim] (a [N, 0] tensor or None when c_dim == 0).

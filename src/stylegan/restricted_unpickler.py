@@ -1,8 +1,8 @@
 """Restricted unpickler for NVIDIA StyleGAN2-ADA network pickles: never executes code from the file.
 
-A ``pickle.Unpickler`` that resolves ONLY the globals that the official snapshots use
-(see /work/shared/docs/stylegan_formats.md section 1) and maps each of them to a function or
-type of ours that builds plain data:
+A ``pickle.Unpickler`` that resolves ONLY the globals that the official snapshots use (the classes
+of NVIDIA's training code: persistence records, EasyDict, tensors) and maps each of them to a
+function or type of ours that builds plain data:
 
   torch_utils.persistence._reconstruct_persistent_obj -> PersistentRecord(meta)   (module_src never run)
   dnnlib.util.EasyDict                                -> a throw-away dict subclass
