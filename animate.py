@@ -15,13 +15,6 @@ import sys
 from pathlib import Path
 
 
-def compose_config(overrides: list[str]):
-    """The animate config with the user's overrides; one-line UserError on any config problem."""
-    from src.config.compose import compose_config as compose
-
-    return compose("animate", overrides)
-
-
 def run(cfg) -> Path:
     """Render the animation described by ``cfg``; returns the video path."""
     import torch
@@ -52,26 +45,13 @@ def run(cfg) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.utils.errors import UserError
+    from src.config.cli import run_command
 
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    from src.utils.cpu_memory import reuse_freed_memory
-
-    reuse_freed_memory()  # CPU inference reuses freed activations instead of faulting fresh pages in
-    try:
-        cfg = compose_config(argv)
+    def render(cfg) -> str:
         path = run(cfg)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    print(f"wrote {path}" + (f" and {path.with_suffix('.png')}" if cfg.strip else ""))
-    return 0
+        return f"wrote {path}" + (f" and {path.with_suffix('.png')}" if cfg.strip else "")
+
+    return run_command("animate", argv, __doc__, render)
 
 
 if __name__ == "__main__":

@@ -51,27 +51,13 @@ def run(cfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.utils.errors import UserError
+    from src.config.cli import run_command
 
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    from src.config.compose import compose_config
-    from src.utils.cpu_memory import reuse_freed_memory
-
-    reuse_freed_memory()
-    try:
-        cfg = compose_config("evaluate", argv)
+    def measure(cfg) -> str:
         run(cfg)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    print(f"wrote {cfg.output}")
-    return 0
+        return f"wrote {cfg.output}"
+
+    return run_command("evaluate", argv, __doc__, measure)
 
 
 if __name__ == "__main__":
