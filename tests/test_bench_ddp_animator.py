@@ -56,11 +56,19 @@ def test_single_process_benchmark_json(bench, tmp_path, capsys):
     assert res["sync"] is None  # one process: no DDP, nothing to synchronise
     table = capsys.readouterr().out
     assert "| step ms (median / mean; max over ranks) |" in table
+    assert "| device | cpu |" in table  # the GPU's name on CUDA
 
     # the combined table of several runs, efficiency 1 for the baseline itself
     assert bench.main(["--summarize", str(out)]) == 0
     summary = capsys.readouterr().out
     assert "| K | res |" in summary and "| 1 | 32 | 2 |" in summary and "1.000" in summary
+    assert summary.splitlines()[0].endswith("| device |") and summary.splitlines()[2].endswith("| cpu |")
+
+    # a GPU run is named by the GPU's name
+    res["env"].update(device="cuda", gpu_name="NVIDIA H100 80GB HBM3")
+    out.write_text(json.dumps(res))
+    assert bench.main(["--summarize", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("| NVIDIA H100 80GB HBM3 |")
 
 
 @pytest.mark.slow
@@ -68,6 +76,7 @@ def test_equivalence_files_and_compare(bench, tmp_path, capsys, restore_determin
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for path in (a, b):
         assert bench.main(TINY + ["--check-equivalence", "2", "--save-weights", str(path)]) == 0
+        assert "K=1 x batch 2 on cpu: 2 Adam steps" in capsys.readouterr().out
     meta, groups = bench.read_weights(str(a))
     assert meta["steps"] == 2 and meta["world_size"] == 1 and len(meta["losses"]) == 2
     assert set(groups["final"]) == set(groups["init"]) == set(groups["grad1"])
@@ -76,6 +85,7 @@ def test_equivalence_files_and_compare(bench, tmp_path, capsys, restore_determin
     assert bench.main(["--compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "EQUIVALENT" in out and "NOT EQUIVALENT" not in out
+    assert "(K=1 x batch 2 on cpu)" in out
     assert "| final weights | 0.000e+00 |" in out
 
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from bench.ddp_animator.batches import global_batch, local_batch
 from bench.ddp_animator.distributed import Dist, set_deterministic
 from bench.ddp_animator.model import StepModule, build_module, wrap
-from bench.ddp_animator.report import config_info, env_info
+from bench.ddp_animator.report import config_info, device_name, env_info
 from src.utils.errors import UserError
 
 WEIGHTS_FORMAT = "lgfa-ddp-equivalence-1"
@@ -77,8 +77,9 @@ def check_equivalence(args: argparse.Namespace, d: Dist) -> dict:
                 tensors[f"{prefix}/{k}"] = v.contiguous()
         Path(args.save_weights).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, args.save_weights, metadata={"meta": json.dumps(meta)})
-        print(f"K={d.world} x batch {args.batch}: {args.check_equivalence} Adam steps, losses "
-              f"{', '.join(f'{x:.5f}' for x in losses)}; replicas differ by {spread:.3g}; wrote {args.save_weights}")
+        print(f"K={d.world} x batch {args.batch} on {device_name(meta['env'])}: {args.check_equivalence} Adam steps, "
+              f"losses {', '.join(f'{x:.5f}' for x in losses)}; replicas differ by {spread:.3g}; "
+              f"wrote {args.save_weights}")
     return meta
 
 
@@ -137,7 +138,8 @@ def compare(path_a: str, path_b: str, args: argparse.Namespace) -> int:
         mk = float((a["final"][k] - a["init"][k]).norm())
         worst.append((dk / mk if mk > 0 else float("inf") if dk > 0 else 0.0, k, dk))
     worst.sort(reverse=True)
-    desc = lambda m: f"K={m.get('world_size')} x batch {m.get('batch_per_rank')}"  # noqa: E731
+    desc = lambda m: (f"K={m.get('world_size')} x batch {m.get('batch_per_rank')} "  # noqa: E731
+                      f"on {device_name(m.get('env') or {})}")
     print(f"A: {path_a} ({desc(meta_a)}), B: {path_b} ({desc(meta_b)}); {meta_a.get('steps')} Adam steps, "
           f"global batch {meta_a.get('global_batch')}")
     print(f"losses A: {', '.join(f'{x:.5f}' for x in meta_a.get('losses', []))}")

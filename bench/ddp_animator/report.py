@@ -38,6 +38,11 @@ def env_info(d: Dist) -> dict:
     return info
 
 
+def device_name(env: dict) -> str:
+    """The GPU a result ran on (rank 0's name), or the device type ('cpu') of a CPU run."""
+    return env.get("gpu_name") or env.get("device") or "?"
+
+
 def model_info(module: nn.Module, args: argparse.Namespace) -> dict:
     n = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -102,7 +107,7 @@ def print_table(res: dict) -> None:
     fmt = lambda x, n=2: "-" if x is None else f"{x:.{n}f}"  # noqa: E731
     rows = [
         ("GPUs / processes (K)", str(res["world_size"])),
-        ("device", res["env"].get("gpu_name") or res["env"]["device"]),
+        ("device", device_name(res["env"])),
         ("resolution / precision", f"{c['res']} / {c['precision']}"),
         ("videos per GPU x frames", f"{c['batch_per_gpu']} x {c['frames']} (global batch {c['global_batch']})"),
         ("LPIPS / loss CLIP / input CLIP", f"{c['lpips']} / {c['clip_model']} / {c['input_clip_model']}"),
@@ -144,8 +149,8 @@ def summarize(paths: list[str]) -> int:
         if r["world_size"] == 1 and key not in base:
             base[key] = r
     print("| K | res | B/GPU | step ms (median) | frames/s | frames/s/GPU | efficiency | gen fwd | CLIP fwd | "
-          "rest fwd | backward | optim | exposed sync | all-reduce ms (MB) | peak GiB |")
-    print("|" + "---|" * 15)
+          "rest fwd | backward | optim | exposed sync | all-reduce ms (MB) | peak GiB | device |")
+    print("|" + "---|" * 16)
     for r in sorted(runs, key=lambda r: (r["config"]["res"], r["world_size"])):
         c, ph, s = r["config"], r["phases_ms"], r.get("sync") or {}
         key = (c["res"], c["batch_per_gpu"], c["frames"], c["precision"], c["lpips"])
@@ -159,5 +164,5 @@ def summarize(paths: list[str]) -> int:
               f"{r['frames_per_s']['total']:.1f} | {r['frames_per_s']['per_gpu']:.1f} | {eff_s} | "
               f"{ph['generator']['mean']:.1f} | {ph['clip_loss']['mean']:.1f} | {ph['rest_forward']['mean']:.1f} | "
               f"{ph['backward']['mean']:.1f} | {ph['optimizer']['mean']:.1f} | {exp_s} | {ar_s} | "
-              f"{max(r['memory']['peak_allocated_GiB']):.2f} |")
+              f"{max(r['memory']['peak_allocated_GiB']):.2f} | {device_name(r.get('env') or {})} |")
     return 0
