@@ -4,10 +4,10 @@
 inference pipeline (``src/pipeline/face_animator.py``) builds the animator from them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, List, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
-from src.utils.errors import UserError
+from src.config.groups import typed_group  # noqa: F401  (re-exported: the animator's modules import it here)
 
 
 @dataclass
@@ -58,20 +58,3 @@ class AnimatorValidationConfig:
     video_every_n_steps: int = 500     # grid video under <run>/videos (and wandb) every N steps; 0 = never
     video_fps: float = 10.0            # the paper writes 10 fps
     num_videos: int = 4
-
-
-def typed_group(cls, node: Any, what: str):
-    """A config group as its dataclass: ``node`` (a mapping, None for the defaults, or already a
-    ``cls``); an unknown key is one UserError line naming it."""
-    if isinstance(node, cls):
-        return node
-    from src.utils.config import plain
-
-    values = plain(node) if node is not None else {}
-    if not isinstance(values, dict):
-        raise UserError(f"{what} must be a mapping of settings, got {type(values).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{what} has no setting {unknown[0]!r} (it has {', '.join(sorted(known))})")
-    return cls(**values)

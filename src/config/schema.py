@@ -16,7 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
-                                 AnimatorValidationConfig, typed_group)
+                                 AnimatorValidationConfig)
+from src.config.groups import typed_group
 from src.utils.errors import UserError
 
 
