@@ -27,12 +27,19 @@ def load_model_cfg(overrides):
     cfg = OmegaConf.load(ROOT / "conf" / "task" / "stylegan.yaml")
     model = OmegaConf.to_container(cfg.model, resolve=False)
     # Interpolations that need the Hydra run (paths, seed) are not wanted in a benchmark.
-    model.update(seed=0, export_path=None, sample_dir=None, feature_clip_path=None, oracle_path=None, log_every=0)
+    model.update(seed=0, output=dict(log_every=0, export_path=None),
+                 validation=dict(sample_dir=None, feature_clip_path=None, oracle_path=None))
     model.pop("_target_")
     if overrides:
         merged = OmegaConf.merge(OmegaConf.create(model), OmegaConf.from_dotlist(list(overrides)))
         model = OmegaConf.to_container(merged, resolve=True)
     return model
+
+
+def with_precision_batch(model, precision, batch_size):
+    """The model kwargs with ``precision.mode`` and ``optim.batch_size`` replaced."""
+    return dict(model, precision={**model["precision"], "mode": precision},
+                optim={**model["optim"], "batch_size": batch_size})
 
 
 def detach_from_lightning(module):
@@ -54,8 +61,8 @@ def bench_raw(model_kwargs, device, warmup, iters):
     m.G_ema.eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = bool(m.hparams.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = bool(m.hparams.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = bool(m.precision_cfg.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(m.precision_cfg.allow_tf32)
     detach_from_lightning(m)
     for i in range(warmup):
         m.training_step(i, i)
@@ -118,7 +125,7 @@ def main():
     ap.add_argument("--iters", type=int, default=160)
     ap.add_argument("--ops", default="auto", help="src.ops impl: auto | cuda | ref")
     ap.add_argument("--lightning", action="store_true", help="also time trainer.fit (incl. Lightning overhead)")
-    ap.add_argument("--set", nargs="*", default=[], help="model overrides, e.g. G_kwargs.w_dim=512")
+    ap.add_argument("--set", nargs="*", default=[], help="model overrides, e.g. G_kwargs.w_dim=512 regularization.r1_gamma=0.1")
     args = ap.parse_args()
     if args.iters % 16:
         ap.error("--iters must be a multiple of 16 (lazy R1 interval) to amortise regularisation exactly")
@@ -135,7 +142,7 @@ def main():
     print(f"|---|---|---|---|---|---|")
     for prec in args.precision:
         for b in args.batch:
-            kw = dict(base, precision=prec, batch_size=b)
+            kw = with_precision_batch(base, prec, b)
             try:
                 r = bench_raw(kw, device, args.warmup, args.iters)
                 print(f"| {prec} | {b} | {r['img_s']:.0f} | {r['ms_it']:.1f} | {r['peak_gb']:.2f} | {r['finite']} |", flush=True)
@@ -144,7 +151,7 @@ def main():
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if args.lightning and device.type == "cuda":
-        kw = dict(base, precision=args.precision[0], batch_size=args.batch[0])
+        kw = with_precision_batch(base, args.precision[0], args.batch[0])
         r = bench_lightning(kw, args.iters)
         print(f"trainer.fit ({args.precision[0]}, batch {args.batch[0]}, {args.iters} it, incl. startup): "
               f"{r['img_s']:.0f} img/s")

@@ -2,8 +2,9 @@
 
     python scripts/export_stylegan_ckpt.py RUN/checkpoints/last.ckpt OUT/stylegan2_synthetic128
 
-For runs stopped before their end-of-training export (killed, or out of time). The checkpoint is
-read with weights_only=True: nothing in it is executed.
+For runs stopped before their end-of-training export (killed, or out of time), also checkpoints
+written before the config groups (flat hyper-parameters). The checkpoint is read with
+weights_only=True: nothing in it is executed.
 """
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
+    from src.config.gan import regroup_flat_hparams
     from src.embedded.training.gan import StyleGANModule
     from src.systems.checkpoint_io import AtomicCheckpointIO
     try:
         ckpt = AtomicCheckpointIO().load_checkpoint(argv[0])
         if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
             raise UserError(f"{argv[0]}: not a Lightning checkpoint (no hyper_parameters/state_dict)")
-        hp = dict(ckpt["hyper_parameters"])
-        hp["export_path"] = None
+        hp = regroup_flat_hparams(dict(ckpt["hyper_parameters"]))  # older checkpoints: flat hparams
+        hp["output"] = {**(hp.get("output") or {}), "export_path": None}
         module = StyleGANModule(**hp)
         module.load_state_dict(ckpt["state_dict"], strict=False)
         out = module.export_generator(argv[1])

@@ -10,18 +10,27 @@ import torch
 import src.embedded as synthetic
 import src.embedded.training.gan as sg
 import src.embedded.training.gan_metrics as gm
+from src.config.gan import GAN_GROUPS, regroup_flat_hparams
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.embedded.datamodule import RenderIndexDataModule
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
 
 TINY = dict(
-    resolution=16, batch_size=4, precision="fp32", seed=1, log_every=1, ema_kimg=0.01, ema_rampup=None,
-    pl_interval=2, r1_interval=2, style_mixing_prob=0.9,
+    resolution=16, seed=1, optim=dict(batch_size=4), precision=dict(mode="fp32"), output=dict(log_every=1),
+    ema=dict(kimg=0.01, rampup=None), regularization=dict(pl_interval=2, r1_interval=2, style_mixing_prob=0.9),
     G_kwargs=dict(z_dim=16, w_dim=16, mapping_kwargs=dict(num_layers=2),
                   synthesis_kwargs=dict(channel_base=128, channel_max=16)),
     D_kwargs=dict(channel_base=128, channel_max=16),
 )
+
+
+def tiny(base=None, **groups):
+    """TINY (or ``base``) with some settings of its groups replaced: tiny(augment=dict(ada=True))."""
+    kw = copy.deepcopy(TINY if base is None else base)
+    for name, value in groups.items():
+        kw[name] = {**kw.get(name, {}), **value} if isinstance(value, dict) else value
+    return kw
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,7 +57,7 @@ def _detached(module):
 def trained():
     """A tiny module after 3 iterations (iterations 0 and 2 run both lazy regularisers)."""
     torch.manual_seed(0)
-    m = _detached(sg.StyleGANModule(**TINY, ada=True, ada_interval=1, ada_kimg=0.001))
+    m = _detached(sg.StyleGANModule(**tiny(augment=dict(ada=True, ada_interval=1, ada_kimg=0.001))))
     g0 = copy.deepcopy(m.G)
     ema0 = copy.deepcopy(m.G_ema)
     m.training_step(0, 0)
@@ -189,7 +198,7 @@ def test_r1_runs_on_its_interval(monkeypatch):
     orig = sg.r1_penalty
     monkeypatch.setattr(sg, "r1_penalty", lambda x, l: calls.append(1) or orig(x, l))
     torch.manual_seed(0)
-    m = _detached(sg.StyleGANModule(**{**TINY, "r1_interval": 2, "pl_interval": 0}))
+    m = _detached(sg.StyleGANModule(**tiny(regularization=dict(r1_interval=2, pl_interval=0))))
     for i in range(3):
         m.training_step(i, i)
     assert len(calls) == 2  # iterations 0 and 2
@@ -205,7 +214,7 @@ def test_ema_differs_from_g_and_moves_towards_it(trained):
 
 def test_step_makes_no_host_sync(monkeypatch):
     torch.manual_seed(0)
-    m = _detached(sg.StyleGANModule(**{**TINY, "log_every": 0}, ada=True, ada_interval=1))
+    m = _detached(sg.StyleGANModule(**tiny(output=dict(log_every=0), augment=dict(ada=True, ada_interval=1))))
     m.training_step(0, 0)  # warm up lazy init outside the count
     counts = {"n": 0, "paused": False}
 
@@ -268,8 +277,9 @@ def test_fit_validate_test_and_export_with_lightning(tmp_path):
     assert cfg.task.name == "stylegan" and cfg.task.monitor == "val/fd"
     model_kw = OmegaConf.to_container(cfg.model, resolve=False)
     model_kw.pop("_target_")
-    model_kw.update(TINY, export_path=str(tmp_path / "g.safetensors"), sample_dir=str(tmp_path / "samples"),
-                    log_every=2)
+    model_kw = tiny(model_kw, **{**TINY, "output": dict(export_path=str(tmp_path / "g.safetensors"), log_every=2),
+                                 "validation": dict(sample_dir=str(tmp_path / "samples"))})
+    model_kw.update(G_kwargs=TINY["G_kwargs"], D_kwargs=TINY["D_kwargs"])  # the tiny networks, not merged
     data_kw = OmegaConf.to_container(cfg.data)
     data_kw.pop("_target_")
     data_kw.update(val_batches=1, test_batches=1)
@@ -289,11 +299,16 @@ def test_fit_validate_test_and_export_with_lightning(tmp_path):
     # Checkpoints are data only (weights_only loading) and restore the progress counters.
     from omegaconf import DictConfig
 
-    m2 = sg.StyleGANModule(**{**model_kw, "G_kwargs": DictConfig(model_kw["G_kwargs"])})  # as Hydra passes it
-    assert type(m2.hparams["G_kwargs"]) is dict
+    as_hydra = {k: DictConfig(v) if isinstance(v, dict) else v for k, v in model_kw.items()}  # as Hydra passes it
+    m2 = sg.StyleGANModule(**as_hydra)
+    assert type(m2.hparams["G_kwargs"]) is dict and type(m2.hparams["optim"]) is dict
+    assert type(m2.hparams["optim"]["betas"]) is list and m2.optim_cfg == m.optim_cfg
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
     assert ckpt["stylegan_progress"]["cur_nimg"] == 8
+    hp = ckpt["hyper_parameters"]  # the groups, as plain dicts
+    assert hp["optim"]["batch_size"] == 4 and hp["precision"]["mode"] == "fp32" and hp["resolution"] == 16
+    assert set(hp) == {"resolution", "G_kwargs", "D_kwargs", "seed", *GAN_GROUPS}
     m3 = sg.StyleGANModule(**model_kw)
     m3.on_load_checkpoint(ckpt)
     m3.load_state_dict(ckpt["state_dict"])
@@ -312,6 +327,78 @@ def test_trainer_precision_other_than_32_is_refused():
         trainer.fit(m, datamodule=RenderIndexDataModule(steps_per_epoch=2, val_batches=1, test_batches=1))
 
 
+@pytest.mark.parametrize("group", sorted(GAN_GROUPS))
+def test_unknown_group_key_fails_in_one_line(group):
+    from src.utils.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        sg.StyleGANModule(**tiny(**{group: {"typo_key": 1}}))
+    assert "\n" not in str(err.value) and f"model.{group} has no setting 'typo_key'" in str(err.value)
+
+
+def test_unknown_or_old_flat_key_on_the_command_line_fails(tmp_path):
+    from src.utils.errors import UserError
+    from tests.conftest import compose_train
+    from train import _instantiate
+
+    with pytest.raises(Exception, match=r"model\.r1_gamma"):  # the flat keys of before the groups
+        compose_train(["task=stylegan", "model.r1_gamma=0.1"], tmp_path)
+    cfg = compose_train(["task=stylegan", "+model.regularization.r1_gama=0.1"], tmp_path)
+    with pytest.raises(UserError) as err:
+        _instantiate(cfg.model)  # as train.py builds the model
+    assert "\n" not in str(err.value) and "model.regularization has no setting 'r1_gama'" in str(err.value)
+    with pytest.raises(UserError, match=r"model\.precision\.mode 'fp8'"):
+        sg.StyleGANModule(**tiny(precision=dict(mode="fp8")))
+
+
+def test_configs_list_every_setting_with_the_dataclass_defaults(tmp_path):
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["task=stylegan"], tmp_path)
+    for name, cls in GAN_GROUPS.items():
+        node, defaults = cfg.model[name], asdict(cls())
+        assert set(node) == set(defaults), name
+        for key in node:  # paths of the run (interpolations) are the config's, None in code
+            if not OmegaConf.is_interpolation(node, key):
+                assert node[key] == defaults[key], f"model.{name}.{key}"
+    shipped = compose_train(["experiment=embedded_stylegan"], tmp_path)
+    assert shipped.model.optim.batch_size == 256 and shipped.model.regularization.r1_gamma == 0.1
+    assert shipped.model.validation.oracle_path.endswith("oracle_synthetic.safetensors")
+
+
+def test_export_script_reads_flat_and_grouped_checkpoints(trained, tmp_path):
+    """scripts/export_stylegan_ckpt.py also exports checkpoints written before the groups (flat hparams)."""
+    import importlib.util
+
+    from src.stylegan import load_generator
+    from tests.conftest import ROOT
+
+    m = trained["m"]
+    flat = dict(resolution=16, seed=1, G_kwargs=TINY["G_kwargs"], D_kwargs=TINY["D_kwargs"], batch_size=4,
+                g_lr=0.0025, d_lr=0.0025, betas=[0.0, 0.99], r1_gamma=None, r1_interval=2, pl_interval=2,
+                pl_weight=2.0, pl_batch_shrink=2, pl_decay=0.01, style_mixing_prob=0.9, ema_kimg=0.01,
+                ema_rampup=None, ada=True, ada_target=0.6, ada_interval=1, ada_kimg=0.001, augment_p=0.0,
+                augment_kwargs=None, precision="fp32", allow_tf32=True, log_every=1, export_path=None,
+                feature_clip_path=None, oracle_path=None, sample_dir=None, fused_adam=True)
+    assert regroup_flat_hparams(flat) == dict(m.hparams) and regroup_flat_hparams(dict(m.hparams)) == dict(m.hparams)
+    spec = importlib.util.spec_from_file_location("export_stylegan_ckpt", ROOT / "scripts" / "export_stylegan_ckpt.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    z = torch.randn(2, m.z_dim)
+    with torch.no_grad():
+        ref = m.G_ema.synthesis(m.G_ema.mapping(z, m._c(2)), noise_mode="const")
+    for name, hp in (("flat", flat), ("grouped", dict(m.hparams))):
+        torch.save({"hyper_parameters": hp, "state_dict": m.state_dict(), "global_step": 6}, tmp_path / f"{name}.ckpt")
+        assert script.main([str(tmp_path / f"{name}.ckpt"), str(tmp_path / name)]) == 0
+        G = load_generator(str(tmp_path / f"{name}.safetensors"), device="cpu")
+        with torch.no_grad():
+            assert (G.synthesis(G.mapping(z, m._c(2)), noise_mode="const").float() - ref).abs().max() < 0.05
+
+
 def test_random_feature_extractor_is_fixed():
     a, b = gm.RandomConvFeatures(), gm.RandomConvFeatures()
     x = _imgs(2)
@@ -328,7 +415,7 @@ def test_eval_with_oracle_and_clip_features(tmp_path):
                     tmp_path / "clip.safetensors")
     for kw, feat_type in ((dict(oracle_path=str(tmp_path / "oracle.safetensors")), gm._OracleFeatures),
                           (dict(feature_clip_path=str(tmp_path / "clip.safetensors")), gm._ClipImageFeatures)):
-        m = _detached(sg.StyleGANModule(**TINY, **kw))
+        m = _detached(sg.StyleGANModule(**tiny(validation=kw)))
         assert isinstance(m._feature_net, feat_type)
         m._eval_start()
         m._eval_step(0)
@@ -348,11 +435,12 @@ def test_cuda_steps_are_finite_and_sync_free(precision, monkeypatch):
     """On the GPU: fused Adam, fp16 blocks, side-stream renders; torch's sync debug mode must not
     fire in the step's own code (the renderer and the optimiser run with it off)."""
     torch.manual_seed(0)
-    kw = {**TINY, "resolution": 32, "batch_size": 8, "precision": precision, "log_every": 0,
-          "G_kwargs": {**TINY["G_kwargs"], "synthesis_kwargs": dict(channel_base=512, channel_max=32,
-                                                                   num_fp16_res=2, conv_clamp=256)},
-          "D_kwargs": dict(channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256)}
-    m = sg.StyleGANModule(**kw, ada=True, ada_interval=1).cuda()
+    kw = tiny(resolution=32, optim=dict(batch_size=8), precision=dict(mode=precision), output=dict(log_every=0),
+              G_kwargs={**TINY["G_kwargs"], "synthesis_kwargs": dict(channel_base=512, channel_max=32,
+                                                                     num_fp16_res=2, conv_clamp=256)},
+              D_kwargs=dict(channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256),
+              augment=dict(ada=True, ada_interval=1))
+    m = sg.StyleGANModule(**kw).cuda()
     _detached(m)
     for i in range(2):
         m.training_step(i, i)

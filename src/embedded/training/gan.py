@@ -1,22 +1,24 @@
 """StyleGAN2-ADA training of our networks on synthetic renders, built for throughput.
 
-One ``training_step`` is one iteration of the official loop, folded into two optimiser steps:
+The settings are the typed groups of ``src/config/gan.py`` (``optim``, ``regularization`` (``reg``
+below), ``ema``, ``augment``, ``precision``, ``validation``, ``output``). One ``training_step`` is one
+iteration of the official loop, folded into two optimiser steps:
 
-* G: non-saturating loss on ``batch_size`` fakes (style mixing with ``style_mixing_prob``); every
-  ``pl_interval`` iterations the path-length penalty on ``batch_size // pl_batch_shrink`` extra
-  fakes is added to the same loss, weighted ``pl_weight * pl_interval`` (lazy regularisation).
+* G: non-saturating loss on ``optim.batch_size`` fakes (style mixing with ``reg.style_mixing_prob``);
+  every ``reg.pl_interval`` iterations the path-length penalty on ``batch_size // reg.pl_batch_shrink``
+  extra fakes is added to the same loss, weighted ``pl_weight * pl_interval`` (lazy regularisation).
 * D: logistic loss on fakes (made without graph) and on reals rendered on the GPU by
-  ``src.embedded.render``; every ``r1_interval`` iterations the R1 penalty
-  ``gamma/2 * r1_interval`` is added, computed on the same real forward pass.
-* G_ema: EMA of G with a half-life of ``ema_kimg`` thousand images and ramp-up ``ema_rampup``.
+  ``src.embedded.render``; every ``reg.r1_interval`` iterations the R1 penalty
+  ``r1_gamma/2 * r1_interval`` is added, computed on the same real forward pass.
+* G_ema: EMA of G with a half-life of ``ema.kimg`` thousand images and ramp-up ``ema.rampup``.
 * optional ADA: ``AugmentPipe`` on every image D sees, p driven by E[sign(D(real))] -> target.
 
 Lightning's ``global_step`` counts optimiser steps, so it grows by 2 per iteration
 (``trainer.max_steps = 2 * iterations``). Nothing in the step reads a device value on the host:
 no ``.item()``, no tensor-valued ``if``, ADA's p stays a device tensor; metrics are logged as
-tensors every ``log_every`` iterations and only the logger flush syncs.
+tensors every ``output.log_every`` iterations and only the logger flush syncs.
 
-Mixed precision: ``precision='fp16_res'`` is the official design (the top ``num_fp16_res`` blocks
+Mixed precision: ``precision.mode='fp16_res'`` is the official design (the top ``num_fp16_res`` blocks
 of G and D run in fp16 with ``conv_clamp``; gradients pass ``nan_to_num``), ``'bf16'`` wraps G/D
 forwards in bf16 autocast (networks built without fp16 blocks), ``'fp32'`` disables both.
 The Lightning trainer itself must run at ``32-true``.
@@ -31,12 +33,15 @@ import os
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Optional
+from dataclasses import asdict
+from typing import Any, Dict, Mapping, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from src.config.gan import (PRECISIONS, GanAugmentConfig, GanEmaConfig, GanOptimConfig, GanOutputConfig,
+                            GanPrecisionConfig, GanRegularizationConfig, GanValidationConfig, gan_groups)
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
@@ -47,84 +52,68 @@ from src.utils.errors import UserError
 
 __all__ = ["StyleGANModule"]
 
-_PRECISIONS = ("fp16_res", "bf16", "fp32")
-
 
 class StyleGANModule(GanEvalHooks, pl.LightningModule):
     """StyleGAN2(-ADA) GAN training with manual optimisation.
 
-    Args (all plain values, as Hydra gives them):
-        resolution: image size (power of two); the renderer draws reals at this size.
-        G_kwargs: Generator kwargs besides c_dim/img_resolution/img_channels, e.g.
-            {z_dim, w_dim, mapping_kwargs: {num_layers}, synthesis_kwargs: {channel_base,
-            channel_max, num_fp16_res, conv_clamp}}.
-        D_kwargs: Discriminator kwargs besides c_dim/img_resolution/img_channels.
-        batch_size: images per iteration (G and D phases each).
-        g_lr, d_lr, betas: Adam settings before the lazy-regularisation adjustment.
-        r1_gamma: R1 weight; None -> the official heuristic 0.0002 * res^2 / batch_size.
-        r1_interval, pl_interval: lazy intervals (0 disables the regulariser).
-        pl_weight, pl_batch_shrink, pl_decay: path-length settings.
-        style_mixing_prob: probability that a sample's ws are mixed from two latents.
-        ema_kimg, ema_rampup: G_ema half-life (thousand images) and ramp-up (None: off).
-        ada, ada_target, ada_interval, ada_kimg, augment_p, augment_kwargs: adaptive augmentation.
-        precision: 'fp16_res' | 'bf16' | 'fp32' (see module docstring).
-        allow_tf32: allow TF32 matmuls/convs (speed on Ampere+).
-        seed: seed of the device generator used for real renders.
-        log_every: log losses every this many iterations (tensors, no sync in the step).
-        export_path: where G_ema is saved at the end of training (``.safetensors`` + ``.json``).
-        feature_clip_path / oracle_path: feature nets for the validation metrics (see
-            ``gan_metrics.build_feature_extractor``); oracle_path also enables ``val/attr_dist``.
-        sample_dir: when set, a grid of G_ema samples is saved there after every validation.
-        fused_adam: use Adam(fused=True) on CUDA (foreach elsewhere).
+    resolution: image size (power of two); the renderer draws reals at this size.
+    G_kwargs: Generator kwargs besides c_dim/img_resolution/img_channels, e.g. {z_dim, w_dim,
+        mapping_kwargs: {num_layers}, synthesis_kwargs: {channel_base, channel_max, num_fp16_res,
+        conv_clamp}}. D_kwargs: Discriminator kwargs besides c_dim/img_resolution/img_channels.
+    optim / regularization / ema / augment / precision / validation / output: the typed groups
+        ``model.optim`` ... of ``conf/task/stylegan.yaml`` (dataclasses in ``src/config/gan.py``;
+        a mapping, None for the defaults, or the dataclass).
+    seed: seed of the generator of the training reals' parameters.
     """
 
     def __init__(self, resolution: int = 128, G_kwargs: Optional[Dict[str, Any]] = None,
-                 D_kwargs: Optional[Dict[str, Any]] = None, batch_size: int = 64,
-                 g_lr: float = 0.0025, d_lr: float = 0.0025, betas=(0.0, 0.99),
-                 r1_gamma: Optional[float] = None, r1_interval: int = 16, pl_interval: int = 4,
-                 pl_weight: float = 2.0, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
-                 style_mixing_prob: float = 0.9, ema_kimg: Optional[float] = None,
-                 ema_rampup: Optional[float] = 0.05, ada: bool = False, ada_target: float = 0.6,
-                 ada_interval: int = 4, ada_kimg: float = 500.0, augment_p: float = 0.0,
-                 augment_kwargs: Optional[Dict[str, Any]] = None, precision: str = "fp16_res",
-                 allow_tf32: bool = True, seed: int = 0, log_every: int = 50,
-                 export_path: Optional[str] = None, feature_clip_path: Optional[str] = None,
-                 oracle_path: Optional[str] = None, sample_dir: Optional[str] = None,
-                 fused_adam: bool = True):
+                 D_kwargs: Optional[Dict[str, Any]] = None, optim: Optional[Mapping | GanOptimConfig] = None,
+                 regularization: Optional[Mapping | GanRegularizationConfig] = None,
+                 ema: Optional[Mapping | GanEmaConfig] = None, augment: Optional[Mapping | GanAugmentConfig] = None,
+                 precision: Optional[Mapping | GanPrecisionConfig] = None,
+                 validation: Optional[Mapping | GanValidationConfig] = None,
+                 output: Optional[Mapping | GanOutputConfig] = None, seed: int = 0):
         super().__init__()
         from src.stylegan import Discriminator, Generator
 
-        if precision not in _PRECISIONS:
-            raise UserError(f"model.precision '{precision}' is not one of {', '.join(_PRECISIONS)}")
+        groups = gan_groups(optim=optim, regularization=regularization, ema=ema, augment=augment,
+                            precision=precision, validation=validation, output=output)
+        self.optim_cfg, self.reg_cfg, self.ema_cfg = groups["optim"], groups["regularization"], groups["ema"]
+        self.augment_cfg, self.precision_cfg = groups["augment"], groups["precision"]
+        self.validation_cfg, self.output_cfg = groups["validation"], groups["output"]
+        batch_size, reg, aug, mode = self.optim_cfg.batch_size, self.reg_cfg, self.augment_cfg, self.precision_cfg.mode
+        if mode not in PRECISIONS:
+            raise UserError(f"model.precision.mode '{mode}' is not one of {', '.join(PRECISIONS)}")
         if resolution < 8 or resolution & (resolution - 1):
             raise UserError(f"model.resolution must be a power of two >= 8, got {resolution}")
-        if batch_size < 1 or (pl_interval and batch_size // max(pl_batch_shrink, 1) < 1):
-            raise UserError(f"model.batch_size {batch_size} is too small for pl_batch_shrink {pl_batch_shrink}")
-        # Hydra hands nested nodes over as DictConfig/ListConfig: make them plain so that the
-        # checkpoint's hyper_parameters load with weights_only=True (save_hyperparameters reads
-        # these locals).
+        if batch_size < 1 or (reg.pl_interval and batch_size // max(reg.pl_batch_shrink, 1) < 1):
+            raise UserError(f"model.optim.batch_size {batch_size} is too small for "
+                            f"model.regularization.pl_batch_shrink {reg.pl_batch_shrink}")
+        # hparams: plain data (checkpoints load with weights_only=True), the groups as dicts;
+        # Hydra hands nested nodes over as DictConfig/ListConfig.
         G_kwargs, D_kwargs = plain(G_kwargs), plain(D_kwargs)
-        augment_kwargs, betas = plain(augment_kwargs), plain(betas)
-        self.save_hyperparameters()
+        self.save_hyperparameters({"resolution": resolution, "G_kwargs": G_kwargs, "D_kwargs": D_kwargs,
+                                   **{name: asdict(cfg) for name, cfg in groups.items()}, "seed": seed})
         self.automatic_optimization = False
 
         G_kwargs = copy.deepcopy(dict(G_kwargs or {}))
         D_kwargs = copy.deepcopy(dict(D_kwargs or {}))
-        if precision != "fp16_res":
+        if mode != "fp16_res":
             # bf16/fp32: no fp16 blocks inside the networks (conv_clamp kept as configured).
             G_kwargs.setdefault("synthesis_kwargs", {})["num_fp16_res"] = 0
             D_kwargs["num_fp16_res"] = 0
         self.G = Generator(c_dim=0, img_resolution=resolution, img_channels=3, **G_kwargs)
         self.D = Discriminator(c_dim=0, img_resolution=resolution, img_channels=3, **D_kwargs)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.pl_penalty = PathLengthPenalty(pl_decay)
-        self.augment_pipe = AugmentPipe(p=augment_p, **(augment_kwargs or {})) if ada or augment_p > 0 else None
-        self.ada_stats = AdaptiveP(ada_target, ada_kimg) if ada else None
+        self.pl_penalty = PathLengthPenalty(reg.pl_decay)
+        use_aug = aug.ada or aug.p > 0
+        self.augment_pipe = AugmentPipe(p=aug.p, **(aug.kwargs or {})) if use_aug else None
+        self.ada_stats = AdaptiveP(aug.ada_target, aug.ada_kimg) if aug.ada else None
 
         self.resolution = resolution
         self.batch_size = batch_size
-        self.r1_gamma = 0.0002 * resolution ** 2 / batch_size if r1_gamma is None else float(r1_gamma)
-        self.ema_kimg = batch_size * 10 / 32 if ema_kimg is None else float(ema_kimg)
+        self.r1_gamma = 0.0002 * resolution ** 2 / batch_size if reg.r1_gamma is None else float(reg.r1_gamma)
+        self.ema_kimg = batch_size * 10 / 32 if self.ema_cfg.kimg is None else float(self.ema_cfg.kimg)
         self.z_dim = int(self.G.z_dim)
 
         # Progress counters are plain ints (no device round trip); saved in checkpoints.
@@ -132,11 +121,11 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         self.iteration = 0
         self._gen: Optional[torch.Generator] = None  # CPU generator of the training reals
         self._reals = RealPrefetcher(batch_size, resolution)
-        self._init_eval(feature_clip_path, oracle_path)
+        self._init_eval(self.validation_cfg.feature_clip_path, self.validation_cfg.oracle_path)
 
     # ---------------------------------------------------------------- helpers
     def _autocast(self):
-        if self.hparams.precision == "bf16" and self.device.type == "cuda":
+        if self.precision_cfg.mode == "bf16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
@@ -151,7 +140,7 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         """
         c = self._c(z.shape[0])
         ws = G.mapping(z, c, update_emas=update_emas)
-        p = self.hparams.style_mixing_prob
+        p = self.reg_cfg.style_mixing_prob
         if mixing and p > 0:
             n, num_ws = ws.shape[0], ws.shape[1]
             cutoff = torch.randint(1, num_ws, (n, 1), device=ws.device)
@@ -179,11 +168,11 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
 
     # ---------------------------------------------------------------- Lightning hooks
     def configure_optimizers(self):
-        h = self.hparams
-        g_lr, g_betas = lazy_optimizer_params(h.g_lr, h.betas, h.pl_interval if h.pl_weight > 0 else 0)
-        d_lr, d_betas = lazy_optimizer_params(h.d_lr, h.betas, h.r1_interval if self.r1_gamma > 0 else 0)
+        o, reg = self.optim_cfg, self.reg_cfg
+        g_lr, g_betas = lazy_optimizer_params(o.g_lr, o.betas, reg.pl_interval if reg.pl_weight > 0 else 0)
+        d_lr, d_betas = lazy_optimizer_params(o.d_lr, o.betas, reg.r1_interval if self.r1_gamma > 0 else 0)
         # Fused Adam keeps its step counters on the GPU: no host reads in opt.step().
-        kw = dict(fused=True) if (self.device.type == "cuda" and h.fused_adam) else dict(foreach=True)
+        kw = dict(fused=True) if (self.device.type == "cuda" and o.fused_adam) else dict(foreach=True)
         opt_g = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=1e-8, **kw)
         opt_d = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8, **kw)
         return [opt_g, opt_d]
@@ -191,7 +180,7 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
     def on_fit_start(self) -> None:
         prec = str(self.trainer.precision)
         if prec not in ("32-true", "32"):
-            raise UserError(f"task=stylegan manages its own mixed precision (model.precision); "
+            raise UserError(f"task=stylegan manages its own mixed precision (model.precision.mode); "
                             f"run the trainer at 32-true, not '{prec}'")
         if self.trainer.world_size > 1:
             # Two optimisers toggling requires_grad each phase plus double backward (R1, PL) do
@@ -199,8 +188,8 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
             raise UserError("task=stylegan trains on a single device; use hardware.devices=1")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = bool(self.hparams.allow_tf32)
-            torch.backends.cudnn.allow_tf32 = bool(self.hparams.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = bool(self.precision_cfg.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = bool(self.precision_cfg.allow_tf32)
         self._ensure_generator()
 
     def _ensure_generator(self) -> None:
@@ -211,14 +200,15 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One official-loop iteration: G step (+ lazy PL), D step (+ lazy R1), EMA, ADA."""
-        h = self.hparams
+        reg, fp16_res = self.reg_cfg, self.precision_cfg.mode == "fp16_res"
         self._ensure_generator()
         opt_g, opt_d = self.optimizers()
         B = self.batch_size
         it = self.iteration
-        do_pl = h.pl_interval > 0 and h.pl_weight > 0 and it % h.pl_interval == 0
-        do_r1 = h.r1_interval > 0 and self.r1_gamma > 0 and it % h.r1_interval == 0
-        log_now = h.log_every > 0 and (it + 1) % h.log_every == 0
+        do_pl = reg.pl_interval > 0 and reg.pl_weight > 0 and it % reg.pl_interval == 0
+        do_r1 = reg.r1_interval > 0 and self.r1_gamma > 0 and it % reg.r1_interval == 0
+        log_every = self.output_cfg.log_every
+        log_now = log_every > 0 and (it + 1) % log_every == 0
 
         # ---- G phase --------------------------------------------------------------------
         self.G.requires_grad_(True)
@@ -230,14 +220,14 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         loss_g_total = loss_g
         pl_pen = None
         if do_pl:
-            n_pl = max(B // h.pl_batch_shrink, 1)
+            n_pl = max(B // reg.pl_batch_shrink, 1)
             ws_pl = self._mapping(self.G, torch.randn(n_pl, self.z_dim, device=self.device))
             img_pl = self._synth(self.G, ws_pl)
             pl_pen = self.pl_penalty(img_pl, ws_pl).mean()
-            loss_g_total = loss_g_total + pl_pen * (h.pl_weight * h.pl_interval)
+            loss_g_total = loss_g_total + pl_pen * (reg.pl_weight * reg.pl_interval)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g_total)
-        if h.precision == "fp16_res":
+        if fp16_res:
             self._clean_grads(self.G)
         opt_g.step()
 
@@ -257,19 +247,20 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         r1 = None
         if do_r1:
             r1 = r1_penalty(real, real_logits).mean()
-            loss_d_total = loss_d_total + r1 * (self.r1_gamma / 2 * h.r1_interval)
+            loss_d_total = loss_d_total + r1 * (self.r1_gamma / 2 * reg.r1_interval)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d_total)
-        if h.precision == "fp16_res":
+        if fp16_res:
             self._clean_grads(self.D)
         opt_d.step()
         self.D.requires_grad_(False)
 
         # ---- EMA, ADA, counters ------------------------------------------------------------
         self.cur_nimg += B
-        update_ema(self.G_ema, self.G, ema_beta(B, self.ema_kimg, h.ema_rampup, self.cur_nimg))
-        if self.ada_stats is not None and (it + 1) % h.ada_interval == 0:
-            self.ada_stats.update(self.augment_pipe, B, h.ada_interval)
+        update_ema(self.G_ema, self.G, ema_beta(B, self.ema_kimg, self.ema_cfg.rampup, self.cur_nimg))
+        ada_interval = self.augment_cfg.ada_interval
+        if self.ada_stats is not None and (it + 1) % ada_interval == 0:
+            self.ada_stats.update(self.augment_pipe, B, ada_interval)
         self.iteration += 1
         # Queue the next reals now that this iteration's work is queued (overlaps on CUDA).
         self._reals.prefetch(self._gen, self.device)
@@ -326,6 +317,6 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         return target.with_suffix(".safetensors")
 
     def on_train_end(self) -> None:
-        if self.hparams.export_path and self.global_rank == 0:
-            out = self.export_generator(self.hparams.export_path)
+        if self.output_cfg.export_path and self.global_rank == 0:
+            out = self.export_generator(self.output_cfg.export_path)
             print(f"exported G_ema to {out}")

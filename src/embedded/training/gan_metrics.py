@@ -84,7 +84,7 @@ def _load_oracle(path: str) -> nn.Module:
     try:
         from src.embedded.oracle import load_oracle  # owned by the oracle task
     except ImportError as e:  # pragma: no cover - depends on another module being present
-        raise UserError(f"model.oracle_path is set but the oracle loader is unavailable: {e}") from e
+        raise UserError(f"model.validation.oracle_path is set but the oracle loader is unavailable: {e}") from e
     return load_oracle(path, "cpu")  # raises UserError for missing/mismatched files
 
 
@@ -95,7 +95,7 @@ def build_feature_extractor(clip_path: Optional[str] = None, oracle: Optional[nn
         from src.networks.small_clip import load_small_clip
 
         if not Path(clip_path).is_file():
-            raise UserError(f"model.feature_clip_path not found: {clip_path}")
+            raise UserError(f"model.validation.feature_clip_path not found: {clip_path}")
         return _ClipImageFeatures(load_small_clip(clip_path, "cpu"))
     if oracle is not None:
         return _OracleFeatures(oracle, num_params)
@@ -110,7 +110,7 @@ class GanEvalHooks(GeneratedEvalHooks):
     ``<prefix>/attr_dist`` (with an oracle) and the sample grids.
 
     The host module provides ``G_ema``, ``resolution``, ``batch_size``, ``z_dim``, ``iteration``,
-    ``hparams.sample_dir``, ``_c(n)`` and ``_synth(G, ws, noise_mode)``.
+    ``validation_cfg.sample_dir``, ``_c(n)`` and ``_synth(G, ws, noise_mode)``.
     """
 
     def _init_eval(self, feature_clip_path: Optional[str], oracle_path: Optional[str]) -> None:
@@ -178,8 +178,9 @@ class GanEvalHooks(GeneratedEvalHooks):
             std = (self._attr[:, 2] / n - mean.square()).clamp(min=0).sqrt()
             dist = ((mean[0] - mean[1]).abs().mean() + (std[0] - std[1]).abs().mean()).float()
             self.log(f"{prefix}/attr_dist", dist)
-        if self.hparams.sample_dir and self._samples is not None and self.global_rank == 0:
-            self._save_samples(Path(self.hparams.sample_dir) / f"{prefix}_it{self.iteration:07d}.png")
+        sample_dir = self.validation_cfg.sample_dir
+        if sample_dir and self._samples is not None and self.global_rank == 0:
+            self._save_samples(Path(sample_dir) / f"{prefix}_it{self.iteration:07d}.png")
 
     def _save_samples(self, path: Path) -> None:
         import torchvision
