@@ -1,12 +1,16 @@
-"""Writing animations: mp4 / gif / webp videos and PNG frame strips, always atomically."""
+"""Writing animations: mp4 / gif / webp videos, labelled PNG strips and contact sheets, always atomically.
+
+The sheets' layout (labels in margins, never over a frame) is ``src.utils.contact_sheet``."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from src.utils.contact_sheet import MAX_FRAME_SIZE, render_contact_sheet, render_strip
 from src.utils.errors import UserError
 from src.utils.io import atomic_write
 
@@ -77,17 +81,40 @@ def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 10.0
     return Path(path)
 
 
-def write_strip(frames: torch.Tensor, path: str | os.PathLike, max_frames: int = 8) -> Path:
-    """Write a PNG strip of up to ``max_frames`` evenly spaced frames side by side. frames: [T,3,H,W]."""
+def _write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     from PIL import Image
 
-    t = frames.shape[0]
-    idx = np.linspace(0, t - 1, num=min(max_frames, t)).round().astype(int)
-    data = to_uint8_frames(frames[torch.as_tensor(idx)])
-    strip = np.concatenate(list(data), axis=1)
     with atomic_write(path) as tmp:
-        Image.fromarray(strip).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG")
     return Path(path)
+
+
+def write_strip(frames: torch.Tensor, path: str | os.PathLike, title: str | Sequence[str] | None = None,
+                columns: int | None = None, max_frame_size: int | None = MAX_FRAME_SIZE) -> Path:
+    """Write every frame of frames [T,3,H,W] in [-1,1] as a PNG grid, each frame under its index
+    ("t=0", ...), below an optional title (a list of chained prompts is joined with " » ").
+
+    columns: frames a row; default all in one row up to 16 (and 4096 px), else the fewest even rows.
+    Labels sit in light margins, so the frame pixels are the video's own; frames larger than
+    ``max_frame_size`` are shown downscaled to it (None: full size; 16 photos of 1024 px: 17 MB)."""
+    sheet = render_strip(to_uint8_frames(frames), title=title, columns=columns, max_frame_size=max_frame_size)
+    return _write_png(sheet.image, path)
+
+
+def write_contact_sheet(videos: torch.Tensor, path: str | os.PathLike, row_labels: Sequence[str] | None = None,
+                        frame_step: int = 1, title: str | None = None, column_labels: Sequence[str] | None = None,
+                        max_frame_size: int | None = MAX_FRAME_SIZE) -> Path:
+    """Write videos [N,T,3,H,W] in [-1,1] as a PNG: one row per video under its label (e.g. its
+    prompt), every ``frame_step``-th frame and the last, frame indices on top (or ``column_labels``;
+    an empty list: none)."""
+    if videos.ndim != 5:
+        raise ValueError(f"expected videos [N,T,3,H,W], got {tuple(videos.shape)}")
+    n, t = videos.shape[:2]
+    data = to_uint8_frames(videos.reshape(n * t, *videos.shape[2:]))
+    sheet = render_contact_sheet(data.reshape(n, t, *data.shape[1:]), row_labels=row_labels,
+                                 frame_step=frame_step, title=title, column_labels=column_labels,
+                                 max_frame_size=max_frame_size)
+    return _write_png(sheet.image, path)
 
 
 def write_grid_video(videos: torch.Tensor, path: str | os.PathLike, fps: float = 10.0) -> Path:
