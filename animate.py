@@ -2,12 +2,14 @@
 
     python animate.py                                   # embedded default: a sampled face, smiling
     python animate.py text="The person is winking." seed=3 output=wink.gif
-    python animate.py image=face.png text='["The person is smiling.","The person is closing eyes."]'
+    python animate.py text="The person is smiling, then closing eyes"   # two motions, one after the other
+    python animate.py image=face.png text="The person is opening mouth."
     python animate.py latent=w_plus.npy frames=24 fps=12 decay=sqrt strength=1.2
+    python animate.py list_prompts=true                 # the concepts the animator was trained on
 
-Arguments are Hydra-style key=value overrides of conf/animate.yaml (composed with Hydra's compose
-API, so no output folders are created). A thin command line over ``src.pipeline.FaceAnimator``.
-Bad input ends with one line `error: ...` and exit code 2.
+Arguments are key=value (conf/animate.yaml; no output folders are created). text= takes the
+sentence exactly as typed inside shell quotes; every other key is a Hydra override. A thin command
+line over ``src.pipeline.FaceAnimator``. Bad input ends with one line `error: ...` and exit code 2.
 """
 from __future__ import annotations
 
@@ -25,8 +27,7 @@ def run(cfg) -> Path:
 
     output = Path(cfg.output)
     video_format(output)  # fail on a bad extension before any work
-    text = cfg.text
-    prompts = [text] if isinstance(text, str) else list(text)
+    text = cfg.text if isinstance(cfg.text, str) else list(cfg.text)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but CUDA is not available")
@@ -34,24 +35,38 @@ def run(cfg) -> Path:
     animator = FaceAnimator.from_pretrained(cfg.checkpoint, device=device, overrides=overrides)
     face = cfg.latent if cfg.latent is not None else cfg.image
     with torch.no_grad():
-        video = animator(face, prompts, frames=cfg.frames, strength=cfg.strength, decay=cfg.decay,
+        video = animator(face, text, frames=cfg.frames, strength=cfg.strength, decay=cfg.decay,
                          seed=cfg.seed, motion_total=cfg.get("motion_total"),
                          identity_projection=cfg.get("identity_projection"),
                          projection_steps=cfg.projection_steps, progress=True)
     write_video(video, output, fps=cfg.fps)
     if cfg.strip:
-        write_strip(video, output.with_suffix(".png"))
+        write_strip(video, output.with_suffix(".png"), title=text)
     return output
+
+
+def list_prompts(cfg) -> str:
+    """The prompts the checkpoint's animator was trained on, one a line (its file's record only)."""
+    from src.pipeline.animator_file import read_animator_file
+    from src.pipeline.components import prompt_list
+
+    prompts = prompt_list(read_animator_file(cfg.checkpoint).hyper_parameters.get("domain") or {})
+    if not prompts:
+        return f"{cfg.checkpoint} records no prompt list: any sentence goes"
+    return f"{len(prompts)} prompts {cfg.checkpoint} was trained on (any other sentence goes too):\n" + \
+        "\n".join(f"  {p}" for p in prompts)
 
 
 def main(argv: list[str] | None = None) -> int:
     from src.config.cli import run_command
 
     def render(cfg) -> str:
+        if cfg.list_prompts:
+            return list_prompts(cfg)
         path = run(cfg)
         return f"wrote {path}" + (f" and {path.with_suffix('.png')}" if cfg.strip else "")
 
-    return run_command("animate", argv, __doc__, render)
+    return run_command("animate", argv, __doc__, render, verbatim=("text",))
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def test_animate_writes_video_and_strip(exported, tmp_path, capsys):
     with Image.open(out) as im:
         assert im.n_frames == 9  # two chained segments of 5 frames share one frame
         assert im.size == (16, 16)
-    with Image.open(out.with_suffix(".png")) as strip:
-        assert strip.size[1] == 16 and strip.size[0] == 16 * 8
+    from src.utils.contact_sheet import sheet_metrics
+
+    with Image.open(out.with_suffix(".png")) as strip:  # all 9 frames, labelled, under the prompts
+        m = sheet_metrics(16, 16)
+        assert strip.size[0] >= 9 * 16 + 10 * m.pad and strip.size[1] > m.pad + m.band + 16 + m.pad
     assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]  # no temp files left
 
 
@@ -209,3 +212,65 @@ def test_animate_path_imports_no_lightning(tmp_path):
             "print(rc, bad); sys.exit(rc or bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_text_is_the_sentence_as_typed_and_then_chains_motions(exported, tmp_path, capsys):
+    """Commas and apostrophes need no Hydra quoting; 'then' plays two motions one after the other."""
+    out = tmp_path / "s.gif"
+    rc = animate.main([f"checkpoint={exported['path']}", "text=The person's smiling, then angry", "frames=3",
+                       f"output={out}", "strip=false"])
+    assert rc == 0, capsys.readouterr().err
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.n_frames == 5  # two motions of 3 frames sharing one
+    rc = animate.main([f"checkpoint={exported['path']}", 'text=["The person is smiling.", "The person is angry."]',
+                       "frames=3", f"output={out}", "strip=false"])
+    assert rc == 0
+    with Image.open(out) as im:
+        assert im.n_frames == 5
+    assert animate.main([f"checkpoint={exported['path']}", "text= ", f"output={out}"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: text")
+
+
+def test_prompt_segments_phrase_later_motions_like_the_domain():
+    from src.pipeline.text import prompt_segments
+
+    t = "The person is {}."
+    assert prompt_segments("The person is smiling, then winking", t) == ["The person is smiling",
+                                                                        "The person is winking."]
+    assert prompt_segments("winking and then opening mouth", t) == ["The person is winking.",
+                                                                    "The person is opening mouth."]
+    assert prompt_segments("The person's smiling", t) == ["The person's smiling"]  # one motion: as typed
+    assert prompt_segments("The person is smiling; then she winks", t) == ["The person is smiling", "she winks"]
+    assert prompt_segments(["a", "b"], t) == ["a", "b"]
+    with pytest.raises(Exception, match="non-empty"):
+        prompt_segments(" then ", t)
+
+
+def test_help_shows_every_key_and_list_prompts_the_trained_concepts(exported, capsys):
+    assert animate.main(["--help"]) == 0
+    shown = capsys.readouterr().out
+    for key in ("text=", "frames=16", "seed=null", "strength=1.0", "decay=linear", "output=animation.mp4",
+                "list_prompts=false", "identity_projection=null"):
+        assert key in shown, key
+    assert "frames per motion" in shown  # the meaning, not only the default
+    assert animate.main([f"checkpoint={exported['path']}", "list_prompts=true"]) == 0
+    listed = capsys.readouterr().out
+    assert "The person is smiling." in listed and "The person is angry." in listed
+
+
+def test_a_latent_far_from_the_generator_gets_one_warning_line(exported, tmp_path, capsys):
+    w_dim = exported["module"].generator.w_dim
+    noise = tmp_path / "noise.npy"
+    np.save(noise, np.random.default_rng(0).standard_normal((1, w_dim)).astype(np.float32) * 3)
+    rc = animate.main([f"checkpoint={exported['path']}", f"latent={noise}", "frames=3",
+                       f"output={tmp_path / 'n.gif'}", "strip=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0 and len([e for e in err if e.startswith("warning:")]) == 1, err
+    assert "far from this generator" in err[0]
+    own = tmp_path / "own.npy"
+    np.save(own, exported["module"].sample_latents(1, seed=9).numpy())
+    rc = animate.main([f"checkpoint={exported['path']}", f"latent={own}", "frames=3",
+                       f"output={tmp_path / 'o.gif'}", "strip=false"])
+    assert rc == 0 and "warning" not in capsys.readouterr().err

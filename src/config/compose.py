@@ -1,9 +1,14 @@
 """Compose a primary config of ``conf/`` with a user's overrides, without Hydra's run folders (the
-inference entry points write only what they are asked to). Every config problem is one UserError line."""
+inference entry points write only what they are asked to). Every config problem is one UserError line.
+
+Keys named in ``verbatim`` (animate.py's ``text``) take their value as typed, not as Hydra override
+grammar: ``text=The person's smiling, then winking`` is that sentence. A value that is a JSON list of
+strings (``text='["smiling.", "winking."]'``) is that list."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from src.config.schema import register_configs, register_resolvers, validate_config
 from src.utils.errors import UserError
@@ -11,13 +16,38 @@ from src.utils.errors import UserError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def compose_config(config_name: str, overrides: Sequence[str]):
+def split_verbatim(overrides: Sequence[str], verbatim: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """(the overrides for Hydra, {key: value} of the verbatim keys)."""
+    rest, values = [], {}
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in verbatim:
+            values[key.lstrip("+~")] = _verbatim_value(value)
+        else:
+            rest.append(arg)
+    return rest, values
+
+
+def _verbatim_value(value: str) -> Any:
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+            return items
+    return value
+
+
+def compose_config(config_name: str, overrides: Sequence[str], verbatim: Sequence[str] = ()):
     """``conf/<config_name>.yaml`` with the overrides, resolved (paths from the repository root and
     the working directory) and validated against its schema."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    overrides, values = split_verbatim(overrides, verbatim)
     register_configs()
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -27,6 +57,8 @@ def compose_config(config_name: str, overrides: Sequence[str]):
         # ${hydra:runtime.*} is not available with compose: resolve paths from the repo root
         cfg.paths.root_dir = str(ROOT)
         cfg.paths.output_dir = str(Path.cwd())
+        for key, value in values.items():
+            cfg[key] = value
         OmegaConf.resolve(cfg)
     except UserError:
         raise

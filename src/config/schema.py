@@ -190,6 +190,7 @@ class AnimateConfig:
     strip: bool = True
     projection_steps: int = 300
     device: str = "cpu"
+    list_prompts: bool = False        # print the checkpoint's concepts and exit
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

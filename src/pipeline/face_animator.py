@@ -27,8 +27,13 @@ from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, Ani
 from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
+from src.pipeline.text import prompt_segments
 from src.utils.config import flatten, get_dotted, plain, set_dotted
 from src.utils.errors import UserError
+from src.utils.log import warn
+
+#: latent_distance above which a given latent is warned about (its own faces: mean ~1, max ~2)
+LATENT_WARN_SCORE = 3.0
 
 class FaceAnimator(nn.Module):
     """The frozen generator and CLIP plus the trained animator; see the module docstring.
@@ -177,7 +182,7 @@ class FaceAnimator(nn.Module):
         label = "the image"
         if isinstance(face, (str, Path)):
             if Path(face).suffix.lower() in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
-                return load_latent(face, self.generator).to(self.device)
+                return self.checked_latent(load_latent(face, self.generator).to(self.device), str(face))
             from src.data.images import load_image
 
             label, face = str(face), load_image(face)
@@ -191,7 +196,30 @@ class FaceAnimator(nn.Module):
             if progress:
                 print(f"projected {label}: PSNR {result['psnr']:.2f} dB, MSE {result['mse']:.5f}", file=sys.stderr)
             return result["ws"].detach()
-        return latent_from_tensor(face, self.generator).to(self.device)
+        return self.checked_latent(latent_from_tensor(face, self.generator).to(self.device), "the latent")
+
+    @torch.no_grad()
+    def latent_distance(self, ws: torch.Tensor) -> torch.Tensor:
+        """Mean squared z-score [N] of latents ws [N,L,C] against the generator's own W distribution
+        (per-dimension mean and std of 4,096 mapped samples): about 1 for its faces (at most ~2),
+        about 5 for N(0, I) noise in W."""
+        stats = self.__dict__.get("_w_stats")
+        if stats is None:
+            G = self.generator
+            z = torch.randn(4096, G.z_dim, generator=torch.Generator().manual_seed(123)).to(self.device)
+            w = G.mapping(z, torch.zeros(len(z), G.c_dim, device=self.device), truncation_psi=1.0)[:, 0]
+            stats = self.__dict__["_w_stats"] = (w.mean(0), w.std(0).clamp_min(1e-8))
+        mean, std = stats
+        return ((ws.to(mean.device).float() - mean) / std).pow(2).mean(dim=(-1, -2))
+
+    def checked_latent(self, ws: torch.Tensor, label: str) -> torch.Tensor:
+        """ws, with a warning when it lies far from the generator's W distribution (it renders garbage)."""
+        score = float(self.latent_distance(ws).max())
+        if score > LATENT_WARN_SCORE:
+            warn(f"{label} lies far from this generator's latents (mean squared z-score {score:.1f}; its own "
+                 f"faces score about 1): expect a distorted face. Use a latent of this generator (seed=, or "
+                 f"image= to project a photo)")
+        return ws
 
     # ------------------------------------------------------------------ identity projection
     def projection_reader(self) -> nn.Module:
@@ -299,17 +327,16 @@ class FaceAnimator(nn.Module):
     def __call__(self, face: Any = None, text: Sequence[str] | str = "The person is smiling.", frames: int = 16,
                  strength: float = 1.0, decay: str = "linear", seed: Optional[int] = None, **kw: Any) -> torch.Tensor:
         """One video [T,3,H,W] in [-1,1] of ``face`` (see :meth:`face_latent`; None: the face of
-        ``seed``) doing ``text``: one prompt, or a list of prompts played one after the other, each
-        segment starting from the previous one's last frame. Other keywords go to :meth:`animate`
+        ``seed``) doing ``text``: a sentence ("The person is smiling, then winking" plays two motions,
+        see ``src/pipeline/text.py``) or a list of prompts, played one after the other, each segment
+        starting from the previous one's last frame. Other keywords go to :meth:`animate`
         (motion_total, identity_projection) or :meth:`face_latent` (projection_steps, progress)."""
         face_kw = {k: kw.pop(k) for k in ("projection_steps", "progress") if k in kw}
-        prompts = [text] if isinstance(text, str) else list(text)
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise UserError("text must be a non-empty prompt or a list of non-empty prompts")
+        prompts = prompt_segments(text, get_dotted(self.domain, "prompts.template", "{}"))
         ws = self.face_latent(face, seed=seed, **face_kw)
         segments = []
         for i, prompt in enumerate(prompts):
-            out = self.animate(ws, [prompt.strip()], num_frames=frames, decay=decay, strength=strength, **kw)
+            out = self.animate(ws, [prompt], num_frames=frames, decay=decay, strength=strength, **kw)
             video = out["frames"][0]
             segments.append(video if i == 0 else video[1:])  # a chained segment repeats its first frame
             ws = out["ws"][:, -1]
