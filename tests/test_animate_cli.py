@@ -274,3 +274,16 @@ def test_a_latent_far_from_the_generator_gets_one_warning_line(exported, tmp_pat
     rc = animate.main([f"checkpoint={exported['path']}", f"latent={own}", "frames=3",
                        f"output={tmp_path / 'o.gif'}", "strip=false"])
     assert rc == 0 and "warning" not in capsys.readouterr().err
+
+
+def test_out_of_memory_is_one_line(exported, tmp_path, capsys, monkeypatch):
+    from src.pipeline import FaceAnimator
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(FaceAnimator, "animate", oom)
+    rc = animate.main([f"checkpoint={exported['path']}", f"output={tmp_path / 'o.gif'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: out of GPU memory") and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())

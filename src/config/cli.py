@@ -18,7 +18,7 @@ def config_help(config_name: str) -> str:
 
     rows = []
     for line in (ROOT / "conf" / f"{config_name}.yaml").read_text().splitlines():
-        if not line or line[0] in " #-" or ":" not in line or line.startswith("defaults"):
+        if not line or line[0] in " #-" or ":" not in line or line.startswith("defaults:"):
             continue
         key, _, rest = line.partition(":")
         value, _, comment = rest.partition("#")
@@ -50,6 +50,14 @@ def run_command(config_name: str, argv: Optional[Sequence[str]], doc: str, run: 
         done = run(compose_config(config_name, argv, verbatim))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory: ask for fewer frames= (or faces/batch=), or free memory", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "out of memory" not in str(e):
+            raise
+        print("error: out of GPU memory: ask for fewer frames= (or batch=), or run with device=cpu", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@ strings (``text='["smiling.", "winking."]'``) is that list."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,6 +65,20 @@ def compose_config(config_name: str, overrides: Sequence[str], verbatim: Sequenc
         raise
     except Exception as e:  # Hydra/OmegaConf errors: keep their first line, which names the key
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        unknown = re.match(r"Could not override '([^']+)'", msg)
+        if unknown and "." not in unknown.group(1) and "not in" in str(e.__cause__ or ""):
+            raise UserError(f"unknown key '{unknown.group(1)}' ({config_name} takes: {', '.join(top_keys(config_name))}; "
+                            f"--help explains them)") from None
         raise UserError(f"bad argument: {msg}") from None
     validate_config(cfg)
     return cfg
+
+
+def top_keys(config_name: str) -> list[str]:
+    """The top-level keys ``conf/<config_name>.yaml`` sets (its own lines, not its defaults list)."""
+    keys = []
+    for line in (ROOT / "conf" / f"{config_name}.yaml").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if line and line[0] not in " #-" and ":" in line and key != "defaults":
+            keys.append(key)
+    return keys

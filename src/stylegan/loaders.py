@@ -22,7 +22,8 @@ def detect_format(path) -> str:
         with open(path, "rb") as f:
             head = f.read(16)
     except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+        raise UserError(f"{path}: generator file not found (official weights cannot be fetched by this project: "
+                        "download the file docs/real_domains.md names for this domain and put it there)") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if not head:
