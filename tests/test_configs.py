@@ -133,3 +133,16 @@ def test_run_dir_survives_requeue(monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert resolve_run_dir_name(None) == "slurm-77_3"
     assert resolve_run_dir_name("my-exp") == "my-exp"
+
+
+def test_unknown_keys_of_the_training_groups_fail_before_training(tmp_path):
+    """A misspelt key in a typed group is refused when the config is validated (a sweep fails at once)."""
+    from src.config.schema import validate_config
+    from src.utils.errors import UserError
+
+    for overrides, needle in ((["task=animator", "+model.net.hiddn=8"], "model.net has no setting 'hiddn'"),
+                              (["task=stylegan", "+model.regularization.r1_gama=0.1"],
+                               "model.regularization has no setting 'r1_gama'")):
+        cfg = compose_train(overrides, tmp_path)
+        with pytest.raises(UserError, match=needle):
+            validate_config(cfg)

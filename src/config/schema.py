@@ -269,6 +269,11 @@ def validate_config(cfg: DictConfig) -> None:
         need(layers is None or (len(layers) > 0 and len(set(layers)) == len(layers)
                                 and all(isinstance(i, int) and i >= 0 for i in layers)),
              f"model.net.offset_layers must be null or a list of distinct W+ layer indices >= 0, got {layers}")
+    if model is not None and "regularization" in model:  # GAN training: the same early check of its groups
+        from src.config.gan import GAN_GROUPS
+
+        for key, cls in GAN_GROUPS.items():
+            typed_group(cls, model.get(key), f"model.{key}")
     if "frames" in cfg:  # animate and evaluate configs
         need(2 <= cfg.frames <= 512, f"frames must be in 2..512, got {cfg.frames}")
         need(0 < cfg.strength <= 10, f"strength must be in (0, 10], got {cfg.strength}")
