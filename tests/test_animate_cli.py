@@ -287,3 +287,21 @@ def test_out_of_memory_is_one_line(exported, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: out of GPU memory") and len(err.splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_photo_far_from_the_generator_gets_one_warning_line(exported, tmp_path, capsys):
+    """What the embedded generator cannot draw projects poorly: the user is told, once, and why."""
+    from src.pipeline import FaceAnimator
+
+    pipe = FaceAnimator.from_pretrained(exported["path"])
+    pipe.check_projection(35.0, "render.png")
+    assert capsys.readouterr().err == ""
+    from src.utils.log import show_warnings
+
+    show_warnings()
+    pipe.check_projection(20.5, "photo.png")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: photo.png projects poorly"), err
+    pipe.domain = {**pipe.domain, "name": "synthetic"}
+    pipe.check_projection(20.5, "photo.png")
+    assert "knows only its cartoon faces" in capsys.readouterr().err

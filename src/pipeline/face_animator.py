@@ -14,7 +14,6 @@ writes the same file format with :meth:`FaceAnimator.save_pretrained`.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from dataclasses import asdict
 from typing import Any, Mapping, Optional, Sequence
@@ -27,15 +26,12 @@ from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, Ani
 from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
+from src.pipeline.faces import FaceInputs
 from src.pipeline.text import prompt_segments
 from src.utils.config import flatten, get_dotted, plain, set_dotted
 from src.utils.errors import UserError
-from src.utils.log import warn
 
-#: latent_distance above which a given latent is warned about (its own faces: mean ~1, max ~2)
-LATENT_WARN_SCORE = 3.0
-
-class FaceAnimator(nn.Module):
+class FaceAnimator(FaceInputs, nn.Module):
     """The frozen generator and CLIP plus the trained animator; see the module docstring.
 
     config: the animator's recorded configuration: ``domain`` names the generator, CLIP and prompts;
@@ -169,57 +165,6 @@ class FaceAnimator(nn.Module):
         n, t = ws.shape[:2]
         img = self.generator.synthesis(ws.reshape(n * t, *ws.shape[2:]), noise_mode=self.noise_mode)
         return img.reshape(n, t, *img.shape[1:])
-
-    def face_latent(self, face: Any = None, seed: Optional[int] = None, projection_steps: int = 300,
-                    progress: bool = False) -> torch.Tensor:
-        """W+ [1,L,C] of a face: a latent tensor (W [C] / [1,C], W+ [L,C] / [1,L,C]), a latent file
-        (.npy/.npz/.pt/.safetensors), an image tensor [3,H,W] / [1,3,H,W] in [-1,1] or image file (projected into
-        the generator), or None (the face of ``seed``, default 0)."""
-        from src.inversion.projection import latent_from_tensor, load_latent, project
-
-        if face is None:
-            return self.sample_latents(1, seed=0 if seed is None else int(seed))
-        label = "the image"
-        if isinstance(face, (str, Path)):
-            if Path(face).suffix.lower() in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
-                return self.checked_latent(load_latent(face, self.generator).to(self.device), str(face))
-            from src.data.images import load_image
-
-            label, face = str(face), load_image(face)
-        if not isinstance(face, torch.Tensor):
-            raise UserError(f"a face is a latent, an image or a file path, not {type(face).__name__}")
-        if face.shape[-3:-2] == (3,) and face.dim() in (3, 4):  # an image
-            image = (face[None] if face.dim() == 3 else face).to(self.device).float()
-            # optimisation needs gradients: outside no_grad; LPIPS-VGG when installed, else pixels only
-            with torch.enable_grad():
-                result = project(self.generator, image, steps=projection_steps, progress=progress)
-            if progress:
-                print(f"projected {label}: PSNR {result['psnr']:.2f} dB, MSE {result['mse']:.5f}", file=sys.stderr)
-            return result["ws"].detach()
-        return self.checked_latent(latent_from_tensor(face, self.generator).to(self.device), "the latent")
-
-    @torch.no_grad()
-    def latent_distance(self, ws: torch.Tensor) -> torch.Tensor:
-        """Mean squared z-score [N] of latents ws [N,L,C] against the generator's own W distribution
-        (per-dimension mean and std of 4,096 mapped samples): about 1 for its faces (at most ~2),
-        about 5 for N(0, I) noise in W."""
-        stats = self.__dict__.get("_w_stats")
-        if stats is None:
-            G = self.generator
-            z = torch.randn(4096, G.z_dim, generator=torch.Generator().manual_seed(123)).to(self.device)
-            w = G.mapping(z, torch.zeros(len(z), G.c_dim, device=self.device), truncation_psi=1.0)[:, 0]
-            stats = self.__dict__["_w_stats"] = (w.mean(0), w.std(0).clamp_min(1e-8))
-        mean, std = stats
-        return ((ws.to(mean.device).float() - mean) / std).pow(2).mean(dim=(-1, -2))
-
-    def checked_latent(self, ws: torch.Tensor, label: str) -> torch.Tensor:
-        """ws, with a warning when it lies far from the generator's W distribution (it renders garbage)."""
-        score = float(self.latent_distance(ws).max())
-        if score > LATENT_WARN_SCORE:
-            warn(f"{label} lies far from this generator's latents (mean squared z-score {score:.1f}; its own "
-                 f"faces score about 1): expect a distorted face. Use a latent of this generator (seed=, or "
-                 f"image= to project a photo)")
-        return ws
 
     # ------------------------------------------------------------------ identity projection
     def projection_reader(self) -> nn.Module:
