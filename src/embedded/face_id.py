@@ -10,16 +10,14 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from src.embedded.oracle import conv_trunk_and_head
+from src.embedded.conv_net import SmallConvNet
 from src.networks.weights_file import load_net_state, read_net_files, save_net
-from src.ops.resize import resize
 from src.utils.errors import UserError
 
 
-class SyntheticFaceID(nn.Module):
+class SyntheticFaceID(SmallConvNet):
     """CNN face embedder: img [N, 3, H, W] in [-1, 1] -> [N, embed_dim], unit L2 norm.
 
     resolution: size the network runs at (power of two >= 16; other sizes are resized); width:
@@ -28,21 +26,14 @@ class SyntheticFaceID(nn.Module):
     """
 
     def __init__(self, resolution: int = 128, width: int = 24, hidden: int = 256, embed_dim: int = 128):
-        super().__init__()
-        if resolution < 16 or resolution & (resolution - 1):
-            raise UserError(f"face-id resolution must be a power of two >= 16, got {resolution}")
         if embed_dim < 2 or width < 1 or hidden < 1:
             raise UserError(f"face-id embed_dim must be >= 2 and width, hidden >= 1, got {embed_dim}, {width}, {hidden}")
+        super().__init__(resolution, width, hidden, embed_dim, "face-id")
         self.init_kwargs = {"resolution": resolution, "width": width, "hidden": hidden, "embed_dim": embed_dim}
-        self.resolution, self.embed_dim = resolution, embed_dim
-        self.features, self.head = conv_trunk_and_head(resolution, width, hidden, embed_dim)
+        self.embed_dim = embed_dim
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if img.dim() != 4 or img.shape[1] != 3:
-            raise UserError(f"face-id input must be [N, 3, H, W], got {tuple(img.shape)}")
-        if img.shape[-2:] != (self.resolution, self.resolution):
-            img = resize(img, (self.resolution, self.resolution), mode="bilinear", antialias=True)
-        return F.normalize(self.head(self.features(img)).float(), dim=1)
+        return F.normalize(self.trunk_and_head(img).float(), dim=1)
 
 
 def save_face_id(net: SyntheticFaceID, path: str | Path, extra: Optional[dict] = None) -> Path:

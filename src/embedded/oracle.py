@@ -7,41 +7,18 @@ trained on the identity parameters only, is the identity-attribute reader (``src
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
+from src.embedded.conv_net import SmallConvNet
 from src.embedded.params import NUM_PARAMS, PARAM_SPACE, observable_mask
 from src.embedded.vocabulary import apply_preset, get
 from src.networks.weights_file import load_net_state, net_files, read_net_files, save_net
-from src.ops.resize import resize
 from src.utils.errors import UserError
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    """Stride-2 downsampling block: conv3x3/2 - BN - SiLU - conv3x3 - BN - SiLU."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU(inplace=True),
-    )
-
-
-def conv_trunk_and_head(resolution: int, width: int, hidden: int, outputs: int) -> tuple[nn.Sequential, nn.Sequential]:
-    """(features, head): stride-2 blocks from ``resolution`` down to 4x4 (channels ``width``, doubling
-    per stage, capped at 8x), then Flatten - Linear(hidden) - SiLU - Linear(outputs). The 4x4 map is
-    flattened rather than pooled: positions matter (gaze, yaw, which eye, eye spacing)."""
-    n_down = int(math.log2(resolution)) - 2
-    layers, cin = [], 3
-    for c in [min(width * 2 ** i, width * 8) for i in range(n_down)]:
-        layers.append(_block(cin, c))
-        cin = c
-    head = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, hidden), nn.SiLU(inplace=True), nn.Linear(hidden, outputs))
-    return nn.Sequential(*layers), head
-
-
-class AttributeOracle(nn.Module):
+class AttributeOracle(SmallConvNet):
     """CNN regressing normalised face parameters.
 
     resolution: input size the network runs at (power of two >= 16; other image sizes are resized);
@@ -51,19 +28,12 @@ class AttributeOracle(nn.Module):
     """
 
     def __init__(self, resolution: int = 128, num_params: int = NUM_PARAMS, width: int = 32, hidden: int = 256):
-        super().__init__()
-        if resolution < 16 or resolution & (resolution - 1):
-            raise UserError(f"oracle resolution must be a power of two >= 16, got {resolution}")
+        super().__init__(resolution, width, hidden, num_params, "oracle")
         self.init_kwargs = {"resolution": resolution, "num_params": num_params, "width": width, "hidden": hidden}
-        self.resolution, self.num_params = resolution, num_params
-        self.features, self.head = conv_trunk_and_head(resolution, width, hidden, num_params)
+        self.num_params = num_params
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if img.dim() != 4 or img.shape[1] != 3:
-            raise UserError(f"oracle input must be [N, 3, H, W], got {tuple(img.shape)}")
-        if img.shape[-2:] != (self.resolution, self.resolution):
-            img = resize(img, (self.resolution, self.resolution), mode="bilinear", antialias=True)
-        return self.head(self.features(img))
+        return self.trunk_and_head(img)
 
 
 @torch.no_grad()
