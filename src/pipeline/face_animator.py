@@ -14,15 +14,15 @@ writes the same file format with :meth:`FaceAnimator.save_pretrained`.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
-                               typed_group)
+                                 typed_group)
 from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
@@ -30,6 +30,7 @@ from src.pipeline.faces import FaceInputs
 from src.pipeline.text import prompt_segments
 from src.utils.config import flatten, get_dotted, plain, set_dotted
 from src.utils.errors import UserError
+
 
 class FaceAnimator(FaceInputs, nn.Module):
     """The frozen generator and CLIP plus the trained animator; see the module docstring.
@@ -72,8 +73,13 @@ class FaceAnimator(FaceInputs, nn.Module):
         if not 0.0 <= projection <= 1.0:
             raise UserError(f"identity_projection must be in [0, 1], got {projection}")
         if projection > 0 and not self.inference_cfg.projection_reader:
-            raise UserError("identity_projection > 0 needs model.inference.projection_reader (an identity-attribute reader)")
+            raise UserError("identity_projection > 0 needs model.inference.projection_reader "
+                            "(an identity-attribute reader)")
         self.frozen_hashes = {name: self.frozen_hash(name) for name in self.frozen_sources}
+        # the state-dict keys of the trained weights: the animator's, and the text tower's when fine-tuned
+        text_ids = {id(p) for p in self.text_params}
+        self._trainable_keys = frozenset({f"animator.{k}" for k in self.animator.state_dict()}
+                                         | {f"clip.{n}" for n, p in self.clip.named_parameters() if id(p) in text_ids})
 
     # ------------------------------------------------------------------ files
     @classmethod
@@ -83,8 +89,9 @@ class FaceAnimator(FaceInputs, nn.Module):
         """Build from an animator file (an export or a training checkpoint).
 
         overrides: config entries to change, nested or dotted (e.g. {'domain.generator.checkpoint':
-        '/new/G.pkl', 'inference.projection_reader': 'reader.safetensors'}); hash_check (error | warn | off; default: the file's setting): what to do when a
-        frozen file's sha256 differs from the one the animator was trained with. ``generator=`` /
+        '/new/G.pkl', 'inference.projection_reader': 'reader.safetensors'}); hash_check (error | warn |
+        off; default: the file's setting): what to do when a frozen file's sha256 differs from the one
+        the animator was trained with. ``generator=`` /
         ``clip=``: in-code modules instead of the files the config names.
         """
         path = Path(path).expanduser()
@@ -112,11 +119,9 @@ class FaceAnimator(FaceInputs, nn.Module):
         """Compare recorded hashes with the loaded frozen weights (see ``components.compare_hashes``)."""
         return components.compare_hashes(saved, self.frozen_hashes, mode or self.config.get("hash_check") or "error")
 
-    def trainable_keys(self) -> set[str]:
+    def trainable_keys(self) -> frozenset[str]:
         """State-dict keys of the trained weights: the animator's, and the text tower's when fine-tuned."""
-        ids = {id(p) for p in self.text_params}
-        keys = {k for k in self.state_dict() if k.startswith("animator.")}
-        return keys | {f"clip.{n}" for n, p in self.clip.named_parameters() if id(p) in ids}
+        return self._trainable_keys
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         keys = self.trainable_keys()
