@@ -148,9 +148,9 @@ def trained(tmp_path_factory):
     domain = tiny_domain(generator={"checkpoint": str(g_path), "truncation_psi": 0.7, "noise_mode": "const"},
                          clip=clip_cfg, loss_clip=dict(clip_cfg))
     torch.manual_seed(0)
-    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, **groups(hidden=8, train_frames=3, val_frames=4,
-                                                                     video_every_n_steps=2, video_fps=4.0,
-                                                                     num_videos=2))
+    settings = groups(hidden=8, train_frames=3, val_frames=4, video_every_n_steps=2, video_fps=4.0, num_videos=2,
+                      export_path=str(tmp / "run" / "animator.safetensors"))
+    module = AnimatorModule(domain=domain, loss=PAPER_LOSS, **settings)
     dm = PromptDataModule(domain["prompts"], batch_size=3, seed=0, train_batches=2, val_batches=1, test_batches=1)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

@@ -39,6 +39,7 @@ class AnimatorTrainConfig:
     lpips_size: Optional[int] = 224    # LPIPS computed at 224 px (paper)
     lpips_path: Optional[str] = None   # LPIPS weights file/folder; null: $LGFA_LPIPS_DIR or ~/.cache/lgfa/lpips
     init_checkpoint: Optional[str] = None  # warm start (fine-tuning): an animator file of this architecture
+    export_path: Optional[str] = None  # where fit's end writes the file animate.py reads (null: nowhere)
 
 
 @dataclass

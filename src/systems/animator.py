@@ -7,7 +7,7 @@ objective (``src/systems/animator_objective.py``), the optimiser, validation met
 optimiser and OUT of the checkpoint's state_dict: a checkpoint holds the trainable weights, the
 resolved config (hparams) and the sha256 of the frozen weights' files, which are compared when it
 is loaded (``hash_check``: error | warn | off). When fit ends, :meth:`AnimatorModule.export` writes
-``<run dir>/animator.safetensors``, the file that ``FaceAnimator.from_pretrained`` reads.
+``model.train.export_path`` (``<run dir>/animator.safetensors``), the file ``FaceAnimator.from_pretrained`` reads.
 """
 from __future__ import annotations
 
@@ -267,10 +267,10 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
             self.log_video()
 
     def on_fit_end(self) -> None:
-        """Write the trained animator as ``<run dir>/animator.safetensors``, the file animate.py and
-        ``FaceAnimator.from_pretrained`` read (rank 0; atomic)."""
-        if self.trainer is not None and self.trainer.is_global_zero:
-            self.export(Path(self.trainer.default_root_dir) / "animator.safetensors")
+        """Write the trained animator to ``model.train.export_path`` (train.py: the run folder's
+        ``animator.safetensors``), the file ``FaceAnimator.from_pretrained`` reads (rank 0; atomic)."""
+        if self.train_cfg.export_path and self.trainer is not None and self.trainer.is_global_zero:
+            self.export(self.train_cfg.export_path)
 
     def configure_optimizers(self):
         tc = self.train_cfg
