@@ -339,7 +339,7 @@ def test_unknown_group_key_fails_in_one_line(group):
 def test_unknown_or_old_flat_key_on_the_command_line_fails(tmp_path):
     from src.utils.errors import UserError
     from tests.conftest import compose_train
-    from train import _instantiate
+    from src.systems.run import instantiate as _instantiate
 
     with pytest.raises(Exception, match=r"model\.r1_gamma"):  # the flat keys of before the groups
         compose_train(["task=stylegan", "model.r1_gamma=0.1"], tmp_path)

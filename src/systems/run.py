@@ -1,0 +1,177 @@
+"""One training run as train.py starts it: the Trainer from the hardware/trainer/logger/callbacks
+groups, the data module and model from the task's config (LPIPS weights fetched once when missing),
+fit with resume from the run folder's last.ckpt, then test. Returns the final metrics."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from src.config.compose import ROOT
+from src.config.schema import validate_config
+from src.systems.trainer_args import check_trainer_args
+from src.utils.config import plain
+from src.utils.errors import UserError, first_line
+
+def instantiate(node: Any) -> Any:
+    """hydra.utils.instantiate on a plain copy; a UserError raised by a constructor (missing file,
+    bad value) comes out as itself, not wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(plain(node))
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+
+
+def instantiate_all(group: Optional[DictConfig]) -> list:
+    return [instantiate(node) for node in (group or {}).values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path):
+    """Trainer from the trainer node + the hardware group, with loggers/callbacks instantiated."""
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from src.systems.checkpoint_io import AtomicCheckpointIO
+
+    loggers_cfg = cfg.get("logger") or {}
+    if "wandb" in loggers_cfg and loggers_cfg.wandb.get("id") is None:
+        # a stable id from the run dir: a resumed or requeued run continues the same wandb run
+        with open_dict(loggers_cfg):
+            loggers_cfg.wandb.id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    if "wandb" in loggers_cfg and os.environ.get("WANDB_MODE") == "offline":
+        with open_dict(loggers_cfg):
+            loggers_cfg.wandb.offline = True
+    loggers = instantiate_all(loggers_cfg)
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    hw = cfg.hardware
+    trainer_kwargs = check_trainer_args(plain(cfg.trainer))
+    try:
+        return pl.Trainer(
+            accelerator=hw.accelerator, devices=plain(hw.devices), num_nodes=hw.num_nodes,
+            strategy=hw.strategy, precision=hw.precision, deterministic=hw.deterministic,
+            logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir),
+            plugins=[AtomicCheckpointIO()], **trainer_kwargs,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as e:
+        given = {**{f"hardware.{k}": v for k, v in plain(hw).items()}, **{f"trainer.{k}": v for k, v in trainer_kwargs.items()}}
+        named = [f"{k}={v!r}" for k, v in given.items() if f"`{k.split('.')[1]}`" in str(e) or f"{k.split('.')[1]}=" in str(e)]
+        raise UserError(f"Lightning rejects {', '.join(named) or 'the hardware/trainer settings'}: {first_line(e)}") from None
+
+
+def cpu_threads_per_process(hw: DictConfig) -> Optional[int]:
+    """Intra-op CPU threads for this process, or None to keep torch's default.
+
+    hardware.cpu_threads wins; then $OMP_NUM_THREADS (torch reads it itself); else, when several
+    processes share this node (DDP on GPUs), cores // processes: ranks that each take every core
+    oversubscribe the CPU and step up to 1.3x slower (docs/results/ddp_scaling.md).
+    """
+    if hw.get("cpu_threads"):
+        return int(hw.cpu_threads)
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    devices = plain(hw.devices)
+    if hw.accelerator not in ("gpu", "cuda") or "ddp" not in str(hw.strategy):
+        return None
+    if isinstance(devices, (list, tuple)):
+        local = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        import torch
+
+        local = torch.cuda.device_count()
+    else:
+        local = int(devices)
+    if local <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // local)
+
+
+def _build(cfg: DictConfig):
+    """(datamodule, model), seeded as the run's seed says. A missing LPIPS weights file is fetched
+    once (one progress line) and the two are built again from the same seed."""
+    import pytorch_lightning as pl
+
+    from src.networks import lpips_weights, perceptual
+
+    for attempt in (0, 1):
+        pl.seed_everything(cfg.seed, workers=True)
+        try:
+            return instantiate(cfg.data), instantiate(cfg.model)
+        except perceptual.WeightsMissing as missing:
+            if attempt:
+                raise
+            lpips_weights.fetch_or_explain(missing)
+    raise AssertionError("unreachable")
+
+
+def _test_batches(cfg: DictConfig) -> Optional[int]:
+    """How many batches the test stage runs (None: unknown here)."""
+    tr = cfg.get("trainer") or {}
+    if tr.get("fast_dev_run"):
+        return int(tr.fast_dev_run) if not isinstance(tr.fast_dev_run, bool) else 1
+    n = (cfg.get("data") or {}).get("test_batches")
+    limit = tr.get("limit_test_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        n = limit if n is None else min(int(n), limit)
+    return None if n is None else int(n)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (resuming from the run dir's last.ckpt when present), then test. Returns the final metrics."""
+    import torch
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    import src.ops
+    from src.utils.run_meta import save_run_metadata
+
+    validate_config(cfg)
+    threads = cpu_threads_per_process(cfg.hardware)
+    if threads:
+        torch.set_num_threads(threads)
+    src.ops.configure(impl=cfg.hardware.ops_impl, on_build_failure=cfg.hardware.ops_on_build_failure)
+    if cfg.hardware.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("hardware asks for a GPU but CUDA is not available: use hardware=cpu")
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_metadata(run_dir, OmegaConf.to_yaml(cfg, resolve=True), cfg.seed, ROOT)
+
+    trainer = build_trainer(cfg, run_dir)  # first: Lightning's checks of hardware/trainer cost no model loading
+    datamodule, model = _build(cfg)
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    if trainer.is_global_zero:
+        print(f"run dir: {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""), file=sys.stderr)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        if cfg.test:
+            n = _test_batches(cfg)
+            if trainer.is_global_zero and n is not None:
+                print(f"testing the final weights on {n} batch{'es' if n != 1 else ''} "
+                      "(data.test_batches or trainer.limit_test_batches sets how many; test=false skips it)",
+                      file=sys.stderr)
+            # the weights at the end of training (not "best"): the exported model is the final one
+            trainer.test(model, datamodule=datamodule)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
+                            if getattr(v, "numel", lambda: 1)() == 1})
+    except MisconfigurationException as e:  # Lightning's word for a setting it cannot run with
+        raise UserError(f"Lightning: {first_line(e)}") from None
+    return metrics
+
+
+def finish_wandb(failed: bool) -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
