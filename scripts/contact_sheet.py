@@ -1,7 +1,7 @@
 """Write a PNG grid of random synthetic faces (for looking at the renderer).
 
-    python scripts/contact_sheet.py --out /tmp/faces.png --rows 8 --cols 8 --resolution 128 --seed 0
-    python scripts/contact_sheet.py --out /tmp/concepts.png --concepts   # one row per concept, labelled
+    python scripts/contact_sheet.py --out faces.png --rows 8 --cols 8 --resolution 128 --seed 0
+    python scripts/contact_sheet.py --out concepts.png --concepts   # one row per concept, labelled
 
 The grid is drawn by ``src.utils.video.write_contact_sheet`` (rows of frames, labels in the margins).
 """

