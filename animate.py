@@ -4,6 +4,7 @@
     python animate.py text="The person is winking." seed=3 output=wink.gif
     python animate.py text="The person is smiling, then closing eyes"   # two motions, one after the other
     python animate.py image=face.png text="The person is opening mouth."
+    python animate.py seed=7 save_latent=w_plus.npy     # also keep the face's W+ latent (a projected photo's too)
     python animate.py latent=w_plus.npy frames=24 fps=12 decay=sqrt strength=1.2
     python animate.py list_prompts=true                 # the concepts the animator was trained on
 
@@ -34,15 +35,30 @@ def run(cfg) -> Path:
     overrides = {"inference.projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
     animator = FaceAnimator.from_pretrained(cfg.checkpoint, device=device, overrides=overrides)
     face = cfg.latent if cfg.latent is not None else cfg.image
+    ws = animator.face_latent(face, seed=cfg.seed, projection_steps=cfg.projection_steps, progress=True)
+    if cfg.get("save_latent"):
+        save_latent(ws, Path(cfg.save_latent))
     with torch.no_grad():
-        video = animator(face, text, frames=cfg.frames, strength=cfg.strength, decay=cfg.decay,
-                         seed=cfg.seed, motion_total=cfg.get("motion_total"),
-                         identity_projection=cfg.get("identity_projection"),
-                         projection_steps=cfg.projection_steps, progress=True)
+        video = animator(ws, text, frames=cfg.frames, strength=cfg.strength, decay=cfg.decay, check_latent=False,
+                         motion_total=cfg.get("motion_total"), identity_projection=cfg.get("identity_projection"))
     write_video(video, output, fps=cfg.fps)
     if cfg.strip:
         write_strip(video, output.with_suffix(".png"), title=text)
     return output
+
+
+def save_latent(ws, path: Path) -> None:
+    """The input face's W+ [1, L, C] as .npy (atomic): reuse it with latent=, e.g. a projected photo."""
+    import numpy as np
+
+    from src.utils.errors import UserError
+    from src.utils.io import atomic_write
+
+    if path.suffix != ".npy":
+        raise UserError(f"save_latent={path}: write a .npy file")
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, ws.detach().cpu().numpy())
 
 
 def list_prompts(cfg) -> str:

@@ -305,3 +305,17 @@ def test_a_photo_far_from_the_generator_gets_one_warning_line(exported, tmp_path
     pipe.domain = {**pipe.domain, "name": "synthetic"}
     pipe.check_projection(20.5, "photo.png")
     assert "knows only its cartoon faces" in capsys.readouterr().err
+
+
+def test_save_latent_keeps_the_face_for_latent(exported, tmp_path, capsys):
+    """save_latent= writes the input face's W+; animating it again with latent= gives the same video."""
+    lat = tmp_path / "face.npy"
+    a, b = tmp_path / "a.gif", tmp_path / "b.gif"
+    base = [f"checkpoint={exported['path']}", "frames=3", "strip=false"]
+    assert animate.main(base + ["seed=4", f"save_latent={lat}", f"output={a}"]) == 0
+    assert np.load(lat).shape == (1, exported["module"].generator.num_ws, exported["module"].generator.w_dim)
+    assert animate.main(base + [f"latent={lat}", f"output={b}"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert "warning" not in capsys.readouterr().err
+    assert animate.main(base + [f"save_latent={tmp_path / 'x.txt'}", f"output={a}"]) == 2
+    assert capsys.readouterr().err.startswith("error: save_latent=")

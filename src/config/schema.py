@@ -191,6 +191,7 @@ class AnimateConfig:
     strip: bool = True
     projection_steps: int = 300
     device: str = "cpu"
+    save_latent: Optional[str] = None  # also save the face's W+ latent (.npy)
     list_prompts: bool = False        # print the checkpoint's concepts and exit
     paths: PathsConfig = field(default_factory=PathsConfig)
 

@@ -280,8 +280,9 @@ class FaceAnimator(FaceInputs, nn.Module):
         ``seed``) doing ``text``: a sentence ("The person is smiling, then winking" plays two motions,
         see ``src/pipeline/text.py``) or a list of prompts, played one after the other, each segment
         starting from the previous one's last frame. Other keywords go to :meth:`animate`
-        (motion_total, identity_projection) or :meth:`face_latent` (projection_steps, progress)."""
-        face_kw = {k: kw.pop(k) for k in ("projection_steps", "progress") if k in kw}
+        (motion_total, identity_projection) or :meth:`face_latent` (projection_steps, progress,
+        check_latent)."""
+        face_kw = {k: kw.pop(k) for k in ("projection_steps", "progress", "check_latent") if k in kw}
         prompts = prompt_segments(text, get_dotted(self.domain, "prompts.template", "{}"))
         ws = self.face_latent(face, seed=seed, **face_kw)
         segments = []

@@ -24,10 +24,11 @@ class FaceInputs:
     """face_latent(face) -> W+ [1, L, C], and the checks of latents and projections."""
 
     def face_latent(self, face: Any = None, seed: Optional[int] = None, projection_steps: int = 300,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, check_latent: bool = True) -> torch.Tensor:
         """W+ [1,L,C] of a face: a latent tensor (W [C] / [1,C], W+ [L,C] / [1,L,C]), a latent file
-        (.npy/.npz/.pt/.safetensors), an image tensor [3,H,W] / [1,3,H,W] in [-1,1] or image file (projected into
-        the generator), or None (the face of ``seed``, default 0)."""
+        (.npy/.npz/.pt/.safetensors), an image tensor [3,H,W] / [1,3,H,W] in [-1,1] or image file
+        (projected into the generator), or None (the face of ``seed``, default 0). ``check_latent``:
+        warn about a given latent far from the generator's (off for one this method returned before)."""
         from src.inversion.projection import latent_from_tensor, load_latent, project
 
         if face is None:
@@ -50,7 +51,8 @@ class FaceInputs:
                 print(f"projected {label}: PSNR {result['psnr']:.2f} dB, MSE {result['mse']:.5f}", file=sys.stderr)
             self.check_projection(float(result["psnr"]), label)
             return result["ws"].detach()
-        return self.checked_latent(latent_from_tensor(face, self.generator).to(self.device), "the latent")
+        ws = latent_from_tensor(face, self.generator).to(self.device)
+        return self.checked_latent(ws, "the latent") if check_latent else ws
 
     @torch.no_grad()
     def latent_distance(self, ws: torch.Tensor) -> torch.Tensor:
