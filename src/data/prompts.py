@@ -5,6 +5,8 @@ Each item of the datasets is already a whole batch (the DataLoader uses ``batch_
     dict(caption=list[str] (B), concept=LongTensor[B], seed=LongTensor[B],
          candidates=list[str] (M <= B * world): the distinct prompts of the GLOBAL batch)
     (+ ws=[B,num_ws,w_dim] or [B,w_dim] when a latents file is given)
+    (+ photo=[B,3,S,S] float32 in [-1,1], the real photo of each ws, with clip_image=photo;
+       S = photo_size, 224 by default; see src/data/photos.py)
 
 Why global batches: training with k DDP ranks of B samples each must be exactly training with
 one process of k*B samples (same seed -> same weights up to rounding). So training item i is
@@ -15,6 +17,11 @@ there were global batches (same generator, same draws in the same order).
 * Prompts are distinct within a global batch when B*world <= number of prompts; beyond that
   further seeded permutations of the prompts are appended, so a prompt appears at most
   ceil(B*world / P) times.
+* ``ws`` is drawn from the bank (the split's part of the latents file) as a function of the same
+  (seed, split, i) stream; with clip_image=photo each sample's photo is decoded lazily (in the
+  DataLoader workers, only for this rank's slice). A photo that fails to decode mid-run hands its
+  sample to the next code of the bank with a readable photo (``ws`` and ``photo`` both), so the
+  global batch is still the same on every rank (src.data.photos.PhotoBank).
 * ``seed`` gives every sample its own latent seed (input faces independent of the split).
 * ``candidates`` lists the global batch's distinct prompts in order of first appearance; every
   rank gets the same list, so every rank can build the contrastive loss's negatives of the
@@ -36,11 +43,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from src.data.face_files import read_latents_file
+from src.data.photos import PHOTO_SIZE, PhotoBank, first_readable, paired_photos
 from src.data.ranks import rank_and_world
 from src.utils.errors import UserError
 from src.utils.seeds import derive_seed
 
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+CLIP_IMAGES = ("reconstruction", "photo")
 
 
 def make_prompts(template: str, concepts: Sequence[str]) -> list[str]:
@@ -64,26 +74,31 @@ class PromptBatches(Dataset):
     batch_size: samples per rank (B); the global batch has B * world_size samples.
     latents: optional bank [M, num_ws, w_dim] (or [M, w_dim]) of input faces (e.g. e4e codes, as the
     paper trains on); each sample then carries a code drawn from it instead of a sampled face.
+    photos: optional :class:`~src.data.photos.PhotoBank` aligned with ``latents`` (its M photos): each
+    sample then also carries the photo of its code (``photo``).
     """
 
     def __init__(self, prompts: Sequence[str], batch_size: int, length: int, seed: int, split: str,
-                 latents: torch.Tensor | None = None, rank: int = 0, world_size: int = 1):
+                 latents: torch.Tensor | None = None, rank: int = 0, world_size: int = 1,
+                 photos: PhotoBank | None = None):
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if not prompts:
             raise UserError("the domain has no prompts")
         if world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"rank {rank} of world size {world_size} is out of range")
+        if photos is not None and (latents is None or len(photos) != len(latents)):
+            raise ValueError("photos must be aligned with a latents bank")
         self.prompts, self.batch_size, self.length = list(prompts), batch_size, length
         self.seed = int(seed) + _SPLIT_OFFSET[split]
-        self.latents = latents
+        self.latents, self.photos = latents, photos
         self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.length
 
-    def global_item(self, index: int) -> dict[str, Any]:
-        """Global batch ``index``: all B*world samples (caption, concept [G], seed [G], candidates, ws)."""
+    def _draw(self, index: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """Global batch ``index`` without its faces, and the bank index drawn for each sample."""
         if not 0 <= index < self.length:
             raise IndexError(index)
         size = self.batch_size * self.world_size
@@ -96,18 +111,29 @@ class PromptBatches(Dataset):
         seeds = torch.randint(0, 2**31 - 1, (size,), generator=g)
         captions = [self.prompts[int(c)] for c in concept]
         item = dict(caption=captions, concept=concept, seed=seeds, candidates=distinct_in_order(captions))
-        if self.latents is not None:
-            item["ws"] = self.latents[torch.randint(0, len(self.latents), (size,), generator=g)]
+        picks = None if self.latents is None else torch.randint(0, len(self.latents), (size,), generator=g)
+        return item, picks
+
+    def _add_faces(self, item: dict[str, Any], picks: torch.Tensor | None) -> dict[str, Any]:
+        if picks is not None:
+            if self.photos is not None:  # decoded here, i.e. in a worker; a broken file moves to the next code
+                picks, item["photo"] = self.photos.batch(picks)
+            item["ws"] = self.latents[picks]
         return item
 
+    def global_item(self, index: int) -> dict[str, Any]:
+        """Global batch ``index``: all B*world samples (caption, concept [G], seed [G], candidates, ws, photo)."""
+        return self._add_faces(*self._draw(index))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.global_item(index)
-        if self.world_size == 1:
-            return item
-        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        # clone: a view would carry the whole global tensor's storage through worker pipes
-        return {k: v if k == "candidates" else v[lo:hi] if isinstance(v, list) else v[lo:hi].clone()
-                for k, v in item.items()}
+        item, picks = self._draw(index)
+        if self.world_size > 1:
+            lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+            # clone: a view would carry the whole global tensor's storage through worker pipes
+            item = {k: v if k == "candidates" else v[lo:hi] if isinstance(v, list) else v[lo:hi].clone()
+                    for k, v in item.items()}
+            picks = None if picks is None else picks[lo:hi]
+        return self._add_faces(item, picks)  # this rank's faces only: photos are decoded for its slice
 
 
 class SameOrderOnEveryRank(DistributedSampler):
@@ -131,9 +157,10 @@ class SameOrderOnEveryRank(DistributedSampler):
         return len(self.dataset)
 
 
-def split_latents(latents: torch.Tensor, split: str, eval_fraction: float = 0.05) -> torch.Tensor:
-    """Disjoint, deterministic parts of a latent bank: the last ``eval_fraction`` is test, the
-    ``eval_fraction`` before it validation, the rest training (at least one code each)."""
+def split_latents(latents: torch.Tensor | Sequence, split: str, eval_fraction: float = 0.05) -> torch.Tensor | Sequence:
+    """Disjoint, deterministic parts of a latent bank (or of a list aligned with one): the last
+    ``eval_fraction`` is test, the ``eval_fraction`` before it validation, the rest training (at
+    least one code each)."""
     n = len(latents)
     k = max(1, int(round(n * eval_fraction)))
     if n < 3 * k:
@@ -148,16 +175,34 @@ class PromptDataModule(pl.LightningDataModule):
     batch_size: samples per rank; a training step sees batch_size * world_size (global batch).
     train_batches: global batches per training epoch (training is step-based; each epoch draws a new
     order of them from (seed, epoch)). rank/world_size: override the rank detection (tests).
+    latents: a file of input faces (src/data/face_files.py formats); null: sampled faces.
+    clip_image: what the CLIP image tower and LPIPS are shown of the input face: ``reconstruction``
+    (G(ws), nothing more in the batch) or ``photo`` (the authors': the real photo each code was
+    inverted from; needs ``latents`` keyed by image name and the ``photos`` folder; the batch gains
+    ``photo`` [B, 3, photo_size, photo_size] in [-1, 1], src/data/photos.py). Only the codes with a
+    photo are used, in the sorted order of the image files, before the train/val/test split.
     """
 
     def __init__(self, prompts: Mapping[str, Any], batch_size: int = 4, seed: int = 0, train_batches: int = 1000,
                  val_batches: int = 4, test_batches: int = 8, num_workers: int = 0, latents: str | None = None,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, clip_image: str = "reconstruction",
+                 photos: str | None = None, photo_size: int = PHOTO_SIZE):
         super().__init__()
-        self.latents = None
-        if latents:  # input faces from a file (e4e W+ codes ...) instead of sampled ones
-            from src.data.face_files import read_latents_file
-
+        if clip_image not in CLIP_IMAGES:
+            raise UserError(f"data.clip_image must be one of {', '.join(CLIP_IMAGES)}, got '{clip_image}'")
+        self.latents, self.photo_paths, self.photo_size = None, None, int(photo_size)
+        if clip_image == "photo":
+            if not latents:
+                raise UserError("data.clip_image=photo needs data.latents: a file of codes keyed by the names "
+                                "of the photos they were inverted from (e.g. e4e W+ codes)")
+            if not photos:
+                raise UserError("data.clip_image=photo needs data.photos: the folder of the photos the codes "
+                                "were inverted from")
+            if self.photo_size < 1:
+                raise UserError(f"data.photo_size must be >= 1, got {photo_size}")
+            self.latents, self.photo_paths = paired_photos(latents, photos)
+            first_readable(self.photo_paths, self.photo_size)
+        elif latents:  # input faces from a file (e4e W+ codes ...) instead of sampled ones
             bank = read_latents_file(latents)
             bank = torch.stack(list(bank.values())) if isinstance(bank, dict) else bank
             self.latents = bank.float()
@@ -176,8 +221,11 @@ class PromptDataModule(pl.LightningDataModule):
 
     def dataset(self, split: str, rank: int = 0, world_size: int = 1) -> PromptBatches:
         bank = split_latents(self.latents, split) if self.latents is not None else None
+        photos = None
+        if self.photo_paths is not None:
+            photos = PhotoBank(split_latents(self.photo_paths, split), self.photo_size)
         return PromptBatches(self.prompt_list, self.batch_size, self.lengths[split], self.seed, split, bank,
-                             rank=rank, world_size=world_size)
+                             rank=rank, world_size=world_size, photos=photos)
 
     def _loader(self, dataset: Dataset, sampler: DistributedSampler | None = None) -> DataLoader:
         return DataLoader(dataset, batch_size=None, sampler=sampler, shuffle=False, num_workers=self.num_workers,
