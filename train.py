@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from src.config.schema import register_configs, register_resolvers
-from src.systems.run import finish_wandb, train
+from src.systems.run import discard_unstarted_run_dir, finish_wandb, train
 from src.utils.cpu_memory import reuse_freed_memory
 from src.utils.errors import UserError
 
@@ -44,6 +44,7 @@ def main(cfg: DictConfig) -> Optional[float]:
         failed = False
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        discard_unstarted_run_dir(cfg)
         sys.exit(2)
     finally:
         finish_wandb(failed)

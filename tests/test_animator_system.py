@@ -100,7 +100,7 @@ def test_contrastive_weight_zero_uses_cosine_and_paper_renders_all_frames():
 
 
 def test_text_finetuning_keeps_the_text_tower_in_checkpoints():
-    m = build(text_lr=1e-5, loss_clip=tiny_clip_model(seed=1))
+    m = build(clip_finetune="text", clip_lr=1e-5, loss_clip=tiny_clip_model(seed=1))
     assert m.loss_clip is not m.clip
     keys = m.trainable_state_dict().keys()
     assert "clip.model.token_embedding.weight" in keys

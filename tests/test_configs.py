@@ -86,12 +86,15 @@ def test_shipped_and_all_layers_animator_recipes(tmp_path):
 
 def test_paper_weights():
     cfg = OmegaConf.load(ROOT / "conf" / "loss" / "paper.yaml")
-    assert dict(cfg) == {"contrastive": 0.5, "lpips": 1.0, "smoothness": 1.0, "endpoint": 1.0,
-                         "latent": 1.0, "identity": 0.0, "tau": 0.07}
+    weights = {"contrastive": 0.5, "lpips": 1.0, "smoothness": 1.0, "endpoint": 1.0, "latent": 1.0,
+               "identity": 0.0, "tau": 0.07}
+    assert dict(cfg) == {**weights, "latent_reduction": "sum", "negatives": "local", "resize_224": "pool"}
+    default = OmegaConf.load(ROOT / "conf" / "loss" / "default.yaml")
+    assert {k: default[k] for k in weights} == weights  # ours: the same weights, our term choices
     for name in ("contrastive", "lpips", "smoothness", "endpoint", "latent"):
         ablation = OmegaConf.load(ROOT / "conf" / "loss" / f"no_{name}.yaml")
         assert ablation[name] == 0.0
-        assert {k: v for k, v in ablation.items() if k != name} == {k: v for k, v in cfg.items() if k != name}
+        assert {k: v for k, v in ablation.items() if k != name} == {k: v for k, v in weights.items() if k != name}
 
 
 @pytest.mark.parametrize("override,needle", [

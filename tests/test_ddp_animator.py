@@ -187,7 +187,7 @@ def test_contrastive_candidates_checks():
 
 
 def test_training_step_runs_under_deterministic_algorithms():
-    m = _module(text_lr=1e-4, loss_clip=tiny_clip_model(seed=1))
+    m = _module(clip_finetune="text", clip_lr=1e-4, loss_clip=tiny_clip_model(seed=1))
     batch = PromptBatches(PROMPTS, 3, 1, seed=0, split="train")[0]
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -223,7 +223,7 @@ def _sgd_module() -> SGDAnimator:
     # text tower fine-tuned too: its gradients then flow through the candidates of every rank
     torch.manual_seed(0)
     return SGDAnimator(domain=tiny_domain(), loss=NO_LPIPS,
-                       **groups(hidden=8, train_frames=4, val_frames=4, video_every_n_steps=0, text_lr=0.1),
+                       **groups(hidden=8, train_frames=4, val_frames=4, video_every_n_steps=0, clip_finetune="text", clip_lr=0.1),
                        generator=tiny_generator(), clip=tiny_clip_model(), loss_clip=tiny_clip_model(seed=1))
 
 

@@ -116,7 +116,8 @@ def build_module(args: argparse.Namespace):
     torch.manual_seed(args.seed + 3)
     try:
         module = AnimatorModule(domain=domain, loss=loss, net={"hidden": args.hidden, "variant": "ours"},
-                                train={"frames": args.frames, "text_lr": args.text_lr, "clip_views": 0,
+                                train={"frames": args.frames, "clip_finetune": "text" if args.text_lr > 0 else "none",
+                                       "clip_lr": args.text_lr or 1e-5, "clip_views": 0,
                                        "lpips_size": 64 if args.tiny else 224, "lpips_path": lpips_dir},
                                 validation={"video_every_n_steps": 0}, hash_check="off",
                                 generator=generator, clip=input_enc, loss_clip=loss_arg)

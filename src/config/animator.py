@@ -23,6 +23,9 @@ class AnimatorNetConfig:
     use_image_mapper: bool = True      # the prompt-independent per-image offset M_img(e_img) (paper)
     offset_space: str = "wplus"        # wplus: an offset per W+ layer (paper) | w: one W offset shared by all layers
     offset_layers: Optional[List[int]] = None  # W+ layers the offsets may move; null = all (paper)
+    rnn_slope: float = 0.2             # negative slope of the LeakyReLUs in the recurrent cell (paper: 0.01)
+    image_branch: bool = True          # start state text + image embedding and M_img (paper, human);
+                                       #   false: text-only start state, no image mapper (paper, MetFaces)
 
 
 @dataclass
@@ -30,7 +33,8 @@ class AnimatorTrainConfig:
     """The animator's objective and optimiser (``model.train``)."""
     frames: int = 4                    # frames per training video (paper); inference scales its steps to match
     lr: float = 1.0e-3                 # Adam lr of the RNN and mappers (paper)
-    text_lr: float = 0.0               # CLIP text-tower fine-tuning lr; paper 1e-5; 0 = frozen
+    clip_finetune: str = "none"        # which CLIP encoder towers train: none | text | all (paper: all, whole RN50)
+    clip_lr: float = 1.0e-5            # their Adam lr (paper 1e-5)
     betas: List[float] = field(default_factory=lambda: [0.0, 0.999])  # Adam betas (paper)
     clip_loss: str = "contrastive"     # contrastive (paper) | cosine (1 - cos); loss.contrastive=0 -> cosine
     cosine_fallback_weight: float = 0.5  # weight of the cosine term when loss.contrastive is 0 (0 = no text loss)
@@ -40,6 +44,22 @@ class AnimatorTrainConfig:
     lpips_path: Optional[str] = None   # LPIPS weights file/folder; null: $LGFA_LPIPS_DIR or ~/.cache/lgfa/lpips
     init_checkpoint: Optional[str] = None  # warm start (fine-tuning): an animator file of this architecture
     export_path: Optional[str] = None  # where fit's end writes the file animate.py reads (null: nowhere)
+
+
+CLIP_FINETUNE = ("none", "text", "all")
+
+
+def migrate_train_group(values: Optional[dict]) -> Optional[dict]:
+    """``model.train`` as recorded by files that name the CLIP fine-tuning by ``text_lr`` alone
+    (text_lr > 0: the text tower trained at that lr) -> ``clip_finetune`` / ``clip_lr``."""
+    if not isinstance(values, dict) or "text_lr" not in values:
+        return values
+    values = dict(values)
+    text_lr = float(values.pop("text_lr") or 0.0)
+    if text_lr > 0:
+        values.setdefault("clip_finetune", "text")
+        values.setdefault("clip_lr", text_lr)
+    return values
 
 
 @dataclass

@@ -109,9 +109,25 @@ class DomainConfig:
     data: DomainDataConfig = field(default_factory=DomainDataConfig)
 
 
+class LatentReduction(str, Enum):
+    mean = "mean"             # the latent term averaged over the frames
+    sum = "sum"               # summed over the frames (the authors' code: T times the mean)
+
+
+# local: the prompts of the same GPU's batch (the authors' code); global: the distinct prompts of the
+# whole global batch (all GPUs). Functional form: 'global' is a Python keyword.
+Negatives = Enum("Negatives", {"local": "local", "global": "global"}, type=str)
+
+
+class Resize224(str, Enum):
+    antialias = "antialias"   # CLIP's Resize + CenterCrop (antialiased) and clamp; bilinear antialiased for LPIPS
+    pool = "pool"             # AdaptiveAvgPool2d(224) of the [-1,1] frame, no clamp (the authors' code)
+
+
 @dataclass
 class LossConfig:
-    """Loss weights only (so sweeps are clean). Paper values in conf/loss/paper.yaml."""
+    """Loss weights and the choices of how the terms are computed. The paper's values:
+    conf/loss/paper.yaml (CelebA-HQ) and conf/loss/metfaces.yaml; ours: conf/loss/default.yaml."""
     contrastive: float = 0.5
     lpips: float = 1.0
     smoothness: float = 1.0
@@ -119,6 +135,11 @@ class LossConfig:
     latent: float = 1.0
     identity: float = 0.0
     tau: float = 0.07
+    latent_reduction: LatentReduction = LatentReduction.mean
+    negatives: Negatives = Negatives["global"]
+    local_group: Optional[int] = None  # local negatives: contrast within groups of this many prompts of the
+                                       # batch (one GPU standing in for GPUs of that batch); null: the whole batch
+    resize_224: Resize224 = Resize224.antialias
 
 
 @dataclass
@@ -192,6 +213,7 @@ class AnimateConfig:
     projection_steps: int = 300
     device: str = "cpu"
     save_latent: Optional[str] = None  # also save the face's W+ latent (.npy)
+    diverse: Optional[int] = None     # animate this many new faces near the average face: a grid video + sheet
     list_prompts: bool = False        # print the checkpoint's concepts and exit
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -201,6 +223,7 @@ class EvaluateConfig:
     checkpoint: str = "${paths.assets}/animator_synthetic.safetensors"
     faces: int = 200                  # faces: the latents of seeds face_seed_offset, face_seed_offset + 1, ...
     face_seed_offset: int = 10000
+    face_sampling: str = "seeds"      # seeds | near_average (new faces near the average face, seed face_seed_offset)
     frames: int = 16
     batch: int = 50                   # faces per generator call
     decay: str = "linear"
@@ -209,6 +232,7 @@ class EvaluateConfig:
     identity_projection: Optional[float] = None  # 0..1 (null: the checkpoint's setting)
     projection_reader: Optional[str] = None
     oracle: Optional[str] = "auto"    # the embedded domain's attribute oracle: auto (for that domain) | a path | null
+    face_net: Optional[str] = "auto"  # the network of the face ACD: auto (the domain's) | a path | null
     concepts: Optional[List[str]] = None  # null: every concept of the checkpoint's domain
     device: str = "cpu"
     output: str = "evaluation.json"   # the full results (JSON, written atomically)
@@ -237,7 +261,8 @@ def validate_config(cfg: DictConfig) -> None:
         need(0 <= int(cfg.seed) < 2**32, f"seed must be in [0, 2**32), got {cfg.seed}")
     if "loss" in cfg:
         for key, value in cfg.loss.items():
-            need(value >= 0, f"loss.{key} must be >= 0, got {value}")
+            if isinstance(value, (int, float)):
+                need(value >= 0, f"loss.{key} must be >= 0, got {value}")
         need(cfg.loss.tau > 0, f"loss.tau must be > 0, got {cfg.loss.tau}")
     if "hardware" in cfg:
         hw = cfg.hardware

@@ -18,7 +18,8 @@ def similarity_matrix(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.
 
 
 def contrastive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tau: float = 0.07,
-                          positive: Optional[torch.Tensor] = None) -> torch.Tensor:
+                          positive: Optional[torch.Tensor] = None,
+                          allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Contrastive CLIP loss of the paper on the last frames.
 
     L = mean_i log(1 + sum_j exp((s_ij - s_i,pos(i)) / tau)),  s_ij = cos(image_i, text_j),
@@ -34,6 +35,8 @@ def contrastive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tau: 
 
     Under DDP every rank passes the same candidates (the distinct prompts of the global batch),
     so a rank's loss over its images is the union batch's loss restricted to those rows.
+    allowed: BoolTensor [N,M], which candidates count for image i (default all); e.g. the prompts of
+    the image's own group when one process stands in for several GPUs with local negatives.
     Computed as a logsumexp over [0, a_i1, ..., a_iM] for numerical stability.
     """
     s = similarity_matrix(image_emb, text_emb)  # [N,M]
@@ -49,6 +52,8 @@ def contrastive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tau: 
         # a one-hot row sum rather than gather: no scatter-add (CUDA atomics) in the backward
         own = (s * F.one_hot(positive, s.shape[1]).to(s.dtype)).sum(1, keepdim=True)  # [N,1]
     a = (s - own) / tau
+    if allowed is not None:
+        a = a.masked_fill(~allowed.to(device=a.device, dtype=torch.bool), float("-inf"))
     a = torch.cat([torch.zeros_like(a[:, :1]), a], dim=1)  # the "1 +" term
     return torch.logsumexp(a, dim=1).mean()
 
@@ -84,9 +89,17 @@ def endpoint_loss(offsets: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(offsets[:, -1], offsets[:, 0])
 
 
-def latent_reg_loss(ws: torch.Tensor, w_input: torch.Tensor) -> torch.Tensor:
-    """Mean over frames of MSE(w_t, w_input). ws [N,T,L,C], w_input [N,L,C] -> scalar."""
-    return F.mse_loss(ws, w_input[:, None].expand_as(ws))
+LATENT_REDUCTIONS = ("mean", "sum")
+
+
+def latent_reg_loss(ws: torch.Tensor, w_input: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """MSE(w_t, w_input) of every frame, reduced over the T frames by ``reduction``:
+    'mean' (1/T sum_t) or 'sum' (sum_t, the authors' code: T times the mean).
+    ws [N,T,L,C], w_input [N,L,C] (or [N,1,C], a W latent shared by the layers) -> scalar."""
+    if reduction not in LATENT_REDUCTIONS:
+        raise ValueError(f"latent reduction '{reduction}' is not one of {', '.join(LATENT_REDUCTIONS)}")
+    per_frame = (ws - w_input[:, None]).pow(2).flatten(2).mean(dim=2).mean(dim=0)  # [T]
+    return per_frame.sum() if reduction == "sum" else per_frame.mean()
 
 
 def identity_loss(identity_net: nn.Module, frames: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Shapes: N videos, T frames, D CLIP embedding size, L = num_ws, C = w_dim.
 
-Recurrence (paper):  z_0 = norm(e_text) + stopgrad(norm(e_img)),  h_0 = 0.01 * N(0, I)
-    u     = [lrelu(W1 z_{t-1}); h_{t-1}]
+Recurrence (paper):  z_0 = norm(e_text) + stopgrad(norm(e_img))   (image_branch=False: norm(e_text)),
+                     h_0 = 0.01 * N(0, I)
+    u     = [lrelu(W1 z_{t-1}); h_{t-1}]      lrelu: negative slope ``rnn_slope`` (paper 0.01)
     z_t   = z_{t-1} + r_t * lrelu(W2 u)
     h_t   = h_{t-1} + r_t * lrelu(W3 u)
     r_t   = 0.8 / T * decay(t, T) * strength
@@ -11,7 +12,8 @@ Recurrence (paper):  z_0 = norm(e_text) + stopgrad(norm(e_img)),  h_0 = 0.01 * N
 
 Frame latents:
     variant='paper':  w_t = w_input + M_img(e_img) + M_mot(d_t)
-        (the authors' code; M_mot(0) != 0 so frame 0 is not the input face)
+        (the authors' code; M_mot(0) != 0 so frame 0 is not the input face; image_branch=False,
+        the authors' text-only mode: no M_img term)
     variant='ours' :  w_t = w_input + s_t * M_img(e_img) + M_mot(d_t) - M_mot(0)
         with s_t = |d_t| / max_t' |d_t'| (detached; 'motion' schedule, default) or t / (T-1)
         ('linear'). Both vanish at t = 0 and the motion term vanishes with d_0 = 0, so frame 0's
@@ -140,15 +142,21 @@ class RecurrentAnimator(nn.Module):
     forward(w_input [N,L,C], text_emb [N,D], image_emb [N,D], num_frames T, decay, strength,
             generator | h0_seeds [N] (h_0 noise, see initial_hidden))
       -> dict(ws [N,T,L,C], offsets [N,T,L,C] = ws - w_input, motion [N,T,D] = d_t,
-              image_offset [N,L,C], image_scale [N,T])
+              image_offset [N,L,C], image_scale [N,T],
+              motion_offsets [N,T,L,C]: the part of the offsets that changes over time, on which the
+              smoothness and endpoint losses act (paper: M_mot(d_t) alone, as the authors' code
+              computes them; ours: the offsets themselves, whose image part varies with s_t))
     """
 
     def __init__(self, embed_dim: int, num_ws: int, w_dim: int, hidden: int = 384, variant: str = "ours",
                  mapper_hidden: Optional[int] = None, mapper_last_activation: str = "lrelu",
                  mapper_lr_mul: float = 1.0, step_base: float = 0.8, h0_std: float = 0.01,
                  h0_eval: str = "random", image_offset_schedule: str = "motion", use_image_mapper: bool = True,
-                 offset_space: str = "wplus", offset_layers: Optional[Sequence[int]] = None):
+                 offset_space: str = "wplus", offset_layers: Optional[Sequence[int]] = None,
+                 rnn_slope: float = 0.2, image_branch: bool = True):
         super().__init__()
+        if not 0.0 <= float(rnn_slope) < 1.0:
+            raise UserError(f"rnn_slope must be in [0, 1), got {rnn_slope}")
         if variant not in VARIANTS:
             raise UserError(f"animator variant '{variant}' is not one of {', '.join(VARIANTS)}")
         if h0_eval not in ("random", "zero"):
@@ -174,12 +182,13 @@ class RecurrentAnimator(nn.Module):
         self.embed_dim, self.num_ws, self.w_dim, self.hidden = embed_dim, num_ws, w_dim, hidden
         self.variant, self.step_base, self.h0_std, self.h0_eval = variant, step_base, h0_std, h0_eval
         self.image_offset_schedule = image_offset_schedule
+        self.rnn_slope, self.image_branch = float(rnn_slope), bool(image_branch)
         self.W1 = nn.Linear(embed_dim, hidden)
         self.W2 = nn.Linear(2 * hidden, embed_dim)
         self.W3 = nn.Linear(2 * hidden, hidden)
         self.motion_mapper = Mapper(embed_dim, mapped_ws, w_dim, mapper_hidden, mapper_last_activation, mapper_lr_mul)
         self.image_mapper = (Mapper(embed_dim, mapped_ws, w_dim, mapper_hidden, mapper_last_activation, mapper_lr_mul)
-                             if use_image_mapper else None)
+                             if use_image_mapper and image_branch else None)
 
     def place(self, offset: torch.Tensor) -> torch.Tensor:
         """A mapper's output [M,1|L,C] -> W+ offset [M,L,C]: a W offset is shared by every layer;
@@ -212,32 +221,45 @@ class RecurrentAnimator(nn.Module):
             noise = torch.randn(n, self.hidden, device=device, dtype=dtype)
         return self.h0_std * noise
 
-    def trajectory(self, text_emb: torch.Tensor, image_emb: torch.Tensor, num_frames: int,
+    def trajectory(self, text_emb: torch.Tensor, image_emb: Optional[torch.Tensor], num_frames: int,
                    decay: str = "none", strength: float = 1.0,
                    generator: Optional[torch.Generator] = None,
-                   h0_seeds: Optional[Sequence[int] | torch.Tensor] = None) -> torch.Tensor:
+                   h0_seeds: Optional[Sequence[int] | torch.Tensor] = None,
+                   h0: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Embedding-space motion d_t = z_t - z_0: [N,D],[N,D] -> [N,T,D] with d_0 = 0.
-        generator / h0_seeds [N]: see :meth:`initial_hidden`."""
+        generator / h0_seeds [N]: see :meth:`initial_hidden`; h0 [N,hidden]: the initial hidden state
+        itself (e.g. to reproduce another implementation's draw). image_emb is not read (may be None)
+        when image_branch is False."""
         if num_frames < 2:
             raise UserError(f"num_frames must be >= 2, got {num_frames}")
-        z0 = F.normalize(text_emb.float(), dim=-1) + F.normalize(image_emb.float(), dim=-1).detach()
-        h = self.initial_hidden(z0.shape[0], z0.device, z0.dtype, generator, h0_seeds)
-        z = z0
+        z0 = F.normalize(text_emb.float(), dim=-1)
+        if self.image_branch:
+            if image_emb is None:
+                raise UserError("this animator starts from the text and the image embedding: give image_emb")
+            z0 = z0 + F.normalize(image_emb.float(), dim=-1).detach()
+        if h0 is not None:
+            if tuple(h0.shape) != (z0.shape[0], self.hidden):
+                raise UserError(f"h0 must be [{z0.shape[0]},{self.hidden}], got {tuple(h0.shape)}")
+            h = h0.to(z0.device, z0.dtype)
+        else:
+            h = self.initial_hidden(z0.shape[0], z0.device, z0.dtype, generator, h0_seeds)
+        z, slope = z0, self.rnn_slope
         motion = [torch.zeros_like(z0)]
         for r in step_sizes(num_frames, decay, strength, self.step_base):
-            u = torch.cat([F.leaky_relu(self.W1(z), 0.2), h], dim=1)
-            z, h = z + r * F.leaky_relu(self.W2(u), 0.2), h + r * F.leaky_relu(self.W3(u), 0.2)
+            u = torch.cat([F.leaky_relu(self.W1(z), slope), h], dim=1)
+            z, h = z + r * F.leaky_relu(self.W2(u), slope), h + r * F.leaky_relu(self.W3(u), slope)
             motion.append(z - z0)
         return torch.stack(motion, dim=1)
 
-    def forward(self, w_input: torch.Tensor, text_emb: torch.Tensor, image_emb: torch.Tensor,
+    def forward(self, w_input: torch.Tensor, text_emb: torch.Tensor, image_emb: Optional[torch.Tensor],
                 num_frames: int, decay: str = "none", strength: float = 1.0,
                 generator: Optional[torch.Generator] = None,
-                h0_seeds: Optional[Sequence[int] | torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                h0_seeds: Optional[Sequence[int] | torch.Tensor] = None,
+                h0: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         n, T = w_input.shape[0], num_frames
         if w_input.shape[1:] != (self.num_ws, self.w_dim):
             raise UserError(f"w_input must be [N,{self.num_ws},{self.w_dim}], got {tuple(w_input.shape)}")
-        motion = self.trajectory(text_emb, image_emb, T, decay, strength, generator, h0_seeds)  # [N,T,D]
+        motion = self.trajectory(text_emb, image_emb, T, decay, strength, generator, h0_seeds, h0)  # [N,T,D]
         D = motion.shape[-1]
         if self.image_mapper is not None:
             image_offset = self.place(self.image_mapper(F.normalize(image_emb.float(), dim=-1)))  # [N,L,C]
@@ -247,7 +269,7 @@ class RecurrentAnimator(nn.Module):
         if self.variant == "paper":
             mot = self.place(self.motion_mapper(motion.reshape(n * T, D))).view(n, T, self.num_ws, self.w_dim)
             scale = torch.ones(n, T, device=w_input.device, dtype=w_input.dtype)
-            offsets = image_offset[:, None] + mot
+            offsets = image_offset[:, None] + mot if self.image_mapper is not None else mot
         else:
             # frames 1..T-1 only: frame 0's offset is zero by construction (d_0 = 0, s_0 = 0), kept
             # exactly zero instead of relying on M(d_0) - M(0) cancelling bit for bit.
@@ -257,10 +279,12 @@ class RecurrentAnimator(nn.Module):
             scale = self.image_scale(motion).to(w_input.dtype)  # [N,T], scale[:,0] = 0
             rest = scale[:, 1:, None, None] * image_offset[:, None] + mot
             offsets = torch.cat([torch.zeros_like(rest[:, :1]), rest], dim=1)
+            mot = offsets
         offsets = offsets.to(w_input.dtype)
         ws = torch.cat([w_input[:, None], w_input[:, None] + offsets[:, 1:]], dim=1) if self.variant == "ours" \
             else w_input[:, None] + offsets
-        return dict(ws=ws, offsets=offsets, motion=motion, image_offset=image_offset, image_scale=scale)
+        return dict(ws=ws, offsets=offsets, motion=motion, image_offset=image_offset, image_scale=scale,
+                    motion_offsets=mot)
 
     def image_scale(self, motion: torch.Tensor) -> torch.Tensor:
         """s_t [N,T] for variant 'ours' from motion d [N,T,D]; s_0 = 0, s_{T-1} = 1 (or 0 if no motion)."""

@@ -30,6 +30,7 @@ from src.utils.errors import UserError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+RESIZE_MODES = ("antialias", "pool")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
@@ -218,8 +219,17 @@ class ClipEncoder(nn.Module):
         """[N,3,H,W] in [-1,1] -> [N,3,S,S] CLIP input (differentiable)."""
         return preprocess_images(img, self.image_size, self.mean, self.std, self.interpolation)
 
-    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
-        """img [N,3,H,W] in [-1,1] -> unit-norm embeddings [N,D] (differentiable w.r.t. img)."""
+    def encode_image(self, img: torch.Tensor, resize: str = "antialias") -> torch.Tensor:
+        """img [N,3,H,W] in [-1,1] -> unit-norm embeddings [N,D] (differentiable w.r.t. img).
+
+        resize: how a frame of another size reaches the input size: 'antialias' (CLIP's own
+        Resize + CenterCrop, see :func:`preprocess_images`) or 'pool' (the authors' training code:
+        ``AdaptiveAvgPool2d(size)`` of the [-1, 1] frame, no crop, no clamp, then the CLIP statistics).
+        """
+        if resize not in RESIZE_MODES:
+            raise UserError(f"CLIP input resize '{resize}' is not one of {', '.join(RESIZE_MODES)}")
+        if resize == "pool" and img.shape[-2:] != (self.image_size, self.image_size):
+            img = F.adaptive_avg_pool2d(img.float(), self.image_size)
         if self.kind == "embedded":
             x = img.float()
             if x.shape[-2:] != (self.image_size, self.image_size):
@@ -249,7 +259,7 @@ class ClipEncoder(nn.Module):
                     and n != "logit_bias"]
         if hasattr(m, "text_parameters"):
             return list(m.text_parameters())
-        raise UserError("cannot tell the text tower of this CLIP model apart; use text_lr=0")
+        raise UserError("cannot tell the text tower of this CLIP model apart; use model.train.clip_finetune=none or all")
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """Alias of encode_image (so the encoder can serve as a feature extractor)."""

@@ -98,17 +98,21 @@ def tap_channels(net: str) -> list[int]:
 class LPIPS(nn.Module):
     """Frozen LPIPS distance. forward(x [N,3,H,W], y [N,3,H,W], in [-1,1]) -> [N].
 
-    ``resize``: compare at this square size (bilinear, antialiased) when set (the paper: 224).
+    ``resize``: compare at this square size when set (the paper: 224); ``resize_mode``: how an input
+    of another size gets there: 'antialias' (bilinear, antialiased) or 'pool' (``AdaptiveAvgPool2d``,
+    the authors' training code). x and y may then differ in size (a 1024 px frame against a 224 px photo).
     ``path``: weights file or folder; default the cache folder. ``load=False`` builds the network
     without weights, only for the converter and tests that load a state_dict themselves.
     """
 
     def __init__(self, net: str = "alex", path: Optional[str | os.PathLike] = None, resize: Optional[int] = None,
-                 load: bool = True):
+                 load: bool = True, resize_mode: str = "antialias"):
         super().__init__()
         if net not in NETS:
             raise UserError(f"LPIPS net '{net}' is not one of {', '.join(NETS)}")
-        self.net, self.resize = net, resize
+        if resize_mode not in ("antialias", "pool"):
+            raise UserError(f"LPIPS resize_mode '{resize_mode}' is not antialias or pool")
+        self.net, self.resize, self.resize_mode = net, resize, resize_mode
         self.trunk = LPIPSTrunk(net)
         self.lins = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1)) for c in tap_channels(net)])
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
@@ -135,13 +139,19 @@ class LPIPS(nn.Module):
         # always eval: no dropout in the heads, the metric is fixed
         return super().train(False)
 
+    def to_size(self, x: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] -> [N,3,resize,resize] by ``resize_mode`` (unchanged without ``resize`` or at that size)."""
+        x = x.float()
+        if not self.resize or x.shape[-2:] == (self.resize, self.resize):
+            return x
+        if self.resize_mode == "pool":
+            return F.adaptive_avg_pool2d(x, self.resize)
+        return resize(x, (self.resize, self.resize), mode="bilinear", antialias=True)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = self.to_size(x), self.to_size(y)
         if x.shape != y.shape:
             raise ValueError(f"LPIPS inputs differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
-        x, y = x.float(), y.float()
-        if self.resize and x.shape[-2:] != (self.resize, self.resize):
-            x = resize(x, (self.resize, self.resize), mode="bilinear", antialias=True)
-            y = resize(y, (self.resize, self.resize), mode="bilinear", antialias=True)
         n = x.shape[0]
         feats = self.trunk(torch.cat([(x - self.shift) / self.scale, (y - self.shift) / self.scale], dim=0))
         total = x.new_zeros(n)
@@ -152,13 +162,14 @@ class LPIPS(nn.Module):
         return total
 
 
-def build_perceptual(kind: str, path: Optional[str] = None, resize: Optional[int] = None) -> Optional[LPIPS]:
+def build_perceptual(kind: str, path: Optional[str] = None, resize: Optional[int] = None,
+                     resize_mode: str = "antialias") -> Optional[LPIPS]:
     """'lpips_alex' | 'lpips_vgg' -> LPIPS module; 'none' -> None (no perceptual term)."""
     kind = getattr(kind, "value", kind)
     if kind in (None, "none"):
         return None
     if kind == "lpips_alex":
-        return LPIPS("alex", path, resize)
+        return LPIPS("alex", path, resize, resize_mode=resize_mode)
     if kind == "lpips_vgg":
-        return LPIPS("vgg", path, resize)
+        return LPIPS("vgg", path, resize, resize_mode=resize_mode)
     raise UserError(f"perceptual '{kind}' is not one of lpips_alex, lpips_vgg, none")

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
-                                 typed_group)
+from src.config.animator import (CLIP_FINETUNE, AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
+                                 migrate_train_group, typed_group)
 from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
@@ -47,7 +47,7 @@ class FaceAnimator(FaceInputs, nn.Module):
         super().__init__()
         self.config = plain(dict(config))
         self.net_cfg = typed_group(AnimatorNetConfig, self.config.get("net"), "net")
-        self.train_cfg = typed_group(AnimatorTrainConfig, self.config.get("train"), "train")
+        self.train_cfg = typed_group(AnimatorTrainConfig, migrate_train_group(self.config.get("train")), "train")
         self.inference_cfg = typed_group(AnimatorInferenceConfig, self.config.get("inference"), "inference")
         domain = self.config.get("domain") or {}
         self.domain = domain
@@ -62,10 +62,13 @@ class FaceAnimator(FaceInputs, nn.Module):
         self.frozen_sources["generator"] = (files, self.generator)
         self.clip = components.build_clip(domain, "clip", clip)
         self.frozen_sources["clip"] = (list(getattr(self.clip, "weight_files", [])), self.clip)
-        # the CLIP text tower is trained (and saved) when the config fine-tunes it
-        self.text_params: list[nn.Parameter] = (list(self.clip.text_parameters())
-                                                if float(self.train_cfg.text_lr or 0) > 0 else [])
-        for p in self.text_params:
+        # the CLIP towers the config fine-tunes are trained (and saved): none, the text tower, or all of it
+        finetune = self.train_cfg.clip_finetune
+        if finetune not in CLIP_FINETUNE:
+            raise UserError(f"model.train.clip_finetune '{finetune}' is not one of {', '.join(CLIP_FINETUNE)}")
+        self.clip_params: list[nn.Parameter] = ([] if finetune == "none" else list(self.clip.text_parameters())
+                                                if finetune == "text" else list(self.clip.model.parameters()))
+        for p in self.clip_params:
             p.requires_grad_(True)
         self.animator = RecurrentAnimator(embed_dim=self.clip.embed_dim, num_ws=self.generator.num_ws,
                                           w_dim=self.generator.w_dim, **asdict(self.net_cfg))
@@ -76,8 +79,8 @@ class FaceAnimator(FaceInputs, nn.Module):
             raise UserError("identity_projection > 0 needs model.inference.projection_reader "
                             "(an identity-attribute reader)")
         self.frozen_hashes = {name: self.frozen_hash(name) for name in self.frozen_sources}
-        # the state-dict keys of the trained weights: the animator's, and the text tower's when fine-tuned
-        text_ids = {id(p) for p in self.text_params}
+        # the state-dict keys of the trained weights: the animator's, and the CLIP's fine-tuned towers
+        text_ids = {id(p) for p in self.clip_params}
         self._trainable_keys = frozenset({f"animator.{k}" for k in self.animator.state_dict()}
                                          | {f"clip.{n}" for n, p in self.clip.named_parameters() if id(p) in text_ids})
 
@@ -120,7 +123,7 @@ class FaceAnimator(FaceInputs, nn.Module):
         return components.compare_hashes(saved, self.frozen_hashes, mode or self.config.get("hash_check") or "error")
 
     def trainable_keys(self) -> frozenset[str]:
-        """State-dict keys of the trained weights: the animator's, and the text tower's when fine-tuned."""
+        """State-dict keys of the trained weights: the animator's, and the CLIP towers fine-tuned."""
         return self._trainable_keys
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -261,7 +264,8 @@ class FaceAnimator(FaceInputs, nn.Module):
         try:
             if image is None:
                 image = self.render_image(w_input)
-            image_emb = self.clip.encode_image(image.to(device))
+            # a text-only animator (net.image_branch false) never looks at the face
+            image_emb = self.clip.encode_image(image.to(device)) if self.animator.image_branch else None
             text_emb = self.clip.encode_text(prompts)
             out = self.animator(w_input, text_emb, image_emb, num_frames, decay=decay, strength=strength,
                                 generator=torch.Generator().manual_seed(int(seed)))

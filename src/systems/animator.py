@@ -27,11 +27,14 @@ from src.systems.animator_eval import AnimatorEvaluation
 from src.systems.animator_objective import AnimatorObjective
 from src.utils.config import get_dotted, plain
 from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
-                               AnimatorValidationConfig, typed_group)
+                               AnimatorValidationConfig, migrate_train_group, typed_group)
 from src.utils.errors import UserError
 
 FROZEN = ("generator", "clip", "loss_clip", "perceptual", "identity_net", "identity_metric_net")
 LOSS_KEYS = ("contrastive", "lpips", "smoothness", "endpoint", "latent", "identity", "tau")
+# how the terms are computed: allowed values, ours first (the default of a config that names none)
+LOSS_OPTIONS = {"latent_reduction": ("mean", "sum"), "negatives": ("global", "local"),
+                "resize_224": ("antialias", "pool")}
 H0_SEED_OFFSET = 2**31  # training h_0 seed of a sample = its latent seed + this (see AnimatorModule._h0_seeds)
 
 
@@ -61,7 +64,8 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         super().__init__()
         domain, loss = plain(domain), plain(loss)
         self.net_cfg = typed_group(AnimatorNetConfig, net, "model.net")
-        self.train_cfg = typed_group(AnimatorTrainConfig, train, "model.train")
+        self.train_cfg = typed_group(AnimatorTrainConfig, migrate_train_group(plain(train)) if isinstance(train, Mapping)
+                                     else train, "model.train")
         self.inference_cfg = typed_group(AnimatorInferenceConfig, inference, "model.inference")
         self.validation_cfg = typed_group(AnimatorValidationConfig, validation, "model.validation")
         # hparams: plain data (checkpoints load with weights_only=True), the groups as dicts
@@ -86,18 +90,26 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         if tc.frames < 2 or ic.frames < 2:
             raise UserError("model.train.frames and model.inference.frames must be >= 2")
         self.domain, self.loss_cfg = domain, {k: float(loss[k]) for k in LOSS_KEYS}
+        for key, allowed in LOSS_OPTIONS.items():
+            value = str(loss.get(key) or allowed[0])
+            if value not in allowed:
+                raise UserError(f"loss.{key} '{value}' is not one of {', '.join(allowed)}")
+            self.loss_cfg[key] = value
+        self.loss_cfg["local_group"] = int(loss.get("local_group") or 0)
+        if self.loss_cfg["local_group"] < 0:
+            raise UserError(f"loss.local_group must be >= 0, got {loss.get('local_group')}")
 
         # ---- the inference pipeline: frozen generator and CLIP, the trainable animator. Its modules
         # are this module's children (the same objects): checkpoint keys are generator.*, clip.*, animator.*
         pipeline = FaceAnimator(self.config(), generator=generator, clip=clip)
         self.__dict__["pipeline"] = pipeline  # not a child: its modules are registered below
         self.generator, self.clip, self.animator = pipeline.generator, pipeline.clip, pipeline.animator
-        self.text_params = pipeline.text_params
+        self.clip_params = pipeline.clip_params
         self.prompt_list, self.noise_mode = pipeline.prompt_list, pipeline.noise_mode
         self.frozen_sources = dict(pipeline.frozen_sources)
 
         # ---- the CLIP of the loss: the animator's own when it is the same frozen network
-        if components.same_clip(domain) and loss_clip is None and tc.text_lr == 0:
+        if components.same_clip(domain) and loss_clip is None and tc.clip_finetune == "none":
             self.loss_clip = self.clip
         else:
             self.loss_clip = components.build_clip(domain, "loss_clip", loss_clip)
@@ -108,7 +120,8 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         if perceptual is None and self.loss_cfg["lpips"] > 0:
             from src.networks.perceptual import build_perceptual
 
-            perceptual = build_perceptual(get_dotted(domain, "perceptual", "none"), tc.lpips_path, tc.lpips_size)
+            perceptual = build_perceptual(get_dotted(domain, "perceptual", "none"), tc.lpips_path, tc.lpips_size,
+                                          resize_mode=self.loss_cfg["resize_224"])
             if perceptual is None:
                 warnings.warn("domain.perceptual is 'none': the LPIPS loss term is skipped")
         if perceptual is not None:
@@ -275,7 +288,7 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
     def configure_optimizers(self):
         tc = self.train_cfg
         groups = [{"params": list(self.animator.parameters()), "lr": float(tc.lr)}]
-        if self.text_params:
-            groups.append({"params": self.text_params, "lr": float(tc.text_lr)})
+        if self.clip_params:  # the CLIP towers model.train.clip_finetune names (paper: all of it at 1e-5)
+            groups.append({"params": self.clip_params, "lr": float(tc.clip_lr)})
         betas = tuple(float(b) for b in tc.betas)
         return torch.optim.Adam(groups, betas=betas)

@@ -6,7 +6,7 @@ A mixin of :class:`~src.systems.animator.AnimatorModule`: it uses the module's p
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -20,21 +20,41 @@ class AnimatorObjective:
     """compute_losses(batch) -> (total, {term: value}, outputs) and the choices it rests on."""
 
     def _text_embedding(self, prompts) -> torch.Tensor:
-        if self.text_params and torch.is_grad_enabled():
+        if self.train_cfg.clip_finetune != "none" and torch.is_grad_enabled():
             return self.clip.encode_text(prompts)
         with torch.no_grad():
             return self.clip.encode_text(prompts)
+
+    def _image_embedding(self, clip_image: torch.Tensor) -> torch.Tensor:
+        """The animator's image embedding; with the whole CLIP fine-tuned (clip_finetune=all, the
+        authors' code) the image tower gets gradients through the image mapper."""
+        if self.train_cfg.clip_finetune == "all" and torch.is_grad_enabled():
+            return self.clip.encode_image(clip_image)
+        with torch.no_grad():
+            return self.clip.encode_image(clip_image)
+
+    def contrastive_groups(self, n: int) -> Optional[torch.Tensor]:
+        """BoolTensor [n,n]: which local prompts each image contrasts against when loss.local_group
+        splits the local batch (one GPU standing in for several GPUs' local batches); None: all."""
+        g = int(self.loss_cfg.get("local_group") or 0)
+        if g <= 0 or g >= n or self.loss_cfg.get("negatives") != "local":
+            return None
+        if n % g:
+            raise UserError(f"loss.local_group={g} does not divide the batch of {n} prompts")
+        group = torch.arange(n) // g
+        return group[:, None] == group[None, :]
 
     def contrastive_candidates(self, batch: Mapping[str, Any]) -> tuple[list[str], torch.Tensor]:
         """(candidate prompts [M], positive [N]) of the contrastive loss: the negatives of every image
         and the row of each image's own prompt among them.
 
-        batch["candidates"] (the data module's distinct prompts of the whole GLOBAL batch, the same
-        on every DDP rank) when present: a rank then computes the union batch's loss on its rows.
-        Else the local captions, which must be distinct (a repeated prompt would be its own negative).
+        loss.negatives 'global' and batch["candidates"] (the data module's distinct prompts of the
+        whole GLOBAL batch, the same on every DDP rank) present: a rank then computes the union batch's
+        loss on its rows. 'local' (the authors' code), or no candidates: the local captions, which must
+        be distinct (a repeated prompt would be its own negative).
         """
         captions = list(batch["caption"])
-        if batch.get("candidates") is None:
+        if batch.get("candidates") is None or self.loss_cfg.get("negatives") == "local":
             if len(set(captions)) != len(captions):
                 raise UserError("the contrastive loss needs distinct prompts in a batch (or a batch['candidates'] "
                                 "list of the distinct prompts to contrast against)")
@@ -59,7 +79,9 @@ class AnimatorObjective:
         """One training forward: returns (total, {term: value}, outputs).
 
         batch: caption list[str] (N), seed [N] (latent and h_0 seeds) or ws [N,L,C] / [N,C], and
-        optionally candidates list[str] (M) for the contrastive loss (see contrastive_candidates).
+        optionally candidates list[str] (M) for the contrastive loss (see contrastive_candidates) and
+        photo [N,3,S,S] in [-1,1]: the real photo of each latent (data.clip_image=photo, the authors'
+        code), which the CLIP image tower sees and LPIPS compares against instead of G(w_input).
         Every term is a mean over the N local samples, so with equal N per DDP rank the gradient
         average of DDP is the gradient of the union batch. Nothing here draws from a random stream
         shared by the batch's samples when clip_views = 0 and the generator's noise_mode is not
@@ -72,8 +94,10 @@ class AnimatorObjective:
         T = int(self.train_cfg.frames)
         w_input = self._batch_latents(batch)
         with torch.no_grad():
-            image = self.render_image(w_input)  # the input face is the generator's own image of w_input
-            image_emb = self.clip.encode_image(image)
+            image = self.render_image(w_input)  # the generator's own image of w_input
+        photo = batch.get("photo")
+        target = photo.to(image.device).float() if photo is not None else image  # what the face should look like
+        image_emb = self._image_embedding(target) if self.animator.image_branch else None
         text_emb = self._text_embedding(captions)
         out = self.animator(w_input, text_emb, image_emb, T, decay="none", h0_seeds=self._h0_seeds(batch))
         ws, offsets = out["ws"], out["offsets"]
@@ -91,22 +115,25 @@ class AnimatorObjective:
             # random augmentation from the global RNG: per rank, so DDP matches one process in distribution only
             pipe = self._view_pipes.setdefault(str(last.device), label_preserving_pipe(p=1.0).to(last.device))
             last = augmented_views(last, pipe, views - 1, float(self.train_cfg.clip_view_noise))
-        img_last = lc.encode_image(last).view(views, len(captions), -1)
+        img_last = lc.encode_image(last, resize=self.loss_cfg.get("resize_224", "antialias")).view(
+            views, len(captions), -1)
         if form == "contrastive":
             with torch.no_grad():
                 txt = lc.encode_text(candidates)  # [M,D], the same on every rank
             positive = positive.to(txt.device)
-            terms[form] = torch.stack([contrastive_clip_loss(e, txt, self.loss_cfg["tau"], positive=positive)
-                                       for e in img_last]).mean()
+            allowed = self.contrastive_groups(len(captions))
+            terms[form] = torch.stack([contrastive_clip_loss(e, txt, self.loss_cfg["tau"], positive=positive,
+                                                             allowed=allowed) for e in img_last]).mean()
         else:
             with torch.no_grad():
                 txt = lc.encode_text(captions)
             terms[form] = torch.stack([cosine_clip_loss(e, txt) for e in img_last]).mean()
-        if self.perceptual is not None:
-            terms["lpips"] = lpips_identity_loss(self.perceptual, image, frames[:, 0], frames[:, -1])
-        terms["smoothness"] = smoothness_loss(offsets)
-        terms["endpoint"] = endpoint_loss(offsets)
-        terms["latent"] = latent_reg_loss(ws, w_input)
+        if self.perceptual is not None and self.animator.image_branch:  # a text-only animator has no input image
+            terms["lpips"] = lpips_identity_loss(self.perceptual, target, frames[:, 0], frames[:, -1])
+        # on the part of the offsets that moves over time (paper: the mapped motion alone, see RecurrentAnimator)
+        terms["smoothness"] = smoothness_loss(out["motion_offsets"])
+        terms["endpoint"] = endpoint_loss(out["motion_offsets"])
+        terms["latent"] = latent_reg_loss(ws, w_input, self.loss_cfg.get("latent_reduction", "mean"))
         if self.identity_net is not None:
             terms["identity"] = identity_loss(self.identity_net, frames, image)
         weights = {k: self.loss_cfg[k] for k in ("lpips", "smoothness", "endpoint", "latent", "identity")}

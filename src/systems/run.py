@@ -127,6 +127,27 @@ def _test_batches(cfg: DictConfig) -> Optional[int]:
     return None if n is None else int(n)
 
 
+HYDRA_ONLY = {".hydra", "train.log"}  # what Hydra writes into a run folder before the run starts
+
+
+def discard_unstarted_run_dir(cfg: DictConfig) -> None:
+    """After a run stopped before it started: remove its folder when it holds nothing but Hydra's own
+    files (and the emptied folders above it, up to paths.log_dir), so bad input leaves nothing behind."""
+    import shutil
+
+    try:
+        run_dir, log_dir = Path(cfg.paths.output_dir).resolve(), Path(cfg.paths.log_dir).resolve()
+    except Exception:  # no Hydra run (train() called from code) or unresolvable paths: nothing to tidy
+        return
+    if not run_dir.is_dir() or log_dir not in run_dir.parents or {p.name for p in run_dir.iterdir()} - HYDRA_ONLY:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for folder in run_dir.parents:
+        if folder == log_dir.parent or any(folder.iterdir()):
+            break
+        folder.rmdir()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (resuming from the run dir's last.ckpt when present), then test. Returns the final metrics."""
     import torch
@@ -136,6 +157,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from src.utils.run_meta import save_run_metadata
 
     validate_config(cfg)
+    from src.systems.preflight import missing_inputs_message
+
+    missing = missing_inputs_message(cfg)
+    if missing:
+        raise UserError(missing)
     threads = cpu_threads_per_process(cfg.hardware)
     if threads:
         torch.set_num_threads(threads)
