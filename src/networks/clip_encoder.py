@@ -161,7 +161,10 @@ class ClipEncoder(nn.Module):
             raise UserError(f"clip.pretrained is required for '{name}': a tag (e.g. openai) or a weights file; "
                             "random CLIP weights are never used silently")
         try:
-            model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+            # OpenAI's CLIPs were trained with QuickGELU: their tag always gets it (open_clip would
+            # otherwise build e.g. 'RN50' with exact GELU under OpenAI's weights and only warn)
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True,
+                                           force_quick_gelu=pretrained == "openai")
             tokenizer = open_clip.get_tokenizer(name)
         except UserError:
             raise
