@@ -6,6 +6,7 @@
     python animate.py image=face.png text="The person is opening mouth."
     python animate.py seed=7 save_latent=w_plus.npy     # also keep the face's W+ latent (a projected photo's too)
     python animate.py latent=w_plus.npy frames=24 fps=12 decay=sqrt strength=1.2
+    python animate.py diverse=16 text="The person is smiling."   # 16 new faces near the average: a grid video
     python animate.py list_prompts=true                 # the concepts the animator was trained on
 
 Arguments are key=value (conf/animate.yaml; no output folders are created). text= takes the
@@ -32,18 +33,63 @@ def run(cfg) -> Path:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but CUDA is not available")
+    if cfg.get("diverse") is not None:
+        check_diverse(cfg)
     overrides = {"inference.projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
     animator = FaceAnimator.from_pretrained(cfg.checkpoint, device=device, overrides=overrides)
+    motion = dict(frames=cfg.frames, strength=cfg.strength, decay=cfg.decay, check_latent=False,
+                  motion_total=cfg.get("motion_total"), identity_projection=cfg.get("identity_projection"))
+    if cfg.get("diverse") is not None:
+        return animate_diverse(animator, cfg, text, motion, output)
     face = cfg.latent if cfg.latent is not None else cfg.image
     ws = animator.face_latent(face, seed=cfg.seed, projection_steps=cfg.projection_steps, progress=True)
     if cfg.get("save_latent"):
         save_latent(ws, Path(cfg.save_latent))
     with torch.no_grad():
-        video = animator(ws, text, frames=cfg.frames, strength=cfg.strength, decay=cfg.decay, check_latent=False,
-                         motion_total=cfg.get("motion_total"), identity_projection=cfg.get("identity_projection"))
+        video = animator(ws, text, **motion)
     write_video(video, output, fps=cfg.fps)
     if cfg.strip:
         write_strip(video, output.with_suffix(".png"), title=text)
+    return output
+
+
+def check_diverse(cfg) -> None:
+    """diverse=N draws N >= 1 faces of its own: no other face, no latent to save."""
+    from src.utils.errors import UserError
+
+    if cfg.diverse < 1:
+        raise UserError(f"diverse must be a number of faces >= 1, got {cfg.diverse}")
+    given = [f"{k}=" for k in ("image", "latent", "seed", "save_latent") if cfg.get(k) is not None]
+    if given:
+        raise UserError(f"diverse= draws its own faces: drop {', '.join(given)}")
+
+
+def animate_diverse(animator, cfg, text, motion: dict, output: Path) -> Path:
+    """The authors' diverse samples: ``cfg.diverse`` new faces near the average face
+    (``sample_near_average``), each animated with the text, tiled in one grid video (rows of
+    ceil(sqrt(N)) faces, blank cells white), and beside it a contact sheet: a row a face, at most 8
+    of its frames (the first and the last among them)."""
+    import math
+
+    import torch
+    from tqdm import tqdm
+
+    from src.utils.video import write_contact_sheet, write_grid_video
+
+    faces = animator.sample_near_average(cfg.diverse)
+    with torch.no_grad():
+        videos = torch.stack([animator(w[None], text, **motion)
+                              for w in tqdm(faces, unit="face", file=sys.stderr, desc="diverse faces")])
+    n, t, c, h, w = videos.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    cells = torch.cat([videos, videos.new_ones(rows * cols - n, t, c, h, w)])
+    # each column of faces stacked into one tall video; write_grid_video puts the columns side by side
+    columns = cells.reshape(rows, cols, t, c, h, w).permute(1, 2, 3, 0, 4, 5).reshape(cols, t, c, rows * h, w)
+    write_grid_video(columns, output, fps=cfg.fps)
+    if cfg.strip:
+        write_contact_sheet(videos, output.with_suffix(".png"), row_labels=[f"face {i}" for i in range(n)],
+                            frame_step=max(1, math.ceil((t - 1) / 7)), title=text)
     return output
 
 

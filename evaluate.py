@@ -3,11 +3,13 @@
     python evaluate.py                                          # the embedded default, 200 faces, on a CPU
     python evaluate.py faces=200 frames=16 device=cuda output=results.json
     python evaluate.py checkpoint=logs/animator/runs/my-exp/checkpoints/last.ckpt oracle=null
+    python evaluate.py face_sampling=near_average face_net=checkpoints/model_ir_se50.pth
 
 Arguments are Hydra-style key=value overrides of conf/evaluate.yaml (no output folders are created).
 Prints a per-concept table (CLIP top-1 and score; with the embedded domain's oracle the right-way
-rate, reach and identity drift; frame-0 PSNR; smoothness) and writes every metric as JSON to
-``output``. Bad input ends with one line `error: ...` and exit code 2.
+rate, reach and identity drift; frame-0 PSNR; smoothness; the paper's temporal MS-SSIM, shape ACD
+and face ACD, with the network that gave it) and writes every metric as JSON to ``output``. Bad
+input ends with one line `error: ...` and exit code 2.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ def run(cfg) -> dict:
     """Evaluate as ``cfg`` says; returns the result (also written to cfg.output)."""
     import torch
 
+    from src.eval.paper_scores import face_network
     from src.eval.runner import evaluate, summary_table
     from src.pipeline import FaceAnimator
     from src.utils.errors import UserError
@@ -39,10 +42,13 @@ def run(cfg) -> dict:
         from src.embedded.oracle import load_oracle
 
         oracle = load_oracle(oracle_path, device=cfg.device).eval()
+    face_net, face_net_name = face_network(pipeline.domain, cfg.face_net, cfg.paths.assets, cfg.paths.checkpoints,
+                                           cfg.device)
     concepts = list(cfg.concepts) if cfg.get("concepts") else None
     result = evaluate(pipeline, cfg.faces, cfg.frames, cfg.batch, cfg.decay, cfg.strength, oracle, concepts,
                       face_seed_offset=cfg.face_seed_offset, motion_total=cfg.get("motion_total"),
-                      identity_projection=cfg.get("identity_projection"))
+                      identity_projection=cfg.get("identity_projection"), face_sampling=cfg.face_sampling,
+                      face_net=face_net, face_net_name=face_net_name)
     result["settings"]["checkpoint"] = str(cfg.checkpoint)
     result["settings"]["oracle"] = oracle_path
     atomic_write_text(cfg.output, json.dumps(result, indent=2))

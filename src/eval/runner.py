@@ -4,8 +4,11 @@ Per video: CLIP score and top-1 accuracy of the prompt among the domain's prompt
 frame-0 PSNR against the input face, smoothness (pixel/latent second differences, flicker).
 With the embedded domain's attribute oracle: whether the prompt's target attributes move the
 right way, how much of the required change is reached and how far identity attributes drift
-(``src.embedded.oracle.oracle_scores``). Per corpus: Frechet distance of CLIP features of last
-frames vs input faces. The entry point is ``evaluate.py`` at the repository root.
+(``src.embedded.oracle.oracle_scores``). The paper's metrics (``src.eval.paper_metrics``): temporal
+MS-SSIM between consecutive frames, shape ACD and face ACD (its network: ``src.eval.paper_scores``).
+Per corpus: Frechet distance of CLIP features of last frames vs input faces. The faces: the seeded
+faces of the generator, or new faces near its average face (the authors' diverse samples). The entry
+point is ``evaluate.py`` at the repository root.
 """
 from __future__ import annotations
 
@@ -17,22 +20,35 @@ import torch
 
 from src.utils.errors import UserError
 
+FACE_SAMPLINGS = ("seeds", "near_average")
+
 
 @torch.no_grad()
 def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, decay: str = "linear",
              strength: float = 1.0, oracle=None, concepts: Optional[Sequence[str]] = None,
              face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None,
-             identity_projection: Optional[float] = None) -> dict:
-    """Animate ``n_faces`` faces (seeds face_seed_offset + i) with every concept's prompt.
+             identity_projection: Optional[float] = None, face_sampling: str = "seeds", face_net=None,
+             face_net_name: str = "n/a (no face recogniser given)") -> dict:
+    """Animate ``n_faces`` faces with every concept's prompt: face_sampling 'seeds' takes the faces
+    of seeds face_seed_offset + i, 'near_average' new faces near the average face
+    (``FaceAnimator.sample_near_average`` with seed face_seed_offset).
 
     pipeline: a :class:`~src.pipeline.FaceAnimator`; oracle: the embedded domain's attribute oracle
-    (adds right-way, reach and identity-drift scores). motion_total, identity_projection: see
-    ``FaceAnimator.animate`` (default: the file's setting). Returns {summary, per_concept, settings}."""
+    (adds right-way, reach and identity-drift scores); face_net, face_net_name: the network of the
+    face ACD and its name (see ``src.eval.paper_scores.face_network``). motion_total,
+    identity_projection: see ``FaceAnimator.animate`` (default: the file's setting).
+    Returns {summary, per_concept, settings}."""
     from tqdm import tqdm
 
     from src.embedded import PARAM_SPACE
     from src.embedded.oracle import oracle_scores
     from src.eval.metrics import ClipFrechetDistance, video_metrics
+    from src.eval.paper_scores import paper_video_sums
+
+    if face_sampling not in FACE_SAMPLINGS:
+        raise UserError(f"face_sampling '{face_sampling}' is not one of {', '.join(FACE_SAMPLINGS)}")
+    near_average = pipeline.sample_near_average(n_faces, seed=face_seed_offset) \
+        if face_sampling == "near_average" else None
 
     motion_total = pipeline.resolve_motion_total(motion_total)
     if identity_projection is None:
@@ -58,7 +74,8 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
         valid_total = 0.0
         for start in range(0, n_faces, batch):
             seeds = list(range(face_seed_offset + start, face_seed_offset + min(n_faces, start + batch)))
-            w = pipeline.sample_latents(seeds=seeds)
+            w = near_average[start:start + len(seeds)] if near_average is not None else \
+                pipeline.sample_latents(seeds=seeds)
             image = pipeline.render_image(w).clamp(-1, 1)
             if identity_projection > 0 and start not in jacobians:
                 jacobians[start] = pipeline.identity_jacobian(w)
@@ -70,6 +87,8 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
                               prompt_list=prompt_list)
             for k, v in m.items():
                 sums[k] += v * len(seeds)
+            for k, v in paper_video_sums(video, face_net).items():
+                sums[k] += v
             fd.update(image, real=True)
             fd.update(video[:, -1].clamp(-1, 1), real=False)
             if oracle is not None:
@@ -112,19 +131,22 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
             "settings": {"faces": n_faces, "frames": frames, "decay": decay, "strength": strength, "motion_total": motion_total,
                          "identity_projection": identity_projection,
                          "projection_reader": pipeline.inference_cfg.projection_reader if identity_projection else None,
-                         "concepts": concepts, "face_seed_offset": face_seed_offset}}
+                         "concepts": concepts, "face_seed_offset": face_seed_offset, "face_sampling": face_sampling,
+                         "face_acd_network": face_net.name if face_net is not None else face_net_name}}
 
 
 #: the columns of the printed summary: (result key, header, format)
 TABLE_COLUMNS = (("text_top1", "top-1", "{:.3f}"), ("clip_score", "CLIP", "{:.3f}"),
                  ("oracle_right_way", "right way", "{:.3f}"), ("oracle_reach", "reach", "{:.3f}"),
                  ("oracle_identity_drift", "id drift", "{:.4f}"), ("frame0_psnr", "frame-0 dB", "{:.1f}"),
-                 ("pixel_jerk", "jerk", "{:.4f}"))
+                 ("pixel_jerk", "jerk", "{:.4f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
+                 ("shape_acd", "shape ACD", "{:.3f}"), ("face_acd", "face ACD", "{:.4f}"))
 
 
 def summary_table(result: dict) -> str:
     """A fixed-width table of the per-concept and overall figures of :func:`evaluate`'s result (the
-    columns the result has; the full set of metrics stays in the JSON)."""
+    columns the result has; the full set of metrics stays in the JSON), and below it, indented, the
+    network that gave the face ACD (or why there is none)."""
     rows = [(name, row) for name, row in result["per_concept"].items()] + [("overall", result["summary"])]
     cols = [c for c in TABLE_COLUMNS if any(isinstance(r.get(c[0]), (int, float)) for _, r in rows)]
     width = max(len("concept"), *(len(name) for name, _ in rows))
@@ -135,4 +157,7 @@ def summary_table(result: dict) -> str:
         cells = [(fmt.format(row[k]) if isinstance(row.get(k), (int, float)) else "-").rjust(max(len(h), 7))
                  for k, h, fmt in cols]
         lines.append("  ".join([name.ljust(width)] + cells))
+    network = result.get("settings", {}).get("face_acd_network")
+    if network:
+        lines.append(f"  face ACD: {network}")
     return "\n".join(lines)

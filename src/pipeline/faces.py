@@ -1,7 +1,8 @@
 """The faces a FaceAnimator animates, from what a user gives: a seed, a latent (tensor or file) or
 an image (projected into the generator), with a warning when the input lies outside what the
-generator draws. A mixin of :class:`~src.pipeline.face_animator.FaceAnimator` (it uses its
-``generator``, ``device``, ``domain`` and ``sample_latents``)."""
+generator draws; and new faces near the generator's average face (the authors' diverse samples).
+A mixin of :class:`~src.pipeline.face_animator.FaceAnimator` (it uses its ``generator``,
+``device``, ``domain`` and ``sample_latents``)."""
 from __future__ import annotations
 
 import sys
@@ -53,6 +54,24 @@ class FaceInputs:
             return result["ws"].detach()
         ws = latent_from_tensor(face, self.generator).to(self.device)
         return self.checked_latent(ws, "the latent") if check_latent else ws
+
+    @torch.no_grad()
+    def sample_near_average(self, n: int, seed: int = 0, scale: float = 0.1) -> torch.Tensor:
+        """W+ [n,num_ws,w_dim] of new faces near the average face, as the authors' diverse-samples
+        tool draws them: z = scale * N(0, I) + w_avg (the mapping's tracked mean W, added in z
+        space), mapped with no truncation, each face's w on every W+ layer. Deterministic for a seed
+        (the noise comes from a CPU generator)."""
+        G = self.generator
+        w_avg = getattr(G.mapping, "w_avg", None)
+        if w_avg is None:
+            raise UserError("this generator's mapping network tracks no w_avg: faces near the average need one")
+        if G.z_dim != w_avg.numel():
+            raise UserError(f"faces near the average add w_avg in z space: z_dim {G.z_dim} != w_dim {w_avg.numel()}")
+        if int(n) < 1:
+            raise UserError(f"the number of faces must be >= 1, got {n}")
+        noise = torch.randn(int(n), G.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+        z = noise.to(self.device) * float(scale) + w_avg.to(self.device).float()
+        return G.mapping(z, torch.zeros(int(n), G.c_dim, device=self.device), truncation_psi=1.0)
 
     @torch.no_grad()
     def latent_distance(self, ws: torch.Tensor) -> torch.Tensor:
