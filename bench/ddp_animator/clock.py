@@ -78,10 +78,10 @@ def instrument(module: nn.Module, clock: Clock) -> None:
         seen.add(id(enc))
         original = enc.encode_image
 
-        def timed(img, _original=original):
+        def timed(img, *args, _original=original, **kwargs):
             # the loss CLIP runs with grad (it back-propagates into the last frame); the
             # animator's input encoder runs under no_grad
             with clock.span("clip_loss" if torch.is_grad_enabled() else "clip_input"):
-                return _original(img)
+                return _original(img, *args, **kwargs)
 
         enc.encode_image = timed  # instance attribute: shadows the method for this object only

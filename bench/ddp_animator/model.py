@@ -36,7 +36,7 @@ def paper_settings() -> tuple[dict, dict]:
         "truncation_psi": float(dom.generator.truncation_psi),
         "noise_mode": str(dom.generator.noise_mode),
     }
-    return domain, {k: float(v) for k, v in loss.items()}
+    return domain, {k: v if isinstance(v, str) else float(v) for k, v in loss.items()}
 
 
 def make_generator(args: argparse.Namespace) -> nn.Module:

@@ -1,6 +1,6 @@
 """What a training run needs on disk, checked before anything is built or written.
 
-A run that lacks a generator, its input latents or photos, or the LPIPS weights stops at once with one
+A run that lacks a generator, its input latents or photos, or a CLIP weights file stops at once with one
 line naming every missing file, the config key that names it and where to get it, instead of failing
 minutes later on the first one (or leaving a half-made run folder).
 """
@@ -16,7 +16,6 @@ _WHERE = {
                                    "file is published; put it there or set the key",
     "domain.data.latents": "the input faces: e4e W+ codes named by photo, see docs/real_domains.md",
     "data.photos": "the folder of photos the latents were inverted from (data.clip_image=photo)",
-    "lpips": "LPIPS weights: python -m src.networks.lpips_weights fetch (or loss.lpips=0)",
     "clip": "CLIP weights file",
 }
 
@@ -50,12 +49,7 @@ def missing_inputs(cfg: Any) -> list[str]:
             missing.append(f"domain.data.latents=null ({_WHERE['domain.data.latents']}; data.clip_image=photo pairs "
                            "each photo with its code)")
         need("data.photos", _file(get_dotted(cfg, "data.photos")), folder=True)
-    if float(get_dotted(cfg, "loss.lpips", 0.0) or 0.0) > 0 and get_dotted(cfg, "domain.perceptual") not in (None, "none") \
-            and get_dotted(cfg, "model.net.image_branch", True):
-        from src.networks.perceptual import weights_path
-
-        net = "vgg" if get_dotted(cfg, "domain.perceptual") == "lpips_vgg" else "alex"
-        need("lpips", weights_path(net, get_dotted(cfg, "model.train.lpips_path")))
+    # the LPIPS weights are not checked: a run fetches them on first use (src/networks/lpips_weights.py)
     return missing
 
 
