@@ -8,6 +8,7 @@
 #               the paper's inference step sizes
 #   <option>    ours with that one option set to the paper's value
 # Results: $RUNS/<variant>.json (evaluate.py) and the table $RUNS/paper_vs_ours.md (bench/paper_vs_ours_table.py).
+# STAGE=train | eval | all (default): the two halves can run as separate calls on the same machine.
 #   RUNS=/tmp/pvo STEPS=600 FACES=40 bash scripts/device/paper_vs_ours.sh   (one H100: ~4 min of training)
 set -u
 cd "$(dirname "$0")/../.."
@@ -34,11 +35,14 @@ declare -A VARIANTS=(
 )
 nvidia-smi --query-gpu=name --format=csv,noheader > "$RUNS/gpu.txt"
 start=$(date +%s)
-for v in "${!VARIANTS[@]}"; do
-  python train.py name=pvo-$v $common ${VARIANTS[$v]} > "$RUNS/$v.train.log" 2>&1 &
-done
-wait
-echo "training: $(( $(date +%s) - start )) s" > "$RUNS/timing.txt"
+if [ "${STAGE:-all}" != eval ]; then
+  for v in "${!VARIANTS[@]}"; do
+    python train.py name=pvo-$v $common ${VARIANTS[$v]} > "$RUNS/$v.train.log" 2>&1 &
+  done
+  wait
+  echo "training: $(( $(date +%s) - start )) s" > "$RUNS/timing.txt"
+fi
+[ "${STAGE:-all}" = train ] && exit 0
 # evaluation: EVAL_JOBS at a time, each with its share of the CPU threads (nine evaluations with a full
 # thread pool each ran at about 1 video/s on 16 cores, CPU-bound)
 n=0
@@ -50,6 +54,6 @@ for v in "${!VARIANTS[@]}"; do
   n=$((n + 1)); [ $((n % ${EVAL_JOBS:-3})) = 0 ] && wait
 done
 wait
-echo "total: $(( $(date +%s) - start )) s" >> "$RUNS/timing.txt"
+echo "evaluation: $(( $(date +%s) - start )) s" >> "$RUNS/timing.txt"
 python bench/paper_vs_ours_table.py "$RUNS" > "$RUNS/paper_vs_ours.md"
 cat "$RUNS/paper_vs_ours.md"
