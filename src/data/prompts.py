@@ -31,21 +31,25 @@ there were global batches (same generator, same draws in the same order).
   DistributedSampler subclass, so Lightning neither replaces it by its rank-sharding sampler
   nor forgets to call ``set_epoch`` (also after a resume, with the restored epoch).
   An epoch is ``train_batches`` steps whatever the number of ranks (training is step-based).
+* A resumed run continues the stopped one batch for batch: the training loader
+  (:class:`src.data.resume.ResumableLoader`) saves (epoch, batches done) in every checkpoint and
+  the sampler leaves the done batches of that epoch out (src/data/resume.py).
 
 Validation/test items are batches of B (world = 1 items) that Lightning's DistributedSampler
 shards over the ranks, as before; their metrics are averaged with sync_dist.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from src.data.face_files import read_latents_file
 from src.data.photos import PHOTO_SIZE, PhotoBank, first_readable, paired_photos
 from src.data.ranks import rank_and_world
+from src.data.resume import ResumableLoader, ResumableSampler, batches_consumed
 from src.utils.errors import UserError
 from src.utils.seeds import derive_seed
 
@@ -136,25 +140,22 @@ class PromptBatches(Dataset):
         return self._add_faces(item, picks)  # this rank's faces only: photos are decoded for its slice
 
 
-class SameOrderOnEveryRank(DistributedSampler):
+class SameOrderOnEveryRank(ResumableSampler):
     """All indices of ``dataset`` in one seeded permutation per epoch, the SAME on every rank.
 
     A DistributedSampler (num_replicas 1) only so that Lightning keeps it: Lightning injects its
     rank-sharding sampler into loaders whose sampler is not a DistributedSampler, and it calls
     ``set_epoch`` on the loader's sampler at every epoch start (the restored epoch after a resume).
     The permutation depends on (seed, epoch) only, never on the rank or the number of workers
-    (a map-style DataLoader returns its workers' items in sampler order).
+    (a map-style DataLoader returns its workers' items in sampler order). ``start`` leaves out the
+    batches a resumed run has already trained on (src/data/resume.py).
     """
 
-    def __init__(self, dataset: Dataset, seed: int):
-        super().__init__(dataset, num_replicas=1, rank=0, shuffle=True, seed=int(seed), drop_last=False)
+    shuffled = True
 
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(derive_seed("prompt-batches/order", self.seed, self.epoch))
-        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
-
-    def __len__(self) -> int:
-        return len(self.dataset)
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(derive_seed("prompt-batches/order", self.seed, epoch))
+        return torch.randperm(len(self.dataset), generator=g).tolist()
 
 
 def split_latents(latents: torch.Tensor | Sequence, split: str, eval_fraction: float = 0.05) -> torch.Tensor | Sequence:
@@ -227,14 +228,16 @@ class PromptDataModule(pl.LightningDataModule):
         return PromptBatches(self.prompt_list, self.batch_size, self.lengths[split], self.seed, split, bank,
                              rank=rank, world_size=world_size, photos=photos)
 
-    def _loader(self, dataset: Dataset, sampler: DistributedSampler | None = None) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, sampler=sampler, shuffle=False, num_workers=self.num_workers,
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        # this rank's slices of the global batches, in the order every rank uses
+        # this rank's slices of the global batches, in the order every rank uses; resumable
         data = self.dataset("train", *self.rank_world())
-        return self._loader(data, SameOrderOnEveryRank(data, self.seed))
+        return ResumableLoader(data, batch_size=None, sampler=SameOrderOnEveryRank(data, self.seed), shuffle=False,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               progress=lambda: batches_consumed(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"))  # batches of B, sharded over ranks by Lightning

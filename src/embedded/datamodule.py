@@ -14,6 +14,9 @@ workers, batch index): streams are reproducible, and ranks and workers never rep
 
 RenderIndexDataModule is the stub for modules that render on their own device (the oracle): it
 yields step indices only.
+
+The training loaders of both are resumable (src/data/resume.py): a checkpoint records how many
+batches of the epoch were trained on, and a resumed run's stream continues at the next one.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from src.data.ranks import rank_and_world
+from src.data.resume import ResumableLoader, ResumableSampler, ResumableStream, batches_consumed
 from src.embedded import vocabulary
 from src.embedded.params import neutral_params, sample_params
 from src.embedded.render import render
@@ -92,8 +96,11 @@ class BatchMaker:
                 "concept": concept.to(self.device), "target_params": target.to(self.device)}
 
 
-class SyntheticStream(IterableDataset):
-    """Infinite stream of batches for one (rank, world size); workers split it by seed."""
+class SyntheticStream(ResumableStream):
+    """Infinite stream of batches for one (rank, world size); workers split it by seed.
+
+    Batch j of the stream (from ``start``) is worker j % nw's batch j // nw: the loader takes its
+    workers' batches in turn, so the stream is the same from any ``start``."""
 
     def __init__(self, maker: BatchMaker, seed: int, rank: int = 0, world_size: int = 1, split: str = "train"):
         super().__init__()
@@ -102,9 +109,12 @@ class SyntheticStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        for b in itertools.count():
+        return self._batches(self.take_start() + wid, nw)
+
+    def _batches(self, first: int, step: int) -> Iterator[dict]:
+        for j in itertools.count(first, step):
             g = torch.Generator().manual_seed(
-                derive_seed(self.seed, self.split, self.rank, self.world_size, wid, nw, b))
+                derive_seed(self.seed, self.split, self.rank, self.world_size, j % step, step, j // step))
             yield self.maker(g)
 
 
@@ -188,7 +198,9 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self.rank_world()
-        return self._loader(SyntheticStream(self.maker, self.seed, rank, world, "train"))
+        return ResumableLoader(SyntheticStream(self.maker, self.seed, rank, world, "train"), batch_size=None,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0
+                               and self.device.type == "cpu", progress=lambda: batches_consumed(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -199,9 +211,9 @@ class SyntheticDataModule(pl.LightningDataModule):
         return self._loader(self._test)
 
 
-class _Counter(IterableDataset):
+class _Counter(ResumableStream):
     def __iter__(self):
-        return iter(itertools.count())
+        return itertools.count(self.take_start())
 
 
 class _Range(Dataset):
@@ -221,8 +233,9 @@ class RenderIndexDataModule(pl.LightningDataModule):
     """Data for modules that render their own batches (oracle, GAN, CLIP): only indices.
 
     train yields 0, 1, 2, ... forever, or ``steps_per_epoch`` indices per epoch when given (an
-    epoch is then a bookkeeping unit); val/test yield batch indices 0..val_batches-1 /
-    0..test_batches-1 (split across DDP ranks), from which the module seeds its renders.
+    epoch is then a bookkeeping unit; every rank steps through all of them); val/test yield batch
+    indices 0..val_batches-1 / 0..test_batches-1 (split across DDP ranks), from which the module
+    seeds its renders. A resumed run's indices continue where the checkpoint's run stopped.
     """
 
     def __init__(self, val_batches: int = 4, test_batches: int = 4, steps_per_epoch: int | None = None):
@@ -234,8 +247,11 @@ class RenderIndexDataModule(pl.LightningDataModule):
         self.val_batches, self.test_batches, self.steps_per_epoch = val_batches, test_batches, steps_per_epoch
 
     def train_dataloader(self) -> DataLoader:
-        data = _Counter() if self.steps_per_epoch is None else _Range(self.steps_per_epoch)
-        return DataLoader(data, batch_size=None)
+        progress = lambda: batches_consumed(self.trainer)  # noqa: E731
+        if self.steps_per_epoch is None:
+            return ResumableLoader(_Counter(), batch_size=None, progress=progress)
+        data = _Range(self.steps_per_epoch)
+        return ResumableLoader(data, batch_size=None, sampler=ResumableSampler(data), progress=progress)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Range(self.val_batches), batch_size=None)
