@@ -4,6 +4,9 @@ Tasks: stylegan (GAN training of the generator), clip (small LiT CLIP), oracle (
 face_id (face recogniser of the synthetic domain, for the identity loss), animator (the paper's method).
 See README.md for sweeps, multi-GPU and SLURM. A short run end to end: python train.py debug=fast
 
+SIGTERM or SIGINT (Ctrl-C) saves the current step to checkpoints/last.ckpt and exits 143 / 130 with
+one ``error: ...`` line saying how to resume; a rerun with the same name= continues exactly there.
+
 The command line's own problems (a misspelt key, an unknown option, a value of the wrong type, a
 Trainer argument Lightning rejects, LPIPS weights that cannot be fetched) end in one ``error: ...``
 line and exit code 2; HYDRA_FULL_ERROR=1 shows their tracebacks. Libraries' tips and warnings the
@@ -21,7 +24,8 @@ import hydra
 from omegaconf import DictConfig
 
 from src.config.schema import register_configs, register_resolvers
-from src.systems.run import discard_unstarted_run_dir, finish_wandb, train
+from src.systems.run import discard_unstarted_run_dir, finish_wandb, is_sweep, train
+from src.systems.signals import RunStopped
 from src.utils.cpu_memory import reuse_freed_memory
 from src.utils.errors import UserError
 
@@ -46,24 +50,18 @@ def main(cfg: DictConfig) -> Optional[float]:
         print(f"error: {e}", file=sys.stderr)
         discard_unstarted_run_dir(cfg)
         sys.exit(2)
+    except RunStopped as e:  # SIGTERM / SIGINT: the step is saved; 143 / 130 tell a scheduler it did not finish
+        if not e.quiet:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     finally:
         finish_wandb(failed)
     key = cfg.get("optimized_metric")
     if key and key in metrics:
         return metrics[key]
-    if key and _is_multirun():  # only a sweeper reads the returned value
+    if key and is_sweep():  # only a sweeper reads the returned value
         warnings.warn(f"optimized_metric '{key}' was not logged; available: {sorted(metrics)}")
     return None
-
-
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:  # no Hydra run (train() called from code)
-        return False
 
 
 def cli() -> int:

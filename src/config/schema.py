@@ -189,6 +189,7 @@ class TrainConfig:
     seed: int = 12345
     tags: List[str] = field(default_factory=list)
     resume: bool = True               # resume from <run dir>/checkpoints/last.ckpt when it exists
+    run_lock: str = "refuse"          # a live run holds the folder: refuse | new_folder (start afresh beside it)
     test: bool = True                 # run trainer.test after fit
     optimized_metric: Optional[str] = None
     extras: Dict[str, Any] = field(default_factory=dict)

@@ -1,13 +1,17 @@
 """One training run as train.py starts it: the Trainer from the hardware/trainer/logger/callbacks
 groups, the data module and model from the task's config (LPIPS weights fetched once when missing),
-fit with resume from the run folder's last.ckpt, then test. Returns the final metrics."""
+fit with resume from the run folder's last.ckpt, then test. Returns the final metrics.
+
+A run holds its folder's lock while it runs (src/systems/run_lock.py), removes the temporary files
+of checkpoint writes that a kill cut off, resumes exactly (src/systems/resume.py, src/data/resume.py)
+and saves its current step when SIGTERM or SIGINT stops it (src/systems/signals.py)."""
 from __future__ import annotations
 
 import hashlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -38,8 +42,9 @@ def instantiate_all(group: Optional[DictConfig]) -> list:
     return [instantiate(node) for node in (group or {}).values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path):
-    """Trainer from the trainer node + the hardware group, with loggers/callbacks instantiated."""
+def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Any] = ()):
+    """Trainer from the trainer node + the hardware group, with loggers/callbacks instantiated
+    (and ``extra_callbacks``: the run's own)."""
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
@@ -54,7 +59,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         with open_dict(loggers_cfg):
             loggers_cfg.wandb.offline = True
     loggers = instantiate_all(loggers_cfg)
-    callbacks = instantiate_all(cfg.get("callbacks"))
+    callbacks = instantiate_all(cfg.get("callbacks")) + list(extra_callbacks)
     hw = cfg.hardware
     trainer_kwargs = check_trainer_args(plain(cfg.trainer))
     try:
@@ -149,12 +154,13 @@ def discard_unstarted_run_dir(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (resuming from the run dir's last.ckpt when present), then test. Returns the final metrics."""
+    """Fit (resuming from the run dir's last checkpoint when present), then test. Returns the final
+    metrics. Raises RunStopped after SIGTERM/SIGINT (the step saved), UserError for bad input."""
     import torch
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     import src.ops
-    from src.utils.run_meta import save_run_metadata
+    from src.systems.checkpoint_io import remove_checkpoint_temps
+    from src.systems.run_lock import claim_run_dir
 
     validate_config(cfg)
     from src.systems.preflight import missing_inputs_message
@@ -168,33 +174,134 @@ def train(cfg: DictConfig) -> dict[str, float]:
     src.ops.configure(impl=cfg.hardware.ops_impl, on_build_failure=cfg.hardware.ops_on_build_failure)
     if cfg.hardware.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("hardware asks for a GPU but CUDA is not available: use hardware=cpu")
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir, lock = claim_run_dir(cfg)
+    try:
+        if lock is not None:
+            _remove_cut_off_writes(run_dir)
+        return _fit_and_test(cfg, run_dir)
+    except BaseException:
+        if lock is not None:
+            for folder in (run_dir / "checkpoints", run_dir):
+                remove_checkpoint_temps(folder)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _remove_cut_off_writes(run_dir: Path) -> None:
+    from src.systems.checkpoint_io import remove_checkpoint_temps
+    from src.utils.log import warn
+
+    removed = remove_checkpoint_temps(run_dir / "checkpoints") + remove_checkpoint_temps(run_dir)
+    if removed:
+        warn(f"removed {len(removed)} unfinished checkpoint write(s) of a killed run: {removed[0]}")
+
+
+def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from src.systems.resume import StepSeeds, check_checkpoint_fits, resume_checkpoint
+    from src.systems.signals import SaveAndStop, StopSignals
+    from src.utils.run_meta import save_run_metadata
+
     run_dir.mkdir(parents=True, exist_ok=True)
     save_run_metadata(run_dir, OmegaConf.to_yaml(cfg, resolve=True), cfg.seed, ROOT)
-
-    trainer = build_trainer(cfg, run_dir)  # first: Lightning's checks of hardware/trainer cost no model loading
+    signals = StopSignals()
+    stopper = SaveAndStop(signals, run_dir / "checkpoints" / "last.ckpt")
+    # first: Lightning's checks of hardware/trainer cost no model loading
+    trainer = build_trainer(cfg, run_dir, [StepSeeds(cfg.seed), stopper])
     datamodule, model = _build(cfg)
 
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    ckpt = resume_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        check_checkpoint_fits(ckpt, model, run_dir.name)
     if trainer.is_global_zero:
-        print(f"run dir: {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""), file=sys.stderr)
+        print(f"run dir: {run_dir}" + (f" (resuming from {ckpt})" if ckpt else ""), file=sys.stderr)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        if cfg.test:
-            n = _test_batches(cfg)
-            if trainer.is_global_zero and n is not None:
-                print(f"testing the final weights on {n} batch{'es' if n != 1 else ''} "
-                      "(data.test_batches or trainer.limit_test_batches sets how many; test=false skips it)",
-                      file=sys.stderr)
-            # the weights at the end of training (not "best"): the exported model is the final one
-            trainer.test(model, datamodule=datamodule)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()
-                            if getattr(v, "numel", lambda: 1)() == 1})
+        with signals:
+            _fit(trainer, model, datamodule, ckpt, stopper, run_dir)
+            metrics = _scalars(trainer)
+            if cfg.test:
+                n = _test_batches(cfg)
+                if trainer.is_global_zero and n is not None:
+                    print(f"testing the final weights on {n} batch{'es' if n != 1 else ''} "
+                          "(data.test_batches or trainer.limit_test_batches sets how many; test=false skips it)",
+                          file=sys.stderr)
+                # the weights at the end of training (not "best"): the exported model is the final one
+                _stage(trainer, stopper, run_dir, "testing", lambda: trainer.test(model, datamodule=datamodule))
+                metrics.update(_scalars(trainer))
     except MisconfigurationException as e:  # Lightning's word for a setting it cannot run with
         raise UserError(f"Lightning: {first_line(e)}") from None
     return metrics
+
+
+def _scalars(trainer: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def _fit(trainer: Any, model: Any, datamodule: Any, ckpt: Optional[Path], stopper: Any, run_dir: Path) -> None:
+    """trainer.fit, with a checkpoint of another shape as one line and a stop signal as RunStopped."""
+    from src.systems.resume import restore_error
+
+    try:
+        _stage(trainer, stopper, run_dir, "training",
+               lambda: trainer.fit(model, datamodule=datamodule, ckpt_path=None if ckpt is None else str(ckpt)))
+    except Exception as e:
+        wrong = restore_error(e, ckpt, run_dir.name) if ckpt is not None else None
+        if wrong is None:
+            raise
+        raise wrong from None
+    if stopper.requested(trainer):  # the signal came after the last step: save it as a stop would
+        stopper.save(trainer)
+        raise _stopped(stopper, trainer, run_dir, "training")
+
+
+def _stage(trainer: Any, stopper: Any, run_dir: Path, stage: str, call) -> None:
+    """Run ``call``; a stop signal during it (or an exit it caused) ends in RunStopped."""
+    from src.systems.signals import is_stop
+
+    try:
+        call()
+    except BaseException as e:
+        if is_stop(e) or stopper.signals.signum is not None:
+            raise _stopped(stopper, trainer, run_dir, stage) from None
+        raise
+    if stage == "testing" and stopper.signals.signum is not None:
+        raise _stopped(stopper, trainer, run_dir, stage)
+
+
+def _stopped(stopper: Any, trainer: Any, run_dir: Path, stage: str):
+    """The RunStopped of a run that a signal stopped during ``stage``, saying how to go on."""
+    import signal
+
+    from src.systems.signals import RunStopped
+
+    signals = stopper.signals
+    signum = signals.signum or signal.SIGTERM
+    name = signal.Signals(signum).name
+    step = int(trainer.global_step if stopper.saved_step is None else stopper.saved_step)
+    hint = f"resume with the same command and name={run_dir.name}" if not is_sweep() else "rerun the sweep to resume"
+    if signals.forced:
+        what = f"stopped at once by a second SIGINT at step {step}, unsaved since the last checkpoint"
+    elif stopper.saved_step is not None:
+        what = f"stopped by {name} at step {step}; saved {stopper.checkpoint}"
+    elif stage == "testing":
+        what = f"stopped by {name} while testing, after training to step {step}"
+    else:
+        what = f"stopped by {name} at step {step}, unsaved since the last checkpoint"
+    return RunStopped(f"{what}: {hint}", signum, quiet=not trainer.is_global_zero)
+
+
+def is_sweep() -> bool:
+    """Whether this process runs one job of a Hydra sweep (-m)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # no Hydra run (train() called from code)
+        return False
 
 
 def finish_wandb(failed: bool) -> None:
