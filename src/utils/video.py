@@ -1,9 +1,15 @@
-"""Writing animations: mp4 / gif / webp videos, labelled PNG strips and contact sheets, always atomically.
+"""Writing animations: mp4 / gif / webp videos, labelled PNG strips and contact sheets, always atomically
+and checked: a file is renamed into place only once it decodes (``src.utils.io.atomic_write``).
 
 The sheets' layout (labels in margins, never over a frame) is ``src.utils.contact_sheet``."""
 from __future__ import annotations
 
+import errno
+import math
 import os
+import signal
+import subprocess
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -12,9 +18,14 @@ import torch
 
 from src.utils.contact_sheet import MAX_FRAME_SIZE, render_contact_sheet, render_strip
 from src.utils.errors import UserError
-from src.utils.io import atomic_write
+from src.utils.io import atomic_write, check_output_path
 
 VIDEO_FORMATS = ("mp4", "gif", "webp")
+#: frames per second any video may have: one frame every 100 s up to 1000 a second
+FPS_RANGE = (0.01, 1000.0)
+#: a GIF stores each frame's delay in 1/100 s: faster than 100 fps it cannot say
+GIF_MAX_FPS = 100.0
+MP4_CRF = 10  # libx264 quality (imageio's quality=8): near lossless for these small videos
 
 
 def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
@@ -25,15 +36,19 @@ def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def mp4_available() -> bool:
-    """Whether mp4 can be written here (imageio's ffmpeg plugin and binary are installed)."""
+def ffmpeg_exe() -> str | None:
+    """The ffmpeg binary imageio-ffmpeg ships, or None where it is not installed."""
     try:
         import imageio_ffmpeg
 
-        imageio_ffmpeg.get_ffmpeg_exe()
-        return True
+        return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception:  # not installed, or no binary for this platform
-        return False
+        return None
+
+
+def mp4_available() -> bool:
+    """Whether mp4 can be written here (imageio's ffmpeg plugin and binary are installed)."""
+    return ffmpeg_exe() is not None
 
 
 def default_video_suffix() -> str:
@@ -49,46 +64,112 @@ def video_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     return fmt
 
 
+def check_fps(fps, fmt: str) -> float:
+    """``fps`` as a float, or a UserError when a video of ``fmt`` cannot play at that rate."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise UserError(f"fps must be a number, got {fps!r}") from None
+    low, high = FPS_RANGE
+    if fmt == "gif":
+        high = GIF_MAX_FPS
+    if not (math.isfinite(value) and low <= value <= high):
+        why = " (a GIF stores frame delays in 1/100 s)" if fmt == "gif" and value > high else ""
+        raise UserError(f"fps must be between {low:g} and {high:g} for a .{fmt} video{why}, got {fps}")
+    return value
+
+
+def _ffmpeg_failure(returncode: int, stderr: bytes) -> OSError:
+    """The cause of a failed ffmpeg run as an OSError (a full disk, a file-size limit, ...)."""
+    if returncode < 0:
+        if -returncode == signal.SIGXFSZ:
+            return OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return OSError(errno.EIO, f"ffmpeg was killed by {signal.Signals(-returncode).name}")
+    text = stderr.decode("utf-8", "replace")
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return OSError(errno.EIO, f"ffmpeg failed ({lines[-1] if lines else f'exit code {returncode}'})")
+
+
+def _run_ffmpeg(args: list[str], data: bytes | None = None) -> bytes:
+    """Run the bundled ffmpeg quietly; its stdout, or the OSError of its failure. Its own session:
+    a terminal's Ctrl-C reaches only Python, which kills it on the way out."""
+    stdin = {"input": data} if data is not None else {"stdin": subprocess.DEVNULL}
+    proc = subprocess.run([ffmpeg_exe(), "-y", "-v", "error", *args], capture_output=True, start_new_session=True,
+                          **stdin)
+    if proc.returncode != 0:
+        raise _ffmpeg_failure(proc.returncode, proc.stderr)
+    return proc.stdout
+
+
+def encode_mp4(data: np.ndarray, path: Path, fps: float) -> None:
+    """Frames [T,H,W,3] uint8 -> H.264 mp4 at ``path`` (exact frame size; yuv444p for odd sizes)."""
+    t, h, w, _ = data.shape
+    pix_fmt = "yuv444p" if h % 2 or w % 2 else "yuv420p"
+    _run_ffmpeg(["-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{w}x{h}", "-pix_fmt", "rgb24",
+                 "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an", "-vcodec", "libx264",
+                 "-pix_fmt", pix_fmt, "-crf", str(MP4_CRF), str(path)], np.ascontiguousarray(data).tobytes())
+
+
+def check_mp4(path: Path, frame_shape: tuple[int, int, int]) -> None:
+    """Raise unless ``path``'s header reads and its first frame decodes to ``frame_shape`` [H,W,3]."""
+    first = _run_ffmpeg(["-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+    if len(first) != int(np.prod(frame_shape)):
+        raise ValueError(f"its first frame decodes to {len(first)} bytes, expected {int(np.prod(frame_shape))}")
+
+
+def check_image(path: Path, size: tuple[int, int], frames: int = 1) -> None:
+    """Raise unless ``path`` decodes (Pillow: a PNG's chunk checksums; the pixels of the first and the
+    last frame) to images of ``size`` (width, height), at most ``frames`` of them (a GIF merges equal
+    neighbours)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if getattr(im, "n_frames", 1) == 1:
+            im.verify()
+    with Image.open(path) as im:
+        im.load()
+        n = getattr(im, "n_frames", 1)
+        if n > 1:
+            im.seek(n - 1)
+            im.load()
+        if im.size != tuple(size) or n > frames:
+            raise ValueError(f"it decodes to {n} frame(s) of {im.size[0]}x{im.size[1]}, expected {frames} of "
+                             f"{size[0]}x{size[1]}")
+
+
 def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 10.0, fmt: str | None = None) -> Path:
-    """Write frames [T,3,H,W] in [-1,1] as mp4 (H.264 via imageio-ffmpeg), gif or webp (Pillow)."""
-    if fps <= 0:
-        raise UserError(f"fps must be positive, got {fps}")
-    fmt = video_format(path, fmt)
+    """Write frames [T,3,H,W] in [-1,1] as mp4 (H.264, the ffmpeg of imageio-ffmpeg), gif or webp
+    (Pillow); renamed into place only once its first frame decodes (see ``atomic_write``)."""
+    fmt = video_format(check_output_path(path, probe=False), fmt)
+    fps = check_fps(fps, fmt)
     data = to_uint8_frames(frames)
     if fmt == "mp4" and not mp4_available():
         raise UserError(f"cannot write {path}: mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or use .gif/.webp")
-    with atomic_write(path) as tmp:
-        if fmt == "mp4":
-            import imageio.v2 as imageio
+    t, h, w, _ = data.shape
+    if fmt == "mp4":
+        with atomic_write(path, verify=lambda tmp: check_mp4(tmp, (h, w, 3))) as tmp:
+            encode_mp4(data, tmp, fps)
+        return Path(path)
+    from PIL import Image
 
-            # yuv420p needs even sizes; macro_block_size=1 keeps the exact frame size.
-            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
-                                        macro_block_size=1, ffmpeg_log_level="error",
-                                        pixelformat="yuv444p" if data.shape[1] % 2 or data.shape[2] % 2 else "yuv420p")
-            try:
-                for frame in data:
-                    writer.append_data(frame)
-            finally:
-                writer.close()
-        else:
-            from PIL import Image
-
-            images = [Image.fromarray(f) for f in data]
-            kwargs = dict(save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
-            if fmt == "webp":
-                kwargs.update(lossless=False, quality=90)
-            images[0].save(tmp, format=fmt.upper(), **kwargs)
+    with atomic_write(path, verify=lambda tmp: check_image(tmp, (w, h), t)) as tmp:
+        images = [Image.fromarray(f) for f in data]
+        kwargs = dict(save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
+        if fmt == "webp":
+            kwargs.update(lossless=False, quality=90)
+        images[0].save(tmp, format=fmt.upper(), **kwargs)
     return Path(path)
 
 
 def _write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     from PIL import Image
 
-    with atomic_write(path) as tmp:
+    with atomic_write(path, verify=lambda tmp: check_image(tmp, (image.shape[1], image.shape[0]))) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return Path(path)
-
-
 def write_strip(frames: torch.Tensor, path: str | os.PathLike, title: str | Sequence[str] | None = None,
                 columns: int | None = None, max_frame_size: int | None = MAX_FRAME_SIZE) -> Path:
     """Write every frame of frames [T,3,H,W] in [-1,1] as a PNG grid, each frame under its index
