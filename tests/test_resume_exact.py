@@ -166,3 +166,31 @@ def test_synthetic_stream_continues_with_any_number_of_workers(workers):
     whole = [_key(b) for b in itertools.islice(iter(make()), 7)]
     resumed = _resumed(make, 3, {"epoch": 0, "batches": 3})
     assert [_key(b) for b in itertools.islice(iter(resumed), 4)] == whole[3:]
+
+
+def test_a_sampler_lightning_puts_in_restarts_at_its_start():
+    from torch.utils.data import SequentialSampler
+
+    from src.data.resume import ResumableLoader
+    from src.embedded.datamodule import _Range
+
+    data = _Range(4)  # overfit_batches: Lightning rebuilds the loader around a SequentialSampler
+    loader = ResumableLoader(data, batch_size=None, sampler=SequentialSampler(data))
+    loader.load_state_dict({"epoch": 0, "batches": 3})
+    assert [int(b) for b in loader] == [0, 1, 2, 3] and loader.state_dict() == {"epoch": 0, "batches": 4}
+
+
+def test_the_newest_of_last_and_the_slurm_requeue_checkpoint_is_resumed(tmp_path):
+    import os
+
+    from src.systems.resume import resume_checkpoint
+
+    assert resume_checkpoint(tmp_path) is None
+    last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_3.ckpt"
+    last.parent.mkdir()
+    for path, when in ((last, 100), (hpc, 200)):
+        path.write_bytes(b"x")
+        os.utime(path, ns=(when * 10**9, when * 10**9))
+    assert resume_checkpoint(tmp_path) == hpc  # SIGUSR1 saved it after the last step checkpoint
+    os.utime(last, ns=(300 * 10**9, 300 * 10**9))
+    assert resume_checkpoint(tmp_path) == last

@@ -158,3 +158,11 @@ def test_other_ranks_take_no_lock(tmp_path, monkeypatch, live_owner):
     monkeypatch.setenv("LOCAL_RANK", "1")
     folder, lock = claim_run_dir(compose_train(["trainer.max_steps=1"], tmp_path))
     assert folder == tmp_path / "run" and lock is None
+
+
+def test_an_unknown_run_lock_mode_is_one_line(tmp_path):
+    from src.systems.run_lock import claim_run_dir
+    from src.utils.errors import UserError
+
+    with pytest.raises(UserError, match="^run_lock must be one of refuse, new_folder, got 'share'$"):
+        claim_run_dir(compose_train(["run_lock=share"], tmp_path))

@@ -64,21 +64,19 @@ class ResumableStream(IterableDataset):
 class ResumableLoader(DataLoader):
     """A DataLoader of whole batches (``batch_size=None``) whose place in the stream is saved in
     checkpoints. ``progress``: the batches of the current epoch training has consumed (the data
-    module passes the trainer's count); None or returning None: the batches this loader handed out."""
+    module passes the trainer's count); None or returning None: the batches this loader handed out.
+    With a sampler Lightning substituted (``overfit_batches``) it restarts at the sampler's start."""
 
     def __init__(self, *args: Any, progress: Optional[Callable[[], Optional[int]]] = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.batch_size is not None:
             raise ValueError("ResumableLoader serves whole batches: pass batch_size=None")
-        sampled = isinstance(self.sampler, ResumableSampler)
-        if not sampled and not isinstance(self.dataset, ResumableStream):
-            raise ValueError("ResumableLoader needs a ResumableSampler or a ResumableStream dataset")
         self._progress = progress
         self._handed_out = 0
 
     def __iter__(self) -> Iterator[Any]:
         # a generator: the sampler's order is drawn at the first batch, after Lightning's set_epoch
-        start = self.sampler.start if isinstance(self.sampler, ResumableSampler) else int(self.dataset.start)
+        start = self.sampler.start if isinstance(self.sampler, ResumableSampler) else int(getattr(self.dataset, "start", 0))
         iterator = super().__iter__()  # the sampler, or the stream in each worker, takes its start here
         if isinstance(self.dataset, ResumableStream):
             self.dataset.start = 0  # the workers took their copies; the next epoch begins at batch 0
@@ -99,6 +97,8 @@ class ResumableLoader(DataLoader):
                 epoch, batches = epoch + 1, 0
             self.sampler.set_epoch(epoch)
             self.sampler.start = batches
-        else:
+        elif isinstance(self.dataset, ResumableStream):
             self.dataset.start = batches
+        else:  # Lightning put its own sampler in (overfit_batches): it starts where it starts
+            batches = 0
         self._handed_out = batches
