@@ -483,3 +483,18 @@ def test_bilinear_reflect_matches_grid_sample_and_has_double_backward():
     ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     torch.testing.assert_close(ours, ref)
     assert torch.autograd.gradgradcheck(lambda t: bilinear_sample_reflect(t, grid), (x,))
+
+
+def test_a_checkpoint_records_the_render_state_before_the_prefetched_reals():
+    """The reals of the next step are rendered ahead; a resumed run must render them again."""
+    from src.embedded.training.gan_reals import RealPrefetcher
+
+    g = torch.Generator().manual_seed(3)
+    reals = RealPrefetcher(2, 16)
+    reals.take(g, torch.device("cpu"))
+    reals.prefetch(g, torch.device("cpu"))  # the next step's reals, drawn before the checkpoint
+    saved = reals.state_before_pending
+    pending = reals.take(g, torch.device("cpu"))
+    resumed = torch.Generator()
+    resumed.set_state(saved)
+    torch.testing.assert_close(RealPrefetcher(2, 16).take(resumed, torch.device("cpu")), pending, rtol=0, atol=0)

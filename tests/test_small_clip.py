@@ -288,3 +288,16 @@ def test_init_checkpoint_and_bad_robust_options(cache_file, tmp_path):
     for bad in (dict(augment_p=1.5), dict(adv_weight=-0.1), dict(adv_eps=-1.0), dict(noise_std=-0.1)):
         with pytest.raises(UserError):
             _module(cache_file, **bad)
+
+
+def test_a_resumed_module_continues_the_pair_stream(cache_file):
+    m = _module(cache_file)
+    m._ensure_generator()
+    make_pairs(8, m._gen, 16, "cpu", allowed=m._allowed)  # a step's draw
+    ckpt: dict = {}
+    m.on_save_checkpoint(ckpt)
+    expected = make_pairs(8, m._gen, 16, "cpu", allowed=m._allowed)[1]
+    resumed = _module(cache_file)
+    resumed.on_load_checkpoint(ckpt)
+    resumed._ensure_generator()  # keeps the restored state
+    assert make_pairs(8, resumed._gen, 16, "cpu", allowed=resumed._allowed)[1] == expected

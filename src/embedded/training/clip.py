@@ -149,6 +149,17 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
             rank = self.global_rank if self._trainer is not None else 0
             self._gen = torch.Generator().manual_seed(int(self.hparams.seed) * 1000003 + rank)
 
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The pair generator's state: a resumed run continues its stream instead of replaying it."""
+        if self._gen is not None:
+            checkpoint["clip_pair_rng"] = self._gen.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "clip_pair_rng" in checkpoint:
+            self._gen = torch.Generator()
+            self._gen.set_state(checkpoint["clip_pair_rng"])
+
     # ---------------------------------------------------------------- training
     def configure_optimizers(self):
         h = self.hparams

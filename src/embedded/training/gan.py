@@ -281,8 +281,9 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
     # ---------------------------------------------------------------- checkpoint / export
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["stylegan_progress"] = {"cur_nimg": int(self.cur_nimg), "iteration": int(self.iteration)}
-        if self._gen is not None:
-            checkpoint["stylegan_progress"]["render_rng"] = self._gen.get_state()
+        if self._gen is not None:  # before the prefetched batch: a resumed run renders it again
+            pending = self._reals.state_before_pending
+            checkpoint["stylegan_progress"]["render_rng"] = pending if pending is not None else self._gen.get_state()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         prog = checkpoint.get("stylegan_progress", {})

@@ -37,9 +37,13 @@ class RealPrefetcher:
         self.resolution = resolution
         self._side_stream = None
         self._next_real: Optional[Tensor] = None
+        # the render generator's state before the pending prefetch: what a checkpoint must record,
+        # so that a resumed run renders that batch again instead of skipping it
+        self.state_before_pending: Optional[Tensor] = None
 
     def prefetch(self, generator: torch.Generator, device: torch.device) -> None:
         """Render the next batch now (queued on the side stream on CUDA)."""
+        self.state_before_pending = generator.get_state()
         if device.type != "cuda":
             self._next_real = render_reals(self.batch_size, generator, self.resolution, device)
             return
@@ -55,7 +59,7 @@ class RealPrefetcher:
         if self._next_real is None:
             self.prefetch(generator, device)
         real = self._next_real
-        self._next_real = None
+        self._next_real, self.state_before_pending = None, None
         if device.type == "cuda":
             main = torch.cuda.current_stream(device)
             main.wait_stream(self._side_stream)
