@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from src.embedded.conv_net import SmallConvNet
-from src.networks.weights_file import load_net_state, read_net_files, save_net
+from src.networks.weights_file import build_checked, load_net_state, read_net_files, save_net
 from src.utils.errors import UserError
 
 
@@ -47,8 +47,5 @@ def load_face_id(path: str | Path, device: str | torch.device = "cpu") -> Synthe
     meta, weights = read_net_files(path, "face-id")
     if meta.get("class") != "SyntheticFaceID":
         raise UserError(f"{weights.with_suffix('.json')} describes a {meta.get('class')!r}, not a SyntheticFaceID")
-    try:
-        net = SyntheticFaceID(**meta["init_kwargs"])
-    except TypeError as e:
-        raise UserError(f"{weights.with_suffix('.json')}: bad face-id arguments ({e})") from None
+    net = build_checked(lambda: SyntheticFaceID(**meta["init_kwargs"]), weights, "face-id")
     return load_net_state(net, weights).to(device).eval().requires_grad_(False)

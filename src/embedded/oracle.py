@@ -14,7 +14,7 @@ import torch
 from src.embedded.conv_net import SmallConvNet
 from src.embedded.params import NUM_PARAMS, PARAM_SPACE, observable_mask
 from src.embedded.vocabulary import apply_preset, get
-from src.networks.weights_file import load_net_state, net_files, read_net_files, save_net
+from src.networks.weights_file import build_checked, load_net_state, net_files, read_net_files, save_net
 from src.utils.errors import UserError
 
 
@@ -84,10 +84,7 @@ def load_attribute_net(path: str | Path, device: str | torch.device = "cpu",
     if kwargs.get("num_params", len(names)) != len(names):
         raise UserError(f"{weights.with_suffix('.json')}: {len(names)} parameter names for "
                         f"{kwargs.get('num_params')} outputs")
-    try:
-        oracle = AttributeOracle(**{**kwargs, "num_params": len(names)})
-    except TypeError as e:
-        raise UserError(f"{weights.with_suffix('.json')}: bad oracle arguments ({e})") from None
+    oracle = build_checked(lambda: AttributeOracle(**{**kwargs, "num_params": len(names)}), weights, "oracle")
     return load_net_state(oracle, weights).to(device).eval(), names
 
 

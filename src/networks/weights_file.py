@@ -1,18 +1,21 @@
 """Small networks stored as <stem>.safetensors (weights) + <stem>.json (class, init kwargs, extras).
 
-Reading never executes code from the files (safetensors + JSON); writes are atomic.
+Reading never executes code from the files (safetensors + JSON), and allocates nothing before the
+sidecar's numbers are checked against the tensors the weights file stores (``build_checked``);
+writes are atomic.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
 
 from src.utils.errors import UserError
-from src.utils.io import atomic_write, atomic_write_text
+from src.utils.io import (atomic_write, atomic_write_text, check_architecture, check_input_file,
+                          check_sidecar_values, stored_shapes)
 
 
 def weights_stem(path: str | Path) -> Path:
@@ -47,7 +50,7 @@ def save_net(net: nn.Module, path: str | Path, meta: dict[str, Any], dtype: Opti
 
 def read_net_files(path: str | Path, what: str) -> tuple[dict[str, Any], Path]:
     """(meta dict, weights path) of a stored network; ``what`` names it in errors ('oracle')."""
-    weights, meta_path = net_files(path)
+    weights, meta_path = (check_input_file(p, what) for p in net_files(path))
     if not weights.is_file() or not meta_path.is_file():
         raise UserError(f"{what} weights not found: need {weights} and {meta_path}")
     try:
@@ -56,7 +59,20 @@ def read_net_files(path: str | Path, what: str) -> tuple[dict[str, Any], Path]:
             raise KeyError("init_kwargs")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path} is not a{'n' if what[0] in 'aeiou' else ''} {what} description ({e})") from None
+    check_sidecar_values(meta["init_kwargs"], str(meta_path), "init_kwargs")
     return meta, weights
+
+
+def build_checked(build: Callable[[], nn.Module], weights: Path, what: str) -> nn.Module:
+    """``build()``, once the network it describes has the very tensor shapes ``weights`` stores (built
+    on the meta device first: a sidecar's sizes never allocate more than the file holds). A TypeError
+    of the constructor (an unknown argument) becomes one line naming the sidecar."""
+    meta_path = net_files(weights)[1]
+    try:
+        check_architecture(build, stored_shapes(weights), str(meta_path))
+        return build()
+    except TypeError as e:
+        raise UserError(f"{meta_path}: bad {what} arguments ({e})") from None
 
 
 def load_net_state(net: nn.Module, weights: Path) -> nn.Module:

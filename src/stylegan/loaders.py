@@ -7,6 +7,7 @@ from pathlib import Path
 
 from src.stylegan.generator import Generator
 from src.utils.errors import UserError
+from src.utils.io import check_input_file
 
 FORMATS = ("nvidia-pickle", "torch", "safetensors")
 
@@ -18,6 +19,7 @@ def detect_format(path) -> str:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a generator file (.pkl, .pt, .safetensors)")
+    check_input_file(path, "generator")
     try:
         with open(path, "rb") as f:
             head = f.read(16)

@@ -16,9 +16,9 @@ from typing import Tuple
 import torch
 
 from src.stylegan.generator import Generator
-from src.stylegan.nvidia_pickle import copy_tensors_into
+from src.stylegan.nvidia_pickle import check_generator_kwargs, copy_tensors_into
 from src.utils.errors import UserError
-from src.utils.io import atomic_write, atomic_write_text
+from src.utils.io import atomic_write, atomic_write_text, check_input_file, stored_shapes
 
 FORMAT = "lgfa-stylegan2"
 VERSION = 1
@@ -56,6 +56,7 @@ def save_generator(G: Generator, path, fp16: bool = False) -> Path:
 def read_sidecar(path) -> dict:
     """Validated sidecar JSON of a .safetensors generator."""
     st_path, json_path = paths_for(path)
+    check_input_file(json_path, "generator sidecar")
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -76,9 +77,12 @@ def load_native(path, device="cpu") -> Generator:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    st_path, _ = paths_for(path)
+    st_path, json_path = paths_for(path)
     meta = read_sidecar(st_path)
+    if not check_input_file(st_path, "generator").is_file():
+        raise UserError(f"{st_path}: file not found")
     try:
+        check_generator_kwargs(meta["init_kwargs"], stored_shapes(st_path), str(json_path))
         G = Generator(**meta["init_kwargs"])
     except TypeError as e:
         raise UserError(f"{st_path}: bad init_kwargs in the sidecar ({str(e).splitlines()[0]})") from None

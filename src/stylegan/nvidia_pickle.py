@@ -15,9 +15,28 @@ import torch
 from src.stylegan.generator import Generator
 from src.stylegan.restricted_unpickler import PERSISTENCE_VERSION, PersistentRecord, Refused, load_pickle_data
 from src.utils.errors import UserError
+from src.utils.io import check_architecture, check_sidecar_values
 
 GENERATOR_ARG_NAMES = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs",
                        "synthesis_kwargs")
+#: the largest generator a description may ask for: images of 4096 px, 64 mapping layers
+MAX_RESOLUTION, MAX_MAPPING_LAYERS = 4096, 64
+
+
+def check_generator_kwargs(kwargs: dict, shapes: Dict[str, Any], where: str) -> None:
+    """Refuse Generator kwargs (of a sidecar or a pickle) beyond sane bounds, or whose network's
+    tensors would not have exactly the stored ``shapes`` {name: shape}: checked on the meta device,
+    before the Generator is allocated. UserError led by ``where`` (TypeError for unknown arguments)."""
+    check_sidecar_values(kwargs, where, "init_kwargs")
+    lead = f"{where}: " if where else ""
+    resolution = kwargs.get("img_resolution", 1024)
+    if not isinstance(resolution, int) or not 4 <= resolution <= MAX_RESOLUTION or resolution & (resolution - 1):
+        raise UserError(f"{lead}img_resolution must be a power of two in 4..{MAX_RESOLUTION}, got {resolution!r}")
+    mapping = kwargs.get("mapping_kwargs") or {}
+    layers = mapping.get("num_layers", 8) if isinstance(mapping, dict) else 8
+    if not isinstance(layers, int) or not 1 <= layers <= MAX_MAPPING_LAYERS:
+        raise UserError(f"{lead}mapping_kwargs.num_layers must be in 1..{MAX_MAPPING_LAYERS}, got {layers!r}")
+    check_architecture(lambda: Generator(**kwargs), shapes, where)
 
 
 def _plain_data(v):
@@ -125,6 +144,7 @@ def load_nvidia_pickle(path, device="cpu") -> Generator:
     except Refused as e:
         raise UserError(f"{path}: {e}") from None
     try:
+        check_generator_kwargs(kwargs, {k: tuple(v.shape) for k, v in tensors.items()}, "")
         G = Generator(**kwargs)
     except UserError as e:
         raise UserError(f"{path}: not a supported StyleGAN2-ADA generator: {e}") from None

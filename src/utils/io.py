@@ -6,7 +6,9 @@ Ctrl-C, SIGTERM or SIGHUP it is removed and the old file stays as it was; a full
 folder is one :class:`WriteError` line naming the path and the cause. A killed writer's (kill -9)
 temporaries go at the next write of the same file. ``together()``: several writes, all or nothing.
 
-Reading: ``check_input_file`` refuses FIFOs, devices and folders before anything opens them."""
+Reading: ``check_input_file`` refuses FIFOs, devices and folders before anything opens them;
+``check_architecture`` compares a JSON sidecar's network with the tensors a weights file stores,
+before a byte of that network is allocated."""
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +23,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from src.utils.errors import UserError, first_line
 
@@ -78,6 +80,10 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{_named(what, p)} is {file_kind(st)}, not a regular file")
     return p
+
+
+def _lead(where: str) -> str:
+    return f"{where}: " if where else ""
 
 
 def _named(what: str, p: Path) -> str:
@@ -264,6 +270,77 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
     with atomic_write(path, verify=same_bytes, allow_empty=not data) as tmp:
         tmp.write_bytes(data)
+
+
+#: bounds on every number a sidecar describes a network with (sizes, counts) and on its nesting
+SIDECAR_MAX_INT = 1 << 17
+SIDECAR_MAX_ITEMS = 64
+
+
+def check_sidecar_values(value: Any, where: str, key: str = "", depth: int = 0) -> None:
+    """Refuse a sidecar value no network has: an integer beyond +-2**17, a float that is not finite,
+    more than 64 items or 4 levels, a string over 256 characters."""
+    bad = None
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        bad = abs(value) > SIDECAR_MAX_INT and f"{value} is beyond +-{SIDECAR_MAX_INT}"
+    elif isinstance(value, float):
+        bad = not (abs(value) < 1e9) and f"{value} is not a sane number"
+    elif isinstance(value, str):
+        bad = len(value) > 256 and "a string of over 256 characters"
+    elif isinstance(value, (list, dict)):
+        bad = (len(value) > SIDECAR_MAX_ITEMS or depth >= 4) and "too many items or levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items if not bad else ():
+            check_sidecar_values(v, where, f"{key}.{k}" if key else str(k), depth + 1)
+    else:
+        bad = f"a {type(value).__name__}"
+    if bad:
+        raise UserError(f"{_lead(where)}{key or 'value'}: {bad}")
+
+
+def stored_shapes(weights: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every tensor in a .safetensors file, from its header alone (nothing loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = check_input_file(weights, "weights")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not a readable safetensors file: corrupt or truncated ({first_line(e)})") from None
+
+
+def check_architecture(build: Callable[[], Any], shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Build ``build()``'s module with every tensor made by size (empty, zeros, randn, ...) on the meta
+    device, so nothing is allocated, and refuse it unless its state dict has exactly the names and
+    shapes of ``shapes`` (what a file stores): ``w_dim: 1000000`` ends here in one line, not in
+    gigabytes. ``where`` (the sidecar) leads the message; errors of ``build`` itself pass."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    sized = {torch.empty, torch.zeros, torch.ones, torch.full, torch.randn, torch.rand, torch.randint,
+             torch.normal, torch.eye, torch.arange, torch.empty_strided}
+
+    class SizedOnMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func in sized:
+                kwargs["device"] = "meta"
+            return func(*args, **kwargs)
+
+    try:
+        with SizedOnMeta():
+            own = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as e:
+        raise UserError(f"{_lead(where)}describes no network that can be built ({first_line(e)})") from None
+    problems = [f"{k} has shape {list(shapes[k])}, expected {list(v)}" for k, v in own.items()
+                if k in shapes and tuple(shapes[k]) != v]
+    problems += [f"missing {k}" for k in own if k not in shapes] + [f"unexpected {k}" for k in shapes if k not in own]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{_lead(where)}weights do not match the architecture: {'; '.join(problems[:3])}{more}")
 
 
 def sha256_files(files, chunk: int = 1 << 20) -> str:
