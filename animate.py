@@ -24,15 +24,10 @@ def run(cfg) -> Path:
     import torch
 
     from src.pipeline import FaceAnimator
-    from src.utils.errors import UserError
-    from src.utils.video import video_format, write_strip, write_video
+    from src.utils.io import together
+    from src.utils.video import write_strip, write_video
 
-    output = Path(cfg.output)
-    video_format(output)  # fail on a bad extension before any work
-    text = cfg.text if isinstance(cfg.text, str) else list(cfg.text)
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but CUDA is not available")
+    output, text, device = check_arguments(cfg)
     if cfg.get("diverse") is not None:
         check_diverse(cfg)
     overrides = {"inference.projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
@@ -47,10 +42,33 @@ def run(cfg) -> Path:
         save_latent(ws, Path(cfg.save_latent))
     with torch.no_grad():
         video = animator(ws, text, **motion)
-    write_video(video, output, fps=cfg.fps)
-    if cfg.strip:
-        write_strip(video, output.with_suffix(".png"), title=text)
+    with together():  # the video and its strip: both new, or both as they were
+        write_video(video, output, fps=cfg.fps)
+        if cfg.strip:
+            write_strip(video, output.with_suffix(".png"), title=text)
     return output
+
+
+def check_arguments(cfg) -> tuple:
+    """(output path, text, torch.device), once every value and path is checked: before any work,
+    a bad value or a file that cannot be read or written ends in one line."""
+    from src.config.cli import parse_device, prompt_text
+    from src.utils.errors import UserError
+    from src.utils.io import check_input_file, check_output_path
+    from src.utils.video import check_fps, video_format
+
+    output = check_output_path(cfg.output)
+    check_fps(cfg.fps, video_format(output))
+    if cfg.strip:
+        check_output_path(output.with_suffix(".png"), "strip")
+    if cfg.get("save_latent"):
+        if Path(cfg.save_latent).suffix != ".npy":
+            raise UserError(f"save_latent={cfg.save_latent}: write a .npy file")
+        check_output_path(cfg.save_latent, "save_latent")
+    for key in ("checkpoint", "image", "latent"):
+        if cfg.get(key):
+            check_input_file(cfg[key], f"{key}=")
+    return output, prompt_text(cfg.text), parse_device(cfg.device)
 
 
 def check_diverse(cfg) -> None:
@@ -74,6 +92,7 @@ def animate_diverse(animator, cfg, text, motion: dict, output: Path) -> Path:
     import torch
     from tqdm import tqdm
 
+    from src.utils.io import together
     from src.utils.video import write_contact_sheet, write_grid_video
 
     faces = animator.sample_near_average(cfg.diverse)
@@ -86,10 +105,11 @@ def animate_diverse(animator, cfg, text, motion: dict, output: Path) -> Path:
     cells = torch.cat([videos, videos.new_ones(rows * cols - n, t, c, h, w)])
     # each column of faces stacked into one tall video; write_grid_video puts the columns side by side
     columns = cells.reshape(rows, cols, t, c, h, w).permute(1, 2, 3, 0, 4, 5).reshape(cols, t, c, rows * h, w)
-    write_grid_video(columns, output, fps=cfg.fps)
-    if cfg.strip:
-        write_contact_sheet(videos, output.with_suffix(".png"), row_labels=[f"face {i}" for i in range(n)],
-                            frame_step=max(1, math.ceil((t - 1) / 7)), title=text)
+    with together():
+        write_grid_video(columns, output, fps=cfg.fps)
+        if cfg.strip:
+            write_contact_sheet(videos, output.with_suffix(".png"), row_labels=[f"face {i}" for i in range(n)],
+                                frame_step=max(1, math.ceil((t - 1) / 7)), title=text)
     return output
 
 
@@ -102,16 +122,24 @@ def save_latent(ws, path: Path) -> None:
 
     if path.suffix != ".npy":
         raise UserError(f"save_latent={path}: write a .npy file")
-    with atomic_write(path) as tmp:
+    array = ws.detach().cpu().numpy()
+
+    def same_array(tmp: Path) -> None:
+        if not np.array_equal(np.load(tmp, allow_pickle=False), array):
+            raise ValueError("the latent read back differs")
+
+    with atomic_write(path, verify=same_array) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, ws.detach().cpu().numpy())
+            np.save(f, array)
 
 
 def list_prompts(cfg) -> str:
     """The prompts the checkpoint's animator was trained on, one a line (its file's record only)."""
     from src.pipeline.animator_file import read_animator_file
     from src.pipeline.components import prompt_list
+    from src.utils.io import check_input_file
 
+    check_input_file(cfg.checkpoint, "checkpoint=")
     prompts = prompt_list(read_animator_file(cfg.checkpoint).hyper_parameters.get("domain") or {})
     if not prompts:
         return f"{cfg.checkpoint} records no prompt list: any sentence goes"

@@ -81,3 +81,39 @@ def unknown_flags(argv: Sequence[str]) -> list[str]:
     except SystemExit:  # a known flag with a bad value: Hydra's parser says so itself below
         return []
     return [a for a in unknown if a.startswith("-")]
+
+
+def unknown_additions(config_name: str, argv: Sequence[str]) -> None:
+    """Refuse ``+key=value`` / ``++key=value`` of a key the command's schema does not have (Hydra would
+    add it silently, where a misspelt ``key=value`` already fails) and ``~key`` (a command's keys all
+    have a meaning: set one to null instead). UserError naming the argument."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig
+
+    from src.config.compose import top_keys
+    from src.config.schema import register_configs
+    from src.utils.errors import UserError
+
+    deleted = next((a for a in argv if a.startswith("~")), None)
+    if deleted:
+        key = deleted[1:].split("=", 1)[0]
+        raise UserError(f"{deleted}: {config_name} keys cannot be deleted; set {key}=<value> instead")
+    added = [a for a in argv if a.startswith("+") and "=" in a]
+    if not added:
+        return
+    register_configs()
+    schema = ConfigStore.instance().load(f"{config_name}_schema.yaml").node
+    for arg in added:
+        node, parts = schema, arg.split("=", 1)[0].lstrip("+").split(".")
+        for depth, part in enumerate(parts):
+            if isinstance(node, DictConfig) and part in node:
+                node = node._get_node(part)
+                continue
+            if depth == 0:
+                raise UserError(f"{arg}: unknown key '{part}' ({config_name} takes: "
+                                f"{', '.join(top_keys(config_name))}; --help explains them)")
+            parent = ".".join(parts[:depth])
+            keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+            near = difflib.get_close_matches(part, keys, n=3)
+            hint = f" (did you mean {' or '.join(near)}?)" if near else f"; its keys: {', '.join(keys)}"
+            raise UserError(f"{arg}: {parent} has no key '{part}'{hint if keys else ''}")

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from src.utils.errors import UserError
+from src.utils.io import check_input_file
 from src.utils.log import warn
 
 #: latent_distance above which a given latent is warned about (its own faces: mean ~1, max ~2)
@@ -36,11 +37,15 @@ class FaceInputs:
             return self.sample_latents(1, seed=0 if seed is None else int(seed))
         label = "the image"
         if isinstance(face, (str, Path)):
-            if Path(face).suffix.lower() in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
-                return self.checked_latent(load_latent(face, self.generator).to(self.device), str(face))
+            suffix = Path(face).suffix.lower()
+            if suffix in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
+                path = check_input_file(face, "latent")
+                ws = latent_from_tensor(native_array(path), self.generator, str(face)) if suffix in (".npy", ".npz") \
+                    else load_latent(path, self.generator)
+                return self.checked_latent(ws.to(self.device), str(face))
             from src.data.images import load_image
 
-            label, face = str(face), load_image(face)
+            label, face = str(face), load_image(check_input_file(face, "image"))
         if not isinstance(face, torch.Tensor):
             raise UserError(f"a face is a latent, an image or a file path, not {type(face).__name__}")
         if face.shape[-3:-2] == (3,) and face.dim() in (3, 4):  # an image
@@ -107,3 +112,17 @@ class FaceInputs:
                  f"faces score about 1): expect a distorted face. Use a latent of this generator (seed=, or "
                  f"image= to project a photo)")
         return ws
+
+
+
+def native_array(path: str | Path):
+    """The latent array of a .npy / .npz file in this machine's byte order (a file saved big-endian
+    reads as any other); a UserError when it holds no numbers."""
+    from src.inversion.projection import _read_array
+
+    if not Path(path).is_file():
+        raise UserError(f"latent file not found: {path}")
+    data = _read_array(Path(path))
+    if data.dtype.kind not in "fiu":
+        raise UserError(f"{path}: holds {data.dtype} values, not a latent array of numbers")
+    return data.astype(data.dtype.newbyteorder("="), copy=False)
