@@ -77,28 +77,17 @@ def assert_old_intact(*paths: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- values and keys
-@pytest.mark.parametrize("args,needle", [
-    (["device=foo"], "device=foo"),
-    (["device=meta"], "device=meta"),
-    (["fps=inf"], "fps"),
-    (["fps=0.001", "output={tmp}/o.gif"], "fps"),
-    (["fps=1e-9"], "fps"),
-    (["fps=nan"], "fps"),
-    (["text=null"], "text=null"),
-    (["text={a:1}"], "text={a:1}"),
-    (["text=[1,2]"], "JSON list of strings"),
-    (["text=[]"], "text"),
-    (["~text"], "~text"),
-    (["+foo=1"], "unknown key 'foo'"),
-    (["++foo=1"], "unknown key 'foo'"),
-    (["+paths.x=1"], "paths has no key 'x'"),
-    (["output={tmp}"], "is a folder"),
-    (["output={tmp}/file.mp4/o.mp4"], "not a folder"),
-    (["save_latent={tmp}/w.txt"], ".npy"),
+@pytest.mark.parametrize("args,needle", [  # args: space-separated; {tmp}: the test's folder
+    ("device=foo", "device=foo"), ("device=meta", "device=meta"), ("fps=inf", "fps"), ("fps=nan", "fps"),
+    ("fps=0.001 output={tmp}/o.gif", "fps"), ("fps=1e-9", "fps"), ("text=null", "text=null"),
+    ("text={a:1}", "text={a:1}"), ("text=[1,2]", "JSON list of strings"), ("text=[]", "text"), ("~text", "~text"),
+    ("+foo=1", "unknown key 'foo'"), ("++foo=1", "unknown key 'foo'"), ("+paths.x=1", "paths has no key 'x'"),
+    ("output={tmp}", "is a folder"), ("output={tmp}/file.mp4/o.mp4", "not a folder"),
+    ("save_latent={tmp}/w.txt", ".npy"),
 ])
 def test_bad_values_end_in_one_line_before_any_work(exported, tmp_path, capsys, args, needle):
     (tmp_path / "file.mp4").write_bytes(OLD)
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    args = args.replace("{tmp}", str(tmp_path)).split()
     base = [f"checkpoint={exported['path']}", "frames=2", f"output={tmp_path / 'o.mp4'}"]
     one_line_error(*run_main(base + args, capsys), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.mp4"]  # nothing written
@@ -343,30 +332,18 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
 
 # ----------------------------------------------------------------------------- text, JSON, PNG writers
 def test_text_and_png_writers_check_what_they_wrote(tmp_path, monkeypatch):
-    import io
-
+    """An evaluation JSON or a PNG cut short without an exception (as a full disk may leave them)."""
     from PIL import Image
 
-    from src.utils.video import write_strip
-
-    out = tmp_path / "r.json"
-    uio.atomic_write_text(out, '{"old": 1}')
-    real = Path.write_bytes
-    monkeypatch.setattr(Path, "write_bytes", lambda self, data: real(self, data[: len(data) // 2]))
-    with pytest.raises(UserError, match=r"cannot write .*r\.json: the written file does not read back"):
-        uio.atomic_write_text(out, json.dumps({"new": list(range(100))}))
-    monkeypatch.undo()
-    assert out.read_text() == '{"old": 1}' and not leftovers(tmp_path)
-    png = write_strip(torch.zeros(2, 3, 8, 8), tmp_path / "s.png")
+    json_file, png = tmp_path / "r.json", uvideo.write_strip(torch.zeros(2, 3, 8, 8), tmp_path / "s.png")
+    uio.atomic_write_text(json_file, '{"old": 1}')
     before = png.read_bytes()
-    real_save = Image.Image.save
-
-    def cut_png(self, fp, *args, **kw):  # a PNG cut short, as a full disk leaves it, and no exception
-        buf = io.BytesIO()
-        real_save(self, buf, *args, **kw)
-        Path(fp).write_bytes(buf.getvalue()[: len(buf.getvalue()) - 20])
-
-    monkeypatch.setattr(Image.Image, "save", cut_png)
-    with pytest.raises(UserError, match="s.png: the written file does not read back"):
-        write_strip(torch.ones(2, 3, 8, 8), png)
-    assert png.read_bytes() == before and not leftovers(tmp_path)
+    real_write, real_save = Path.write_bytes, Image.Image.save
+    monkeypatch.setattr(Path, "write_bytes", lambda self, data: real_write(self, data[: len(data) // 2]))
+    monkeypatch.setattr(Image.Image, "save", lambda self, fp, *a, **k: (real_save(self, fp, *a, **k),
+                                                                        os.truncate(fp, os.path.getsize(fp) - 20)))
+    with pytest.raises(UserError, match=r"r\.json: the written file does not read back"):
+        uio.atomic_write_text(json_file, json.dumps({"new": list(range(100))}))
+    with pytest.raises(UserError, match=r"s\.png: the written file does not read back"):
+        uvideo.write_strip(torch.ones(2, 3, 8, 8), png)
+    assert json_file.read_text() == '{"old": 1}' and png.read_bytes() == before and not leftovers(tmp_path)

@@ -62,8 +62,8 @@ def write_error(target: Path, e: BaseException) -> WriteError:
 def file_kind(st: os.stat_result) -> str:
     """'a folder', 'a FIFO (named pipe)', ... for what is not a regular file."""
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    return next((name for test, name in kinds if test(st.st_mode)), "not a regular file")
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (lambda m: True, "not a regular file"))
+    return next(name for test, name in kinds if test(st.st_mode))
 
 
 def check_input_file(path: str | os.PathLike, what: str) -> Path:
@@ -125,7 +125,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # EPERM: alive, another user's
+    except PermissionError:  # alive, another user's
         pass
     return True
 
@@ -197,11 +197,11 @@ def _settle(tmp: Path, verify: Optional[Callable[[Path], None]], allow_empty: bo
         os.close(fd)
     if size == 0 and not allow_empty:
         raise OSError(errno.EIO, "the written file is empty (nothing reached the disk)")
-    if verify is not None:
-        try:
+    try:
+        if verify is not None:
             verify(tmp)
-        except Exception as e:
-            raise OSError(errno.EIO, f"the written file does not read back ({first_line(e)})") from None
+    except Exception as e:
+        raise OSError(errno.EIO, f"the written file does not read back ({first_line(e)})") from None
 
 
 @contextlib.contextmanager
