@@ -347,7 +347,7 @@ def sha256_files(files, chunk: int = 1 << 20) -> str:
     """Hex sha256 over the bytes of ``files`` in the given order (pins frozen weights in checkpoints)."""
     h = hashlib.sha256()
     for path in files:
-        with open(path, "rb") as f:
+        with open(check_input_file(path, "file"), "rb") as f:  # a FIFO would block here forever
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
