@@ -20,16 +20,16 @@ from pathlib import Path
 
 def run(cfg) -> dict:
     """Evaluate as ``cfg`` says; returns the result (also written to cfg.output)."""
-    import torch
-
     from src.eval.paper_scores import face_network
     from src.eval.runner import evaluate, summary_table
     from src.pipeline import FaceAnimator
-    from src.utils.errors import UserError
-    from src.utils.io import atomic_write_text
+    from src.config.cli import parse_device
+    from src.utils.io import atomic_write_text, check_output_path
 
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device=cuda but CUDA is not available")
+    # both before any work: a bad device or an unwritable output would otherwise fail after the evaluation
+    device = str(parse_device(cfg.device))
+    check_output_path(cfg.output)
+    cfg.device = device
     overrides = {"inference.projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
     pipeline = FaceAnimator.from_pretrained(cfg.checkpoint, device=cfg.device, overrides=overrides)
     oracle = None
