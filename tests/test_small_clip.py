@@ -301,3 +301,18 @@ def test_a_resumed_module_continues_the_pair_stream(cache_file):
     resumed.on_load_checkpoint(ckpt)
     resumed._ensure_generator()  # keeps the restored state
     assert make_pairs(8, resumed._gen, 16, "cpu", allowed=resumed._allowed)[1] == expected
+
+
+def test_an_architecture_file_with_huge_sizes_is_refused_before_allocating(tmp_path):
+    import json as _json
+
+    from src.utils.errors import UserError
+
+    src = sc.SmallClip(**ARCH)
+    path = sc.save_small_clip(src, tmp_path / "c")
+    meta = path.with_suffix(".json")
+    info = _json.loads(meta.read_text())
+    info["arch"]["embed_dim"] = 1_000_000
+    meta.write_text(_json.dumps(info))
+    with pytest.raises(UserError, match="do not match the architecture|no network"):
+        sc.load_small_clip(path)

@@ -223,8 +223,12 @@ def load_small_clip(path: str | os.PathLike, device: str | torch.device = "cpu",
         info = json.loads(js_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"small CLIP architecture file {js_path} is not valid JSON: {e}") from e
-    if info.get("format") != "small_clip" or "arch" not in info:
+    if info.get("format") != "small_clip" or not isinstance(info.get("arch"), dict):
         raise UserError(f"{js_path} is not a small CLIP architecture file")
+    from src.utils.io import check_architecture, stored_shapes
+
+    # the architecture file's sizes are checked against the stored tensors before anything is allocated
+    check_architecture(lambda: SmallClip(**info["arch"]), stored_shapes(st_path), str(js_path))
     model = SmallClip(**info["arch"])
     try:
         state = load_file(str(st_path))
