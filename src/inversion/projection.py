@@ -223,7 +223,11 @@ def latent_from_tensor(t: Any, G: Any, what: str = "latent") -> torch.Tensor:
     G: the generator (or a (num_ws, w_dim) tuple) that fixes the expected shape; ``what`` names the
     latent in errors."""
     num_ws, w_dim = _latent_dims(G)
-    t = torch.as_tensor(np.asarray(t) if isinstance(t, np.ndarray) else t)
+    if isinstance(t, np.ndarray):
+        if t.dtype.kind not in "fiu":
+            raise UserError(f"{what}: holds {t.dtype} values, not a latent array of numbers")
+        t = t.astype(t.dtype.newbyteorder("="), copy=False)  # a file saved big-endian reads as any other
+    t = torch.as_tensor(t)
     if not t.is_floating_point():
         raise UserError(f"{what}: latent must be floating point, got {t.dtype}")
     t = t.float()

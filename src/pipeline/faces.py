@@ -40,8 +40,7 @@ class FaceInputs:
             suffix = Path(face).suffix.lower()
             if suffix in (".npy", ".npz", ".pt", ".pth", ".safetensors"):
                 path = check_input_file(face, "latent")
-                ws = latent_from_tensor(native_array(path), self.generator, str(face)) if suffix in (".npy", ".npz") \
-                    else load_latent(path, self.generator)
+                ws = load_latent(path, self.generator)
                 return self.checked_latent(ws.to(self.device), str(face))
             from src.data.images import load_image
 
@@ -114,15 +113,3 @@ class FaceInputs:
         return ws
 
 
-
-def native_array(path: str | Path):
-    """The latent array of a .npy / .npz file in this machine's byte order (a file saved big-endian
-    reads as any other); a UserError when it holds no numbers."""
-    from src.inversion.projection import _read_array
-
-    if not Path(path).is_file():
-        raise UserError(f"latent file not found: {path}")
-    data = _read_array(Path(path))
-    if data.dtype.kind not in "fiu":
-        raise UserError(f"{path}: holds {data.dtype} values, not a latent array of numbers")
-    return data.astype(data.dtype.newbyteorder("="), copy=False)
