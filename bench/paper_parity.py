@@ -32,6 +32,7 @@ from src.losses.animator import (contrastive_clip_loss, endpoint_loss, latent_re
                                  smoothness_loss)
 from src.networks.animator import RecurrentAnimator  # noqa: E402
 from src.networks.clip_encoder import ClipEncoder  # noqa: E402
+from src.pipeline.authors_checkpoint import AUTHORS_KEYS  # noqa: E402
 
 
 def install_stubs() -> None:
@@ -86,15 +87,10 @@ def authors_criteria(folder: Path) -> types.ModuleType:
     return module
 
 
-def copy_authors_weights(ours: RecurrentAnimator, rnn: nn.Module, mapper: nn.Module) -> None:
-    """Their rnn.fc1/fc2/fc3 and mapper.t_mapper/v_mapper layers -> our W1/W2/W3 and mappers."""
-    sd = {f"W{i}.{p}": getattr(getattr(rnn, f"fc{i}"), p) for i in (1, 2, 3) for p in ("weight", "bias")}
-    for i in (1, 2, 3):
-        for p in ("weight", "bias"):
-            sd[f"motion_mapper.net.{i}.{p}"] = getattr(mapper.t_mapper[i], p)
-            if ours.image_mapper is not None:
-                sd[f"image_mapper.net.{i}.{p}"] = getattr(mapper.v_mapper[i], p)
-    ours.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
+def copy_authors_weights(ours: RecurrentAnimator, model: nn.Module) -> None:
+    """Their model's rnn/mapper weights into ours, by the converter's key correspondence."""
+    theirs = model.state_dict()
+    ours.load_state_dict({k: theirs[AUTHORS_KEYS[k]].detach().clone() for k in ours.state_dict()}, strict=True)
 
 
 def report(name: str, ours: torch.Tensor, theirs: torch.Tensor, tol: float, relative: bool) -> bool:
@@ -141,7 +137,7 @@ def main() -> int:
     for image_branch in (True, False):
         ours = RecurrentAnimator(D, L, 512, hidden=384, variant="paper", mapper_hidden=1024, rnn_slope=0.01,
                                  image_branch=image_branch).to(dev)
-        copy_authors_weights(ours, rnn, mapper)
+        copy_authors_weights(ours, model)
         txt_e, img_e = F.normalize(enc.encode_text(tokens), dim=1), F.normalize(enc.encode_image(photo), dim=1)
         for frames, inference in ((4, False), (16, True)):
             model.n_frames = frames

@@ -1,6 +1,6 @@
 """The authors' checkpoints as animator files: a fake Iter_XXXXXX.pth with their key names (a tiny
 ResNet CLIP, small RNN and mappers, a 16 px generator with their w_dim 512), converted and animated;
-the animator must compute the authors' formulas (docs: /work/shared/docs/paper_method.md), written out
+the animator must compute the authors' formulas (the method as the authors' code has it), written out
 here again in float64."""
 from __future__ import annotations
 

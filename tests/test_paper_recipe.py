@@ -1,4 +1,4 @@
-"""The paper's recipe, option by option, against the formulas of docs (../shared/docs/paper_method.md):
+"""The paper's recipe, option by option, against the formulas of the method as the authors' code has it:
 each named option's paper value is checked numerically on small random networks and given tensors."""
 from __future__ import annotations
 

@@ -51,6 +51,11 @@ from src.utils.io import sha256_files
 EXPERIMENTS = ("human_paper", "metfaces_paper")
 W_DIM = 512  # the authors' Mapper writes 512 * num_ws values (their StyleGAN2's w_dim)
 RNN_KEYS = tuple(f"rnn.fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias"))
+# our RecurrentAnimator's state-dict key -> the authors' UniEditModelv1 key (rnn.py, modelv1.py)
+AUTHORS_KEYS = {**{f"W{i}.{p}": f"rnn.fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")},
+                **{f"{ours}.net.{i}.{p}": f"mapper.{theirs}.{i}.{p}" for ours, theirs in
+                   (("motion_mapper", "t_mapper"), ("image_mapper", "v_mapper")) for i in (1, 2, 3)
+                   for p in ("weight", "bias")}}
 T_MAPPER_KEYS = tuple(f"mapper.t_mapper.{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias"))
 # metadata entries of OpenAI's TorchScript CLIP state dicts, not weights
 _OPENAI_META = ("input_resolution", "context_length", "vocab_size")
@@ -165,14 +170,9 @@ def animator_weights(state: Mapping[str, torch.Tensor], net: Mapping[str, Any], 
                         "stored for lr_mul 1")
     with torch.device("meta"):
         target = RecurrentAnimator(embed_dim=embed_dim, num_ws=num_ws, w_dim=W_DIM, **net)
-    names = {f"W{i}.{p}": f"rnn.fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
-    for i in (1, 2, 3):
-        for p in ("weight", "bias"):
-            names[f"motion_mapper.net.{i}.{p}"] = f"mapper.t_mapper.{i}.{p}"
-            names[f"image_mapper.net.{i}.{p}"] = f"mapper.v_mapper.{i}.{p}"
     out = {}
     for key, shaped in target.state_dict().items():
-        theirs = names[key]
+        theirs = AUTHORS_KEYS[key]
         if theirs not in state:
             raise UserError(f"the checkpoint has no {theirs}, which the experiment's text+image animator needs")
         if tuple(state[theirs].shape) != tuple(shaped.shape):

@@ -12,7 +12,7 @@ is loaded (``hash_check``: error | warn | off). When fit ends, :meth:`AnimatorMo
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -25,6 +25,7 @@ from src.pipeline import FaceAnimator, components
 from src.pipeline.animator_file import FORMAT, read_animator_file
 from src.systems.animator_eval import AnimatorEvaluation
 from src.systems.animator_objective import AnimatorObjective
+from src.config.schema import LossConfig
 from src.utils.config import get_dotted, plain
 from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
                                AnimatorValidationConfig, migrate_train_group, typed_group)
@@ -32,9 +33,10 @@ from src.utils.errors import UserError
 
 FROZEN = ("generator", "clip", "loss_clip", "perceptual", "identity_net", "identity_metric_net")
 LOSS_KEYS = ("contrastive", "lpips", "smoothness", "endpoint", "latent", "identity", "tau")
-# how the terms are computed: allowed values, ours first (the default of a config that names none)
-LOSS_OPTIONS = {"latent_reduction": ("mean", "sum"), "negatives": ("global", "local"),
-                "resize_224": ("antialias", "pool")}
+# how the terms are computed: allowed values, the schema's default (ours) first, the value a config
+# that names none gets
+LOSS_OPTIONS = {f.name: (f.default.value, *(m.value for m in type(f.default) if m is not f.default))
+                for f in fields(LossConfig) if f.name in ("latent_reduction", "negatives", "resize_224")}
 H0_SEED_OFFSET = 2**31  # training h_0 seed of a sample = its latent seed + this (see AnimatorModule._h0_seeds)
 
 

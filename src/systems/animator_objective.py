@@ -20,18 +20,18 @@ class AnimatorObjective:
     """compute_losses(batch) -> (total, {term: value}, outputs) and the choices it rests on."""
 
     def _text_embedding(self, prompts) -> torch.Tensor:
-        if self.train_cfg.clip_finetune != "none" and torch.is_grad_enabled():
-            return self.clip.encode_text(prompts)
-        with torch.no_grad():
-            return self.clip.encode_text(prompts)
+        return self._embed(self.clip.encode_text, prompts, self.train_cfg.clip_finetune != "none")
 
     def _image_embedding(self, clip_image: torch.Tensor) -> torch.Tensor:
         """The animator's image embedding; with the whole CLIP fine-tuned (clip_finetune=all, the
         authors' code) the image tower gets gradients through the image mapper."""
-        if self.train_cfg.clip_finetune == "all" and torch.is_grad_enabled():
-            return self.clip.encode_image(clip_image)
-        with torch.no_grad():
-            return self.clip.encode_image(clip_image)
+        return self._embed(self.clip.encode_image, clip_image, self.train_cfg.clip_finetune == "all")
+
+    @staticmethod
+    def _embed(encode, x, trains: bool) -> torch.Tensor:
+        """encode(x), with gradients only when that tower trains."""
+        with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
+            return encode(x)
 
     def contrastive_groups(self, n: int) -> Optional[torch.Tensor]:
         """BoolTensor [n,n]: which local prompts each image contrasts against when loss.local_group
@@ -100,7 +100,7 @@ class AnimatorObjective:
         image_emb = self._image_embedding(target) if self.animator.image_branch else None
         text_emb = self._text_embedding(captions)
         out = self.animator(w_input, text_emb, image_emb, T, decay="none", h0_seeds=self._h0_seeds(batch))
-        ws, offsets = out["ws"], out["offsets"]
+        ws = out["ws"]
         if self.net_cfg.variant == "ours" and self.noise_mode != "random":
             # frame 0 is the input face exactly (ws[:,0] == w_input): render only frames 1..T-1
             frames = torch.cat([image[:, None], self.synthesize(ws[:, 1:])], dim=1)
