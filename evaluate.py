@@ -42,13 +42,14 @@ def run(cfg) -> dict:
         from src.embedded.oracle import load_oracle
 
         oracle = load_oracle(oracle_path, device=cfg.device).eval()
+    paper_metrics = bool(cfg.get("paper_metrics", True))
     face_net, face_net_name = face_network(pipeline.domain, cfg.face_net, cfg.paths.assets, cfg.paths.checkpoints,
-                                           cfg.device)
+                                           cfg.device) if paper_metrics else (None, "n/a (paper_metrics=false)")
     concepts = list(cfg.concepts) if cfg.get("concepts") else None
     result = evaluate(pipeline, cfg.faces, cfg.frames, cfg.batch, cfg.decay, cfg.strength, oracle, concepts,
                       face_seed_offset=cfg.face_seed_offset, motion_total=cfg.get("motion_total"),
                       identity_projection=cfg.get("identity_projection"), face_sampling=cfg.face_sampling,
-                      face_net=face_net, face_net_name=face_net_name)
+                      face_net=face_net, face_net_name=face_net_name, paper_metrics=paper_metrics)
     result["settings"]["checkpoint"] = str(cfg.checkpoint)
     result["settings"]["oracle"] = oracle_path
     atomic_write_text(cfg.output, json.dumps(result, indent=2))

@@ -123,3 +123,10 @@ def test_evaluate_on_faces_near_the_average(exported, tmp_path, capsys):  # noqa
     assert near["summary"] == again["summary"] and near["summary"]["clip_score"] != seeds["summary"]["clip_score"]
     assert evaluate.main([f"checkpoint={exported['path']}", "face_sampling=average"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: face_sampling 'average'")
+
+
+def test_evaluate_without_the_paper_metrics(exported, tmp_path, capsys):  # noqa: F811
+    result, printed = _evaluate(exported, tmp_path, capsys, "paper_metrics=false")
+    s = result["summary"]
+    assert not {"ms_ssim", "shape_acd", "face_acd"} & set(s) and "clip_score" in s
+    assert result["settings"]["paper_metrics"] is False and "MS-SSIM" not in printed.splitlines()[0]

@@ -43,15 +43,16 @@ if [ "${STAGE:-all}" != eval ]; then
   echo "training: $(( $(date +%s) - start )) s" > "$RUNS/timing.txt"
 fi
 [ "${STAGE:-all}" = train ] && exit 0
-# evaluation: EVAL_JOBS at a time, each with its share of the CPU threads (nine evaluations with a full
-# thread pool each ran at about 1 video/s on 16 cores, CPU-bound)
+# evaluation: EVAL_JOBS at a time (default all), each with its share of the CPU threads; the oracle's
+# figures only (paper_metrics=false: MS-SSIM and the ACDs run on the CPU in float64 and would dominate)
 n=0
+EVAL_JOBS=${EVAL_JOBS:-${#VARIANTS[@]}}
 for v in "${!VARIANTS[@]}"; do
   ckpt=$RUNS/animator/runs/pvo-$v/animator.safetensors
   [ -f "$ckpt" ] || continue
-  OMP_NUM_THREADS=$(( $(nproc) / ${EVAL_JOBS:-3} )) python evaluate.py checkpoint="$ckpt" faces=$FACES batch=$FACES \
-    device=cuda output="$RUNS/$v.json" > "$RUNS/$v.eval.log" 2>&1 &
-  n=$((n + 1)); [ $((n % ${EVAL_JOBS:-3})) = 0 ] && wait
+  OMP_NUM_THREADS=$(( ($(nproc) + EVAL_JOBS - 1) / EVAL_JOBS )) python evaluate.py checkpoint="$ckpt" \
+    faces=$FACES batch=$FACES paper_metrics=false device=cuda output="$RUNS/$v.json" > "$RUNS/$v.eval.log" 2>&1 &
+  n=$((n + 1)); [ $((n % EVAL_JOBS)) = 0 ] && wait
 done
 wait
 echo "evaluation: $(( $(date +%s) - start )) s" >> "$RUNS/timing.txt"

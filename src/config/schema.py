@@ -234,6 +234,7 @@ class EvaluateConfig:
     projection_reader: Optional[str] = None
     oracle: Optional[str] = "auto"    # the embedded domain's attribute oracle: auto (for that domain) | a path | null
     face_net: Optional[str] = "auto"  # the network of the face ACD: auto (the domain's) | a path | null
+    paper_metrics: bool = True        # false: skip MS-SSIM, shape and face ACD (CPU-bound, float64)
     concepts: Optional[List[str]] = None  # null: every concept of the checkpoint's domain
     device: str = "cpu"
     output: str = "evaluation.json"   # the full results (JSON, written atomically)

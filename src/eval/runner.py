@@ -28,14 +28,15 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
              strength: float = 1.0, oracle=None, concepts: Optional[Sequence[str]] = None,
              face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None,
              identity_projection: Optional[float] = None, face_sampling: str = "seeds", face_net=None,
-             face_net_name: str = "n/a (no face recogniser given)") -> dict:
+             face_net_name: str = "n/a (no face recogniser given)", paper_metrics: bool = True) -> dict:
     """Animate ``n_faces`` faces with every concept's prompt: face_sampling 'seeds' takes the faces
     of seeds face_seed_offset + i, 'near_average' new faces near the average face
     (``FaceAnimator.sample_near_average`` with seed face_seed_offset).
 
     pipeline: a :class:`~src.pipeline.FaceAnimator`; oracle: the embedded domain's attribute oracle
     (adds right-way, reach and identity-drift scores); face_net, face_net_name: the network of the
-    face ACD and its name (see ``src.eval.paper_scores.face_network``). motion_total,
+    face ACD and its name (see ``src.eval.paper_scores.face_network``); paper_metrics False skips
+    MS-SSIM and both ACDs (computed on the CPU in float64, the slowest part on a GPU). motion_total,
     identity_projection: see ``FaceAnimator.animate`` (default: the file's setting).
     Returns {summary, per_concept, settings}."""
     from tqdm import tqdm
@@ -87,8 +88,9 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
                               prompt_list=prompt_list)
             for k, v in m.items():
                 sums[k] += v * len(seeds)
-            for k, v in paper_video_sums(video, face_net).items():
-                sums[k] += v
+            if paper_metrics:
+                for k, v in paper_video_sums(video, face_net).items():
+                    sums[k] += v
             fd.update(image, real=True)
             fd.update(video[:, -1].clamp(-1, 1), real=False)
             if oracle is not None:
@@ -132,6 +134,7 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
                          "identity_projection": identity_projection,
                          "projection_reader": pipeline.inference_cfg.projection_reader if identity_projection else None,
                          "concepts": concepts, "face_seed_offset": face_seed_offset, "face_sampling": face_sampling,
+                         "paper_metrics": paper_metrics,
                          "face_acd_network": face_net.name if face_net is not None else face_net_name}}
 
 
