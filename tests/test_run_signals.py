@@ -166,3 +166,38 @@ def test_an_unknown_run_lock_mode_is_one_line(tmp_path):
 
     with pytest.raises(UserError, match="^run_lock must be one of refuse, new_folder, got 'share'$"):
         claim_run_dir(compose_train(["run_lock=share"], tmp_path))
+
+
+# ----------------------------------------------------------------------------- spawned ranks (ddp_spawn)
+
+TINY_ORACLE = ["task=oracle", "hardware=ddp_cpu", "logger=csv", "test=false", "model.resolution=32",
+               "model.batch_size=8", "model.width=8", "model.hidden=16", "data.val_batches=1",
+               "trainer.val_check_interval=3", "callbacks.model_checkpoint.every_n_train_steps=3", "name=ranks"]
+
+
+@pytest.mark.slow
+def test_a_signal_to_a_run_of_spawned_ranks_saves_and_the_rerun_resumes(tmp_path):
+    """hardware=ddp_cpu: the ranks are child processes. A SIGTERM to the parent (as `kill PID` sends
+    it) reaches the ranks, rank 0 saves the step they agree on, the parent says which, exit 143; the
+    rerun resumes from it and keeps writing last.ckpt (no last-v1.ckpt beside a stale last.ckpt)."""
+    run = tmp_path / "logs" / "oracle" / "runs" / "ranks"
+    last = run / "checkpoints" / "last.ckpt"
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY_ORACLE, f"paths.log_dir={tmp_path / 'logs'}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LGFA_VERBOSE")}
+    proc = subprocess.Popen(cmd + ["trainer.max_steps=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env=env)
+    _wait_for(last.is_file, proc, timeout=180)  # the ranks train
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("error: stopped by SIGTERM at step ") and "Traceback" not in err, err[-3000:]
+    assert f"saved {last}" in last_line and err.count("SIGTERM: saving the current step") == 1
+    step = int(last_line.split(" at step ")[1].split(";")[0])
+    assert torch.load(last, weights_only=True)["global_step"] == step >= 3
+    assert not any(f"rank{r}" in err.lower() for r in (": 0]", ": 1]"))  # no per-rank library lines
+    done = subprocess.run(cmd + [f"trainer.max_steps={step + 2}"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and f"resuming from {last}" in done.stderr, done.stderr[-3000:]
+    assert not list(last.parent.glob("last-v*.ckpt"))
+    assert torch.load(last, weights_only=True)["global_step"] == step + 2

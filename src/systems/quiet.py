@@ -7,6 +7,8 @@ import logging
 import os
 import warnings
 
+import pytorch_lightning as pl
+
 # Warnings of the libraries that a user of train.py cannot act on (regexes matched from the message's start)
 NOISE_WARNINGS = (
     r"The '\w+' does not have many workers",                 # num_workers is hardware.num_workers; 0 is right on CPU
@@ -51,9 +53,24 @@ def quiet_libraries() -> None:
 
     for name in NOISE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # spawned DDP ranks stopped by a signal: torch's "Terminating process N via signal SIGTERM" as they exit
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     root = logging.getLogger()
     if not any(isinstance(f, _NoLibraryInfoOnRoot) for f in root.filters):
         root.addFilter(_NoLibraryInfoOnRoot())
     for pattern in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.formatwarning = _one_line_warning  # after Lightning's import, which installs its own
+
+
+class QuietSpawnedRanks(pl.Callback):
+    """Ranks that a spawning strategy started (``ddp_spawn``) begin without this process's logging and
+    warning setup: it is applied there as the rank unpickles its trainer, before Lightning's banners."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "pickled_in": os.getpid()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if state.get("pickled_in") != os.getpid():  # unpickled in another process: a spawned rank
+            quiet_libraries()

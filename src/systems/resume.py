@@ -25,11 +25,15 @@ from src.utils.errors import UserError
 from src.utils.seeds import derive_seed
 
 _HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
+_LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # -vN: what a version counter of ModelCheckpoint would have written
 
 
 def resume_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The checkpoint a rerun of ``run_dir`` resumes from (the most recently written), or None."""
-    found = [run_dir / "checkpoints" / "last.ckpt"]
+    """The checkpoint a rerun of ``run_dir`` resumes from (the most recently written of last*.ckpt and
+    SLURM's requeue checkpoints), or None."""
+    found = []
+    if (run_dir / "checkpoints").is_dir():
+        found += [p for p in (run_dir / "checkpoints").iterdir() if _LAST.match(p.name)]
     if run_dir.is_dir():
         found += [p for p in run_dir.iterdir() if _HPC.match(p.name)]
     found = [p for p in found if p.is_file()]

@@ -202,15 +202,16 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     from src.systems.resume import StepSeeds, check_checkpoint_fits, resume_checkpoint
+    from src.systems.quiet import QuietSpawnedRanks
     from src.systems.signals import SaveAndStop, StopSignals
     from src.utils.run_meta import save_run_metadata
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_run_metadata(run_dir, OmegaConf.to_yaml(cfg, resolve=True), cfg.seed, ROOT)
-    signals = StopSignals()
+    signals = StopSignals(forward_to_children="spawn" in str(cfg.hardware.get("strategy") or ""))
     stopper = SaveAndStop(signals, run_dir / "checkpoints" / "last.ckpt")
     # first: Lightning's checks of hardware/trainer cost no model loading
-    trainer = build_trainer(cfg, run_dir, [StepSeeds(cfg.seed), stopper])
+    trainer = build_trainer(cfg, run_dir, [StepSeeds(cfg.seed), stopper, QuietSpawnedRanks()])
     datamodule, model = _build(cfg)
 
     ckpt = resume_checkpoint(run_dir) if cfg.resume else None
@@ -280,6 +281,8 @@ def _stopped(stopper: Any, trainer: Any, run_dir: Path, stage: str):
     signals = stopper.signals
     signum = signals.signum or signal.SIGTERM
     name = signal.Signals(signum).name
+    if stopper.saved_step is None and signals.forward_to_children:  # the spawned ranks saved it
+        stopper.saved_step = stopper.step_saved_by_ranks()
     step = int(trainer.global_step if stopper.saved_step is None else stopper.saved_step)
     hint = f"resume with the same command and name={run_dir.name}" if not is_sweep() else "rerun the sweep to resume"
     if signals.forced:

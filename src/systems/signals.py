@@ -8,14 +8,21 @@ stops at once, without saving.
 * :class:`SaveAndStop` (a callback) acts on it after the step: all DDP ranks agree first (any
   rank's signal stops every rank at the same step). Lightning's own SIGTERM handling, which can
   stop a run during validation, ends in the same save (``on_exception``).
+* Under a spawning strategy (``ddp_spawn``, ``hardware=ddp_cpu``) the ranks are child processes:
+  the callback installs the same handlers in each of them, and the parent forwards a signal it gets
+  to them as SIGTERM (a Ctrl-C that reached the whole process group stays one stop, not a second
+  SIGINT). Rank 0 writes the checkpoint; the parent reads the saved step from it.
 * SIGUSR1 is left to Lightning: SLURM's auto-requeue saves ``hpc_ckpt_N.ckpt`` and requeues the
   job; the rerun resumes from it (src/systems/resume.py).
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,10 +50,21 @@ class StopSignals:
     process; a second SIGINT raises KeyboardInterrupt (``forced``). The previous handlers come back
     on exit. Outside the main thread it does nothing (signals go to the main thread only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, forward_to_children: bool = False) -> None:
         self.signum: Optional[int] = None
+        self.received_at: Optional[float] = None  # time.time() of the first signal
         self.forced = False
+        self.forward_to_children = forward_to_children  # a spawning strategy: the ranks are our children
+        self.owner_pid = os.getpid()
         self._previous: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict:  # sent to spawned ranks: the parent's handlers stay behind
+        return {**self.__dict__, "_previous": {}}
+
+    @property
+    def in_spawned_rank(self) -> bool:
+        """Whether this process is a rank that a spawning strategy started (not the one that made us)."""
+        return os.getpid() != self.owner_pid
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -60,6 +78,13 @@ class StopSignals:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def reclaim(self) -> None:
+        """SIGTERM back to this handler alone after Lightning put its own in front of it: Lightning's
+        broadcasts from inside the handler, which deadlocks ranks that get the signal at different
+        moments; the callback's per-step agreement does that job."""
+        if signal.SIGTERM in self._previous and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else "a signal"
@@ -68,8 +93,16 @@ class StopSignals:
         if self.signum is not None and signum == signal.SIGINT:
             self.forced = True
             raise KeyboardInterrupt
+        if self.forward_to_children and not self.in_spawned_rank:
+            for child in multiprocessing.active_children():  # the spawned ranks
+                try:
+                    os.kill(child.pid, signal.SIGTERM)
+                except (ProcessLookupError, TypeError):
+                    pass
         if self.signum is None:
-            self.signum = signum
+            self.signum, self.received_at = signum, time.time()
+            if self.in_spawned_rank:  # the parent says it
+                return
             again = " (Ctrl-C again stops at once, unsaved)" if signum == signal.SIGINT else ""
             print(f"{signal.Signals(signum).name}: saving the current step, then stopping{again}",
                   file=sys.stderr, flush=True)
@@ -86,6 +119,32 @@ class SaveAndStop(pl.Callback):
         self.signals, self.checkpoint = signals, Path(checkpoint)
         self.saved_step: Optional[int] = None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.signals.in_spawned_rank and not self.signals._previous:
+            self.signals.__enter__()  # this rank's own handlers (the parent's stay in the parent)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signals.reclaim()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signals.reclaim()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.signals.in_spawned_rank:
+            self.signals.__exit__(None, None, None)
+
+    def step_saved_by_ranks(self) -> Optional[int]:
+        """In the parent of spawned ranks: the step of the checkpoint they wrote after the signal."""
+        import torch
+
+        when = self.signals.received_at
+        if when is None or not self.checkpoint.is_file() or self.checkpoint.stat().st_mtime < when - 1.0:
+            return None
+        try:
+            return int(torch.load(self.checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        except Exception:  # unreadable: say unsaved rather than fail the stop
+            return None
+
     def requested(self, trainer: pl.Trainer) -> bool:
         """Whether a stop signal came to any rank (every rank must ask at the same point)."""
         mine = self.signals.signum is not None
@@ -94,7 +153,7 @@ class SaveAndStop(pl.Callback):
         return mine
 
     def save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.checkpoint)
+        trainer.save_checkpoint(self.checkpoint, weights_only=False)
         self.saved_step = int(trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
