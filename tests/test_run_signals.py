@@ -201,3 +201,36 @@ def test_a_signal_to_a_run_of_spawned_ranks_saves_and_the_rerun_resumes(tmp_path
     assert done.returncode == 0 and f"resuming from {last}" in done.stderr, done.stderr[-3000:]
     assert not list(last.parent.glob("last-v*.ckpt"))
     assert torch.load(last, weights_only=True)["global_step"] == step + 2
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_saves_at_a_step_boundary_and_requeues(tmp_path):
+    """Under SLURM (auto-requeue), SIGUSR1 writes hpc_ckpt_1.ckpt after the step (weights, step and the
+    loader's batch count agree: the requeued job continues exactly) and runs `scontrol requeue <job>`;
+    training goes on until SLURM stops it (here: SIGTERM)."""
+    run = tmp_path / "logs" / "oracle" / "runs" / "slurm"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.txt"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "LGFA_VERBOSE")}
+    env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1",
+               SLURM_JOB_NAME="lgfa", SLURM_JOB_ID="4242", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
+               SLURM_NODELIST="localhost")
+    args = [a for a in TINY_ORACLE if not a.startswith(("hardware=", "name="))] + ["hardware=cpu", "name=slurm"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, "trainer.max_steps=100000",
+                             f"paths.log_dir={tmp_path / 'logs'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env=env)
+    _wait_for((run / "checkpoints" / "last.ckpt").is_file, proc, timeout=180)
+    proc.send_signal(signal.SIGUSR1)
+    hpc = run / "hpc_ckpt_1.ckpt"
+    _wait_for(lambda: (tmp_path / "scontrol.txt").is_file(), proc, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
+    assert "requeued SLURM job 4242" in err and f"to {hpc}" in err
+    ckpt = torch.load(hpc, weights_only=True)
+    step = ckpt["global_step"]
+    assert step >= 3 and ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": step}]
+    assert sorted(p.name for p in run.glob("hpc_ckpt_*.ckpt")) == ["hpc_ckpt_1.ckpt"]  # Lightning's handler kept out

@@ -9,7 +9,8 @@
 #   <option>    ours with that one option set to the paper's value
 # Results: $RUNS/<variant>.json (evaluate.py) and the table $RUNS/paper_vs_ours.md (bench/paper_vs_ours_table.py).
 # STAGE=train | eval | all (default): the two halves can run as separate calls on the same machine.
-#   RUNS=/tmp/pvo STEPS=600 FACES=40 bash scripts/device/paper_vs_ours.sh   (one H100: ~4 min of training)
+#   RUNS=/tmp/pvo STEPS=600 FACES=60 EVAL_JOBS=3 SEED=7 bash scripts/device/paper_vs_ours.sh   (one H100: ~4.5 min of
+#   training, ~1 min of evaluation); another SEED gives a second training run of every variant
 set -u
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-${TMPDIR:-/tmp}/paper_vs_ours}
@@ -20,7 +21,7 @@ mkdir -p "$RUNS"
 export PYTHONUNBUFFERED=1 LGFA_LPIPS_DIR=${LGFA_LPIPS_DIR:-$PWD/.carry/lpips}
 common="paths.log_dir=$RUNS hardware=gpu hardware.cpu_threads=1 logger=csv test=false data.batch_size=16 \
 trainer.max_steps=$STEPS +trainer.max_time=00:00:0$MAX_MIN:00 trainer.val_check_interval=$STEPS data.val_batches=1 \
-model.validation.video_every_n_steps=0 seed=7"
+model.validation.video_every_n_steps=0 seed=${SEED:-7}"
 PAPER_NET="model.net.variant=paper model.net.rnn_slope=0.01 model.net.mapper_hidden=1024 model.inference.motion_total=paper"
 declare -A VARIANTS=(
   [ours]=""

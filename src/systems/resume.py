@@ -24,7 +24,7 @@ import torch
 from src.utils.errors import UserError
 from src.utils.seeds import derive_seed
 
-_HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
+HPC_CHECKPOINT = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")  # SLURM requeue checkpoints (src/systems/requeue.py)
 _LAST = re.compile(r"^last(-v\d+)?\.ckpt$")  # -vN: what a version counter of ModelCheckpoint would have written
 
 
@@ -35,7 +35,7 @@ def resume_checkpoint(run_dir: Path) -> Optional[Path]:
     if (run_dir / "checkpoints").is_dir():
         found += [p for p in (run_dir / "checkpoints").iterdir() if _LAST.match(p.name)]
     if run_dir.is_dir():
-        found += [p for p in run_dir.iterdir() if _HPC.match(p.name)]
+        found += [p for p in run_dir.iterdir() if HPC_CHECKPOINT.match(p.name)]
     found = [p for p in found if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 

@@ -203,6 +203,7 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     from src.systems.resume import StepSeeds, check_checkpoint_fits, resume_checkpoint
     from src.systems.quiet import QuietSpawnedRanks
+    from src.systems.requeue import SlurmRequeue
     from src.systems.signals import SaveAndStop, StopSignals
     from src.utils.run_meta import save_run_metadata
 
@@ -211,7 +212,8 @@ def _fit_and_test(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     signals = StopSignals(forward_to_children="spawn" in str(cfg.hardware.get("strategy") or ""))
     stopper = SaveAndStop(signals, run_dir / "checkpoints" / "last.ckpt")
     # first: Lightning's checks of hardware/trainer cost no model loading
-    trainer = build_trainer(cfg, run_dir, [StepSeeds(cfg.seed), stopper, QuietSpawnedRanks()])
+    trainer = build_trainer(cfg, run_dir, [StepSeeds(cfg.seed), stopper, QuietSpawnedRanks(),
+                                           SlurmRequeue(run_dir)])
     datamodule, model = _build(cfg)
 
     ckpt = resume_checkpoint(run_dir) if cfg.resume else None

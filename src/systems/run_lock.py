@@ -43,7 +43,8 @@ def _start_time(pid: int) -> Optional[str]:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
-def _slurm_job() -> Optional[str]:
+def slurm_job() -> Optional[str]:
+    """This SLURM job: an array task as <array job>_<task>, else SLURM_JOB_ID (None outside SLURM)."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{job}_{task}" if job and task else job
@@ -51,12 +52,12 @@ def _slurm_job() -> Optional[str]:
 
 def me() -> dict[str, Any]:
     pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "start": _start_time(pid), "slurm_job": _slurm_job()}
+    return {"pid": pid, "host": socket.gethostname(), "start": _start_time(pid), "slurm_job": slurm_job()}
 
 
 def owner_alive(owner: dict[str, Any]) -> bool:
     """Whether the process that wrote ``owner`` may still run (see the module docstring)."""
-    if owner.get("slurm_job") and owner.get("slurm_job") == _slurm_job():
+    if owner.get("slurm_job") and owner.get("slurm_job") == slurm_job():
         return False  # this job, requeued: its earlier run is over
     if owner.get("host") != socket.gethostname():
         return True
