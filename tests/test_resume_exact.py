@@ -214,10 +214,16 @@ def test_stop_and_resume_on_the_gpu_gives_the_uninterrupted_weights(tiny_overrid
     b = torch.load(cut / "run/checkpoints/last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == N
     assert a["loops"]["fit_loop"]["state_dict"]["combined_loader"] == b["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    worst = 0.0
-    for k, v in a["state_dict"].items():
-        if v.is_floating_point():
-            diff = (v.double() - b["state_dict"][k].double()).abs().max().item()
-            worst = max(worst, diff)
-            assert diff <= 1e-5 * (1.0 + v.double().abs().max().item()), f"{k}: {diff}"
+    worst = assert_close_weights(a["state_dict"], b["state_dict"])
     print(f"largest weight difference after resume on {torch.cuda.get_device_name()}: {worst:.3g}")
+
+
+def assert_close_weights(a: dict, b: dict, rel: float = 1e-5) -> float:
+    """Every floating tensor of ``b`` within rel * (1 + max |a|) of ``a``; returns the largest difference."""
+    worst = 0.0
+    for k, v in a.items():
+        if v.is_floating_point():
+            diff = (v.double() - b[k].double()).abs().max().item()
+            worst = max(worst, diff)
+            assert diff <= rel * (1.0 + v.double().abs().max().item()), f"{k}: {diff}"
+    return worst

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
-from tests.test_resume_exact import _assert_bit_identical
+from tests.test_resume_exact import _assert_bit_identical, assert_close_weights
 
 COMMON = ["hardware=cpu", "logger=csv", "test=false", "seed=3", "data.val_batches=1",
           "callbacks.model_checkpoint.every_n_train_steps=1", "++data.steps_per_epoch=3"]
@@ -69,10 +69,5 @@ def test_a_stopped_task_resumes_on_the_gpu(task, tmp_path):
     train(compose_train(base + [f"trainer.max_steps={steps}"], cut))
     a, b = _last(whole), _last(cut)
     assert a["global_step"] == b["global_step"] == steps
-    worst = 0.0
-    for k, v in a["state_dict"].items():
-        if v.is_floating_point():
-            diff = (v.double() - b["state_dict"][k].double()).abs().max().item()
-            worst = max(worst, diff)
-            assert diff <= 1e-5 * (1.0 + v.double().abs().max().item()), f"{k}: {diff}"
+    worst = assert_close_weights(a["state_dict"], b["state_dict"])
     print(f"{task}: largest weight difference after resume on {torch.cuda.get_device_name()}: {worst:.3g}")
