@@ -241,12 +241,29 @@ class EvaluateConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class DemoSettings:  # demo.* of conf/demo.yaml (each key's meaning); value checks: src/demo/settings.py
+    checkpoint: str = "${paths.assets}/animator_synthetic.safetensors"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    device: str = "cpu"
+    queue_size: int = 8
+    max_upload_mb: float = 10.0
+
+
+@dataclass
+class DemoConfig:
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def register_configs() -> None:
     """Register the schemas under the names the primary configs list first in their defaults."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="animate_schema", node=AnimateConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="demo_schema", node=DemoConfig)
 
 
 _PRECISIONS = {"32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"}
