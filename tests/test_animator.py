@@ -89,6 +89,9 @@ def groups(**flat) -> dict:
                                                ("validation", AnimatorValidationConfig))
               for f in fields(cls)}
     out: dict = {}
+    # the unit tests' modules keep the CLIP frozen (one CLIP serves the animator and the loss) unless a
+    # test asks for fine-tuning; the task's default fine-tunes it (tests/test_paper_recipe.py covers that)
+    flat = {"clip_finetune": "none", **flat}
     for key, value in flat.items():
         group, name = renamed.get(key) or (owners[key], key)
         out.setdefault(group, {})[name] = value

@@ -33,7 +33,7 @@ class AnimatorTrainConfig:
     """The animator's objective and optimiser (``model.train``)."""
     frames: int = 4                    # frames per training video (paper); inference scales its steps to match
     lr: float = 1.0e-3                 # Adam lr of the RNN and mappers (paper)
-    clip_finetune: str = "none"        # which CLIP encoder towers train: none | text | all (paper: all, whole RN50)
+    clip_finetune: str = "all"         # which CLIP encoder towers train: none | text | all (paper: all, whole RN50)
     clip_lr: float = 1.0e-5            # their Adam lr (paper 1e-5)
     betas: List[float] = field(default_factory=lambda: [0.0, 0.999])  # Adam betas (paper)
     clip_loss: str = "contrastive"     # contrastive (paper) | cosine (1 - cos); loss.contrastive=0 -> cosine
@@ -51,13 +51,13 @@ CLIP_FINETUNE = ("none", "text", "all")
 
 def migrate_train_group(values: Optional[dict]) -> Optional[dict]:
     """``model.train`` as recorded by files that name the CLIP fine-tuning by ``text_lr`` alone
-    (text_lr > 0: the text tower trained at that lr) -> ``clip_finetune`` / ``clip_lr``."""
+    (text_lr > 0: the text tower trained at that lr; 0: none) -> ``clip_finetune`` / ``clip_lr``."""
     if not isinstance(values, dict) or "text_lr" not in values:
         return values
     values = dict(values)
     text_lr = float(values.pop("text_lr") or 0.0)
+    values.setdefault("clip_finetune", "text" if text_lr > 0 else "none")
     if text_lr > 0:
-        values.setdefault("clip_finetune", "text")
         values.setdefault("clip_lr", text_lr)
     return values
 

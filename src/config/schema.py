@@ -135,7 +135,7 @@ class LossConfig:
     latent: float = 1.0
     identity: float = 0.0
     tau: float = 0.07
-    latent_reduction: LatentReduction = LatentReduction.mean
+    latent_reduction: LatentReduction = LatentReduction.sum
     negatives: Negatives = Negatives["global"]
     local_group: Optional[int] = None  # local negatives: contrast within groups of this many prompts of the
                                        # batch (one GPU standing in for GPUs of that batch); null: the whole batch

@@ -48,6 +48,9 @@ def grouped(hyper_parameters: Mapping[str, Any]) -> dict[str, Any]:
     for key, dotted in _GROUPED.items():
         if key in hp and not isinstance(hp[key], dict):
             set_dotted(hp, dotted, hp.pop(key))
+    train = hp.get("train")
+    if isinstance(train, dict) and "clip_finetune" not in train:  # written before the option: CLIP frozen
+        train["clip_finetune"] = "text" if float(train.get("text_lr") or 0.0) > 0 else "none"
     return hp
 
 
