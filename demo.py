@@ -16,6 +16,7 @@ and exit code 2. Nothing is sent anywhere: analytics and share links are off.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -43,4 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # a render still running in a server thread when Ctrl-C / SIGTERM stopped the page ends with the
+    # process here (interpreter shutdown would abort it mid-computation); nothing is left to clean up
+    os._exit(code)

@@ -34,7 +34,7 @@ def test_render_gives_video_strip_and_readings(renderer):
     with Image.open(result.strip) as strip:
         assert strip.format == "PNG" and strip.width >= 4 * 128 and strip.height >= 128
     assert result.frames == 4 and result.prompts == ["The person is winking."]
-    assert result.clip["frame"] == [0, 1, 2, 3] and set(result.clip["series"]) == {"The person is winking."}
+    assert result.clip["frame"] == [0, 1, 2, 3] and set(result.clip["series"]) == {"winking"}
     assert all(-1 <= v <= 1 for v in result.clip["value"])
     assert result.oracle["series"] == ["winking"] * 4 and result.oracle["value"][0] == 0
     assert result.oracle["value"][-1] > 0.1  # the embedded animator winks
@@ -54,8 +54,16 @@ def test_sequence_plays_each_motion_and_reads_each_concept(renderer):
 
 def test_free_sentence_has_clip_reading_and_a_note(renderer):
     result = renderer.render(Request(prompt="a face lit up with joy", seed=1, frames=2))
-    assert set(result.clip["series"]) == {"a face lit up with joy"}
+    assert set(result.clip["series"]) == {"a face lit up with joy"}  # not the template's: as typed
     assert result.oracle["frame"] == [] and any("oracle reads" in n for n in result.notes)
+
+
+def test_legend_names_are_short():
+    from src.demo.readings import short_label
+
+    assert short_label("The person is winking.", "The person is {}.") == "winking"
+    assert short_label("The person is.", "The person is {}.") == "The person is."
+    assert short_label("a face lit up with joy and more words", "The person is {}.") == "a face lit up with joy and…"
 
 
 def test_latent_upload_is_the_seed_face(renderer, tmp_path):
@@ -140,16 +148,28 @@ def test_page_messages_never_show_a_traceback():
         raise {"user": UserError("A readable *line*"), "bug": KeyError("x"), "memory": MemoryError()}[kind]
 
     run = guarded(fails, (None, None))
+    progress = object()
+
+    def takes_progress(prompt, progress=progress):
+        return (prompt,)
+
+    import inspect
+    assert inspect.signature(guarded(takes_progress, ())).parameters["progress"].default is progress  # Gradio's cue
     assert run("user") == (None, None, '<span class="error">A readable \\*line\\*</span>')
     assert "Something went wrong (KeyError: 'x')" in run("bug")[-1]
     assert "Out of memory" in run("memory")[-1]
 
 
-def test_page_builds_without_serving(renderer):
+def test_page_builds_queued_without_serving(renderer):
     pytest.importorskip("gradio", reason="the page needs gradio: pip install -r requirements-demo.txt")
-    from src.demo.app import build_page
+    from src.config.compose import compose_config
+    from src.demo.server import queued_page
+    from src.demo.settings import check_settings
 
-    page = build_page(renderer, str(CHECKPOINT))
+    page = queued_page(renderer, check_settings(compose_config("demo", ["demo.queue_size=3"]).demo))
+    assert page._queue.max_size == 3
+    assert {fn.concurrency_id for fn in page.fns.values() if fn.queue} == {"pipeline"}
+    assert page._queue.default_concurrency_limit == 1  # one request renders at a time, the others wait
     ids = {getattr(b, "elem_id", None) for b in page.blocks.values()}
     assert {"prompt", "then", "source", "seed", "image-upload", "latent-upload", "frames", "strength", "decay",
             "fps", "run", "status", "video", "strip", "clip-plot", "oracle-plot", "face", "steps", "concepts"} <= ids

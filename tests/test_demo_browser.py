@@ -87,19 +87,33 @@ def open_browser():
 
 
 def wait_for(driver, condition, timeout: float = 90.0, what: str = "the page"):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d), f"waiting for {what}")
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(condition, f"waiting for {what}")
 
 
-def element(driver, css: str):
+def first(driver, css: str):
+    """The first element ``css`` selects now, or None."""
     from selenium.webdriver.common.by import By
 
-    return wait_for(driver, lambda d: (d.find_elements(By.CSS_SELECTOR, css) or [None])[0], 30, css)
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return found[0] if found else None
+
+
+def element(driver, css: str, timeout: float = 30.0):
+    return wait_for(driver, lambda d: first(d, css), timeout, css)
 
 
 def status(driver) -> str:
-    return element(driver, "#status").text
+    line = first(driver, "#status")
+    return line.text if line is not None else ""
+
+
+def video_source(driver) -> str | None:
+    video = first(driver, "#video video")
+    return video.get_attribute("src") if video is not None else None
 
 
 def type_into(driver, css: str, text: str) -> None:
@@ -123,13 +137,13 @@ def animate(driver, url: str, prompt: str, frames: int, then: str = "") -> str:
     """Load the page, ask for ``prompt`` (then ``then``) at ``frames`` frames, wait until the video has a
     source and the strip image has loaded; returns the status line."""
     driver.get(url)
-    wait_for(driver, lambda d: status(d) == "" and element(d, "#face img"), 60, "the input face")
+    wait_for(driver, lambda d: status(d) == "" and first(d, "#face img"), 60, "the input face")
     type_into(driver, "#prompt textarea", prompt)
     if then:
         type_into(driver, "#then textarea", then)
     type_into(driver, "#frames input[type=number]", str(frames))
     element(driver, "#run").click()
-    wait_for(driver, lambda d: element(d, "#video video").get_attribute("src"), 120, "the video's source")
+    wait_for(driver, video_source, 120, "the video's source")
     wait_for(driver, lambda d: d.execute_script("const i = document.querySelector('#strip img');"
                                                 "return i !== null && i.complete && i.naturalWidth > 0;"),
              30, "the strip image")
@@ -155,7 +169,7 @@ def test_page_animates_a_prompt(driver, demo_url):
 
     line = animate(driver, demo_url, "The person is winking.", frames=4)
     assert line.startswith("4 frames of The person is winking. in ")
-    assert element(driver, "#video video").get_attribute("src").startswith(demo_url)
+    assert video_source(driver).startswith(demo_url)
     wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#clip-plot canvas, #clip-plot svg"), 30, "the plot")
 
 
@@ -193,7 +207,13 @@ def screenshot(path: Path) -> None:
         try:
             print(animate(driver, url, "The person is smiling.", frames=8, then="closing eyes"))
             time.sleep(2)  # the plots' drawing, the video's first frames
+            bottom = driver.execute_script("return Math.max(...['#status', '#clip-plot'].map("
+                                           "s => document.querySelector(s).getBoundingClientRect().bottom));")
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": VIEWPORT[0], "height": min(VIEWPORT[1], int(bottom) + 24), "deviceScaleFactor": 1,
+                "mobile": False})
             driver.execute_script("window.scrollTo(0, 0);")
+            time.sleep(1)
             driver.save_screenshot(str(path))
         finally:
             driver.quit()

@@ -4,6 +4,7 @@ frame strip, per-frame readings). Every message, bad input included, shows in th
 the button; the server keeps serving."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -33,7 +34,9 @@ def error_status(message: str) -> str:
 
 
 def guarded(fn: Callable[..., tuple], failed: tuple) -> Callable[..., tuple]:
-    """``fn`` whose UserError (and any other failure) becomes ``failed`` plus its status line."""
+    """``fn`` whose UserError (and any other failure) becomes ``failed`` plus its status line. It keeps
+    ``fn``'s signature: Gradio hands a ``gr.Progress`` to the parameter whose default is one."""
+    @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> tuple:
         try:
             return fn(*args, **kwargs)
@@ -121,10 +124,11 @@ def build_page(renderer: Renderer, checkpoint: str = "", title: str = "Language-
             with gr.Column(scale=6):
                 video = gr.Video(label="Video", autoplay=True, loop=True, height=300, interactive=False,
                                  elem_id="video")
-                strip = gr.Image(label="Every frame", type="filepath", interactive=False, elem_id="strip")
+                strip = gr.Image(label="Every frame", show_label=False, type="filepath", interactive=False,
+                                 elem_id="strip")
                 with gr.Row():
                     plot = dict(x="frame", y="value", color="series", x_title="frame", height=220)
-                    clip_plot = gr.LinePlot(title="CLIP similarity to the prompt", color_title="prompt",
+                    clip_plot = gr.LinePlot(title="CLIP similarity to each prompt", color_title="prompt",
                                             y_title="cosine", elem_id="clip-plot", **plot)
                     oracle_plot = gr.LinePlot(title="Oracle: reach toward the concept", color_title="concept",
                                               y_title="reach (1 = target)", elem_id="oracle-plot",
@@ -134,7 +138,7 @@ def build_page(renderer: Renderer, checkpoint: str = "", title: str = "Language-
         preview = dict(fn=guarded(show_face, (None,)), inputs=face_inputs, outputs=[face, status],
                        concurrency_id="pipeline", show_progress="hidden")
         page.load(**preview)
-        seed.change(**preview)
+        seed.change(**preview, trigger_mode="always_last")
         source.change(chosen, inputs=[source], outputs=[seed, image, steps, latent], queue=False,
                       show_progress="hidden")
         source.input(**preview)

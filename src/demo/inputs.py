@@ -26,7 +26,7 @@ STRENGTH_RANGE = (0.0, 10.0)
 #: the most frames per motion a visitor may ask for (each costs a generator pass)
 MAX_FRAMES = 48
 #: optimisation steps of an uploaded image's projection: (fewest, most, default); about 1 s each on a CPU
-PROJECTION_STEPS = (5, 300, 50)
+PROJECTION_STEPS = (5, 300, 30)
 
 
 @dataclass

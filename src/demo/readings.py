@@ -32,13 +32,22 @@ def _curve(values: torch.Tensor, names: Sequence[str]) -> Curve:
     return out
 
 
+def short_label(prompt: str, template: str = "{}", width: int = 28) -> str:
+    """A legend's name for a prompt: what fills the domain's template ("The person is winking." ->
+    "winking"), else the prompt, cut to ``width`` characters."""
+    prefix, _, suffix = template.partition("{}")
+    if prefix and prompt.startswith(prefix) and prompt.endswith(suffix) and len(prompt) > len(prefix) + len(suffix):
+        prompt = prompt[len(prefix):len(prompt) - len(suffix)].strip()
+    return prompt if len(prompt) <= width else prompt[:width - 1].rstrip() + "…"
+
+
 @torch.no_grad()
-def clip_similarity(clip, frames: torch.Tensor, prompts: Sequence[str]) -> Curve:
-    """frames [T,3,H,W] in [-1,1]; one series per distinct prompt."""
+def clip_similarity(clip, frames: torch.Tensor, prompts: Sequence[str], template: str = "{}") -> Curve:
+    """frames [T,3,H,W] in [-1,1]; one series per distinct prompt, named by ``short_label``."""
     names = _distinct(prompts)
     image = clip.encode_image(frames).float()
     text = clip.encode_text(names).float().to(image.device)
-    return _curve(image @ text.t(), names)
+    return _curve(image @ text.t(), [short_label(n, template) for n in names])
 
 
 def concept_of(prompt: str) -> Optional[str]:

@@ -37,7 +37,7 @@ STRIP_COLUMNS = 8
 class Result:
     video: Path
     strip: Path
-    clip: Curve                       # CLIP similarity of every frame to every prompt
+    clip: Curve                       # CLIP similarity of every frame to every prompt (series: short_label)
     oracle: Optional[Curve]           # the oracle's reach per frame (None without an oracle)
     prompts: list[str]
     frames: int
@@ -169,7 +169,7 @@ class Renderer:
                 folder = self._folder()
                 video_path, strip_path = self._write(video, folder, move["fps"], prompts)
                 progress(0.85, desc="reading the frames")
-                clip = clip_similarity(self.pipeline.clip, video, prompts)
+                clip = clip_similarity(self.pipeline.clip, video, prompts, self.template)
                 oracle = None
                 if self.oracle is not None:
                     oracle, unread = oracle_reach(self.oracle, video, prompts)

@@ -26,6 +26,14 @@ def theme():
     return gr.themes.Default(primary_hue="indigo", spacing_size="sm", radius_size="sm", font=sans, font_mono=mono)
 
 
+def queued_page(renderer, settings):
+    """The page, its requests queued: one renders at a time, ``settings.queue_size`` wait, more are turned
+    away (Gradio tells the visitor the queue is full)."""
+    from src.demo.app import build_page
+
+    return build_page(renderer, settings.checkpoint).queue(max_size=settings.queue_size, default_concurrency_limit=1)
+
+
 def serve(cfg) -> str:
     """Serve the demo the composed ``conf/demo.yaml`` describes; returns the line printed once it stops."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
@@ -37,12 +45,11 @@ def serve(cfg) -> str:
         import gradio  # noqa: F401
     except ImportError:
         raise UserError("the demo needs gradio: pip install -r requirements-demo.txt") from None
-    from src.demo.app import CSS, build_page
+    from src.demo.app import CSS
 
     renderer = Renderer.load(settings, cfg.paths.assets)
     try:
-        page = build_page(renderer, settings.checkpoint)
-        page.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+        page = queued_page(renderer, settings)
         _stop_on_sigterm()
         url = f"http://{settings.host}:{settings.port}"
         print(f"serving the demo on {url} (Ctrl-C stops it)", flush=True)
