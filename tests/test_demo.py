@@ -75,9 +75,11 @@ def test_latent_upload_is_the_seed_face(renderer, tmp_path):
 
 
 def test_image_upload_is_projected(renderer, tmp_path):
-    face = ((renderer.preview(Request(seed=2)))).astype(np.uint8)
+    face = renderer.preview(Request(seed=2))
     Image.fromarray(face).save(tmp_path / "face.png")
     assert np.array_equal(renderer.preview(Request(source="image", image=str(tmp_path / "face.png"))), face)
+    Image.fromarray(face).resize((300, 200)).save(tmp_path / "wide.png")  # shown as the projection sees it
+    assert renderer.preview(Request(source="image", image=str(tmp_path / "wide.png"))).shape == (128, 128, 3)
     ws = renderer.face(Request(source="image", image=str(tmp_path / "face.png"), projection_steps=5))
     assert ws.shape == (1, renderer.pipeline.generator.num_ws, renderer.pipeline.generator.w_dim)
 
@@ -96,9 +98,9 @@ def _files(tmp_path) -> dict:
 BAD = [  # (request fields, the message's words)
     (dict(prompt=""), "Type a prompt"),
     (dict(prompt="   \n "), "Type a prompt"),
-    (dict(prompt="The person is smiling. " * 50), f"keep it under {MAX_PROMPT_CHARS}"),
+    (dict(prompt="The person is smiling. " * 50), f"characters long; at most {MAX_PROMPT_CHARS} go"),
     (dict(prompt="x " * 400), "prompt too long"),  # under the characters' cap, over the text encoder's context
-    (dict(prompt="The person is smiling.", then="x " * 500), f"keep it under {MAX_PROMPT_CHARS}"),
+    (dict(prompt="The person is smiling.", then="x " * 500), f"characters long; at most {MAX_PROMPT_CHARS} go"),
     (dict(source="image", image="notes.txt"), "notes.txt is not an image: upload one of .jpg"),
     (dict(source="image", image="fake.png"), "fake.png: not an image file"),
     (dict(source="image", image="huge.png"), "huge.png: image too large (5000x5000"),

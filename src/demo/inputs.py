@@ -57,7 +57,7 @@ def prompt_text(prompt: Any, then: Any = "") -> str:
         after = after[5:].strip()
     full = f"{text}, then {after}" if after else text
     if len(full) > MAX_PROMPT_CHARS:
-        raise UserError(f"The prompt is {len(full)} characters long; keep it under {MAX_PROMPT_CHARS} "
+        raise UserError(f"The prompt is {len(full)} characters long; at most {MAX_PROMPT_CHARS} go "
                         "(a sentence or two)")
     return full
 

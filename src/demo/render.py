@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from src.demo.inputs import (PROJECTION_STEPS, SOURCES, Request, load_face_image, motion, named, prompt_text, seed_of,
                              upload, whole)
@@ -139,8 +140,11 @@ class Renderer:
         is projected into the generator when the video is rendered), else the generator's face."""
         from src.utils.video import to_uint8_frames
 
-        if request.source == "image":
+        if request.source == "image":  # at the generator's size, as its projection sees it
+            size = int(self.pipeline.generator.img_resolution)
             image = load_face_image(upload(request.image, "image", self.max_upload_bytes))
+            image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False,
+                                  antialias=True)[0]
         else:
             with collect_notes():  # the render shows the latent's warning
                 image = self.pipeline.render_image(self.face(request))[0]
@@ -176,6 +180,10 @@ class Renderer:
                     notes.extend(f"the oracle reads the concepts' own prompts only, not '{p}'" for p in unread)
         except MemoryError:
             raise UserError("Out of memory: ask for fewer frames") from None
+        except RuntimeError as e:
+            if "out of memory" not in str(e):
+                raise
+            raise UserError("Out of GPU memory: ask for fewer frames") from None
         progress(1.0, desc="done")
         return Result(video_path, strip_path, clip, oracle, prompts, int(video.shape[0]),
                       time.perf_counter() - start, notes)
