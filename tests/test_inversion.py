@@ -89,8 +89,11 @@ def test_load_latent_errors(G, tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_latent(tmp_path / "missing.npy", G)
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(UserError, match="cannot read latent"):
+    with pytest.raises(UserError, match="holds Python objects, which are never unpickled"):
         load_latent(tmp_path / "obj.npy", G)
+    (tmp_path / "text.npy").write_text("1 2 3")
+    with pytest.raises(UserError, match=r"not a \.npy array file \(no NumPy header\)"):
+        load_latent(tmp_path / "text.npy", G)
     (tmp_path / "w.txt").write_text("1 2 3")
     with pytest.raises(UserError, match="unsupported"):
         load_latent(tmp_path / "w.txt", G)

@@ -118,10 +118,9 @@ def read_latents_file(path: str | os.PathLike) -> torch.Tensor | dict[str, torch
                 raise UserError(f"{p}: not a weights-only torch file of latents ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
         elif ext == ".npy":
-            try:
-                obj = np.load(p, allow_pickle=False)
-            except ValueError as e:
-                raise UserError(f"{p}: not a plain .npy array ({e})") from None
+            from src.utils.npy import load_npy
+
+            obj = load_npy(p)
         elif ext == ".safetensors":
             from safetensors.torch import load_file
             obj = load_file(str(p), device="cpu")

@@ -184,7 +184,9 @@ def _read_array(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            from src.utils.npy import load_npy
+
+            return load_npy(path)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return _pick(dict(z), path)
