@@ -13,8 +13,9 @@ from tests.conftest import ROOT
 SRC = ROOT / "src"
 # a package may import its own files and packages of a LOWER rank only (docs/architecture.md)
 RANK = {"utils": 0, "config": 1, "ops": 2, "data": 3, "stylegan": 3, "networks": 4, "losses": 4, "inversion": 5,
-        "embedded": 5, "identity": 6, "pipeline": 7, "eval": 8, "systems": 9}
-NO_LIGHTNING = ("utils", "config", "ops", "stylegan", "networks", "losses", "inversion", "identity", "pipeline")
+        "embedded": 5, "identity": 6, "pipeline": 7, "eval": 8, "systems": 9, "demo": 9}
+NO_LIGHTNING = ("utils", "config", "ops", "stylegan", "networks", "losses", "inversion", "identity", "pipeline",
+                "demo")
 
 
 def module_name(path: Path) -> str:
