@@ -206,6 +206,11 @@ def test_command_line(capsys):
     assert capsys.readouterr().err.startswith("error: unknown key 'port' (did you mean demo.port?")
     assert demo.main(["demo.port=abc"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    with pytest.MonkeyPatch.context() as mp:  # without the extra: one line saying how to install it
+        mp.setitem(sys.modules, "gradio", None)
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        assert demo.main([]) == 2
+    assert capsys.readouterr().err == "error: the demo needs gradio: pip install -r requirements-demo.txt\n"
     out = subprocess.run([sys.executable, "demo.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "demo.port=7860" in out.stdout and "demo.host=127.0.0.1" in out.stdout
 
