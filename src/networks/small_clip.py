@@ -225,7 +225,7 @@ def load_small_clip(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise UserError(f"small CLIP architecture file {js_path} is not valid JSON: {e}") from e
     if info.get("format") != "small_clip" or not isinstance(info.get("arch"), dict):
         raise UserError(f"{js_path} is not a small CLIP architecture file")
-    from src.utils.io import check_architecture, stored_shapes
+    from src.utils.architecture import check_architecture, stored_shapes
 
     # the architecture file's sizes are checked against the stored tensors before anything is allocated
     check_architecture(lambda: SmallClip(**info["arch"]), stored_shapes(st_path), str(js_path))

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from src.utils.errors import UserError
-from src.utils.io import (atomic_write, atomic_write_text, check_architecture, check_input_file,
-                          check_sidecar_values, stored_shapes)
+from src.utils.architecture import check_architecture, stored_shapes
+from src.utils.io import atomic_write, atomic_write_text, check_input_file, check_sidecar_values
 
 
 def weights_stem(path: str | Path) -> Path:

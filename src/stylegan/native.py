@@ -18,7 +18,8 @@ import torch
 from src.stylegan.generator import Generator
 from src.stylegan.nvidia_pickle import check_generator_kwargs, copy_tensors_into
 from src.utils.errors import UserError
-from src.utils.io import atomic_write, atomic_write_text, check_input_file, stored_shapes
+from src.utils.architecture import stored_shapes
+from src.utils.io import atomic_write, atomic_write_text, check_input_file
 
 FORMAT = "lgfa-stylegan2"
 VERSION = 1

@@ -15,7 +15,8 @@ import torch
 from src.stylegan.generator import Generator
 from src.stylegan.restricted_unpickler import PERSISTENCE_VERSION, PersistentRecord, Refused, load_pickle_data
 from src.utils.errors import UserError
-from src.utils.io import check_architecture, check_sidecar_values
+from src.utils.architecture import check_architecture
+from src.utils.io import check_sidecar_values
 
 GENERATOR_ARG_NAMES = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs",
                        "synthesis_kwargs")

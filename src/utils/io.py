@@ -300,49 +300,6 @@ def check_sidecar_values(value: Any, where: str, key: str = "", depth: int = 0) 
         raise UserError(f"{_lead(where)}{key or 'value'}: {bad}")
 
 
-def stored_shapes(weights: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of every tensor in a .safetensors file, from its header alone (nothing loaded)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = check_input_file(weights, "weights")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} is not a readable safetensors file: corrupt or truncated ({first_line(e)})") from None
-
-
-def check_architecture(build: Callable[[], Any], shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
-    """Build ``build()``'s module with every tensor made by size (empty, zeros, randn, ...) on the meta
-    device, so nothing is allocated, and refuse it unless its state dict has exactly the names and
-    shapes of ``shapes`` (what a file stores): ``w_dim: 1000000`` ends here in one line, not in
-    gigabytes. ``where`` (the sidecar) leads the message; errors of ``build`` itself pass."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    sized = {torch.empty, torch.zeros, torch.ones, torch.full, torch.randn, torch.rand, torch.randint,
-             torch.normal, torch.eye, torch.arange, torch.empty_strided}
-
-    class SizedOnMeta(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = dict(kwargs or {})
-            if func in sized:
-                kwargs["device"] = "meta"
-            return func(*args, **kwargs)
-
-    try:
-        with SizedOnMeta():
-            own = {k: tuple(v.shape) for k, v in build().state_dict().items()}
-    except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as e:
-        raise UserError(f"{_lead(where)}describes no network that can be built ({first_line(e)})") from None
-    problems = [f"{k} has shape {list(shapes[k])}, expected {list(v)}" for k, v in own.items()
-                if k in shapes and tuple(shapes[k]) != v]
-    problems += [f"missing {k}" for k in own if k not in shapes] + [f"unexpected {k}" for k in shapes if k not in own]
-    if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UserError(f"{_lead(where)}weights do not match the architecture: {'; '.join(problems[:3])}{more}")
-
-
 def sha256_files(files, chunk: int = 1 << 20) -> str:
     """Hex sha256 over the bytes of ``files`` in the given order (pins frozen weights in checkpoints)."""
     h = hashlib.sha256()
