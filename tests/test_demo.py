@@ -43,7 +43,7 @@ def test_render_gives_video_strip_and_readings(renderer):
 
 def test_sequence_plays_each_motion_and_reads_each_concept(renderer):
     progress = []
-    result = renderer.render(Request(prompt="The person is smiling.", then="then winking", seed=3, frames=3),
+    result = renderer.render(Request(prompt="The person is smiling.", sequence="then winking", seed=3, frames=3),
                              progress=lambda f, desc="": progress.append((f, desc)))
     assert result.prompts == ["The person is smiling.", "The person is winking."]
     assert result.frames == 5  # 3 + 3, the second motion starting from the first one's last frame
@@ -100,7 +100,7 @@ BAD = [  # (request fields, the message's words)
     (dict(prompt="   \n "), "Type a prompt"),
     (dict(prompt="The person is smiling. " * 50), f"characters long; at most {MAX_PROMPT_CHARS} go"),
     (dict(prompt="x " * 400), "prompt too long"),  # under the characters' cap, over the text encoder's context
-    (dict(prompt="The person is smiling.", then="x " * 500), f"characters long; at most {MAX_PROMPT_CHARS} go"),
+    (dict(prompt="The person is smiling.", sequence="x " * 500), f"characters long; at most {MAX_PROMPT_CHARS} go"),
     (dict(source="image", image="notes.txt"), "notes.txt is not an image: upload one of .jpg"),
     (dict(source="image", image="fake.png"), "fake.png: not an image file"),
     (dict(source="image", image="huge.png"), "huge.png: image too large (5000x5000"),
@@ -173,7 +173,7 @@ def test_page_builds_queued_without_serving(renderer):
     assert {fn.concurrency_id for fn in page.fns.values() if fn.queue} == {"pipeline"}
     assert page._queue.default_concurrency_limit == 1  # one request renders at a time, the others wait
     ids = {getattr(b, "elem_id", None) for b in page.blocks.values()}
-    assert {"prompt", "then", "source", "seed", "image-upload", "latent-upload", "frames", "strength", "decay",
+    assert {"prompt", "sequence", "source", "seed", "image-upload", "latent-upload", "frames", "strength", "decay",
             "fps", "run", "status", "video", "strip", "clip-plot", "oracle-plot", "face", "steps", "concepts"} <= ids
 
 

@@ -133,14 +133,14 @@ def choose_source(driver, label: str) -> None:
              30, f"the face choice '{label}'")[0].click()
 
 
-def animate(driver, url: str, prompt: str, frames: int, then: str = "") -> str:
-    """Load the page, ask for ``prompt`` (then ``then``) at ``frames`` frames, wait until the video has a
+def animate(driver, url: str, prompt: str, frames: int, sequence: str = "") -> str:
+    """Load the page, ask for ``prompt`` (then ``sequence``) at ``frames`` frames, wait until the video has a
     source and the strip image has loaded; returns the status line."""
     driver.get(url)
     wait_for(driver, lambda d: status(d) == "" and first(d, "#face img"), 60, "the input face")
     type_into(driver, "#prompt textarea", prompt)
-    if then:
-        type_into(driver, "#then textarea", then)
+    if sequence:
+        type_into(driver, "#sequence textarea", sequence)
     type_into(driver, "#frames input[type=number]", str(frames))
     element(driver, "#run").click()
     wait_for(driver, video_source, 120, "the video's source")
@@ -205,7 +205,7 @@ def screenshot(path: Path) -> None:
     try:
         driver = open_browser()
         try:
-            print(animate(driver, url, "The person is smiling.", frames=8, then="closing eyes"))
+            print(animate(driver, url, "The person is smiling.", frames=8, sequence="closing eyes"))
             time.sleep(2)  # the plots' drawing, the video's first frames
             bottom = driver.execute_script("return Math.max(...['#status', '#clip-plot'].map("
                                            "s => document.querySelector(s).getBoundingClientRect().bottom));")

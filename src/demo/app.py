@@ -79,9 +79,9 @@ def build_page(renderer: Renderer, checkpoint: str = "", title: str = "Language-
         return [gr.update(visible=source == "seed"), gr.update(visible=source == "image"),
                 gr.update(visible=source == "image"), gr.update(visible=source == "latent")]
 
-    def animate(prompt, then, source, seed, image, latent, steps, frames, strength, decay, fps,
+    def animate(prompt, sequence, source, seed, image, latent, steps, frames, strength, decay, fps,
                 progress=gr.Progress(track_tqdm=True)):
-        request = Request(prompt=prompt, then=then, source=source, seed=seed, image=image, latent=latent,
+        request = Request(prompt=prompt, sequence=sequence, source=source, seed=seed, image=image, latent=latent,
                           projection_steps=steps, frames=frames, strength=strength, decay=decay, fps=fps)
         result: Result = renderer.render(request, progress=progress)
         return (str(result.video), str(result.strip), curve_frame(result.clip), curve_frame(result.oracle),
@@ -98,8 +98,9 @@ def build_page(renderer: Renderer, checkpoint: str = "", title: str = "Language-
                     gr.Examples([[p] for p in renderer.prompts], inputs=[prompt], example_labels=renderer.concepts,
                                 examples_per_page=len(renderer.prompts), elem_id="concepts",
                                 label="Concepts the animator was trained on (click one; any sentence goes)")
-                then = gr.Textbox(label="Then (optional): motions played after the prompt", lines=1, max_lines=3,
-                                  placeholder="winking, then closing eyes", elem_id="then")
+                sequence = gr.Textbox(label="Sequence (optional): motions played after the prompt, one after the "
+                                      "other", lines=1, max_lines=3, placeholder="winking, then closing eyes",
+                                      elem_id="sequence")
                 with gr.Row(equal_height=False):
                     face = gr.Image(label="Input face", interactive=False, height=150, width=150, scale=0,
                                     min_width=150, elem_id="face", buttons=[])
@@ -146,9 +147,9 @@ def build_page(renderer: Renderer, checkpoint: str = "", title: str = "Language-
             upload.upload(guarded(show_upload, (None, None)), inputs=face_inputs, outputs=[face, upload, status],
                           concurrency_id="pipeline", show_progress="hidden")
             upload.clear(**preview)
-        inputs = [prompt, then, source, seed, image, latent, steps, frames, strength, decay, fps]
+        inputs = [prompt, sequence, source, seed, image, latent, steps, frames, strength, decay, fps]
         outputs = [video, strip, clip_plot, oracle_plot, status]
-        for trigger in (run.click, prompt.submit, then.submit):
+        for trigger in (run.click, prompt.submit, sequence.submit):
             trigger(guarded(animate, (None, None, None, None)), inputs=inputs, outputs=outputs,
                     concurrency_id="pipeline")
     return page

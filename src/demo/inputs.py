@@ -33,7 +33,7 @@ PROJECTION_STEPS = (5, 300, 30)
 class Request:
     """One press of the page's button: everything the render needs."""
     prompt: str = "The person is smiling."
-    then: str = ""                 # motions played after the prompt ("winking, then closing eyes")
+    sequence: str = ""             # motions played after the prompt ("winking, then closing eyes")
     source: str = "seed"           # seed | image | latent
     seed: Any = 0
     image: Optional[str] = None    # the uploaded file's path
@@ -45,12 +45,12 @@ class Request:
     fps: Any = 10
 
 
-def prompt_text(prompt: Any, then: Any = "") -> str:
-    """The sentence the pipeline plays: the prompt, followed by the motions of ``then`` when given
+def prompt_text(prompt: Any, sequence: Any = "") -> str:
+    """The sentence the pipeline plays: the prompt, followed by the motions of ``sequence`` when given
     ("The person is smiling." + "winking" -> "The person is smiling., then winking", which the
     pipeline's ``prompt_segments`` splits into two prompts of the domain's template)."""
     text = "" if prompt is None else str(prompt).strip()
-    after = "" if then is None else str(then).strip(" ,;\n\t")
+    after = "" if sequence is None else str(sequence).strip(" ,;\n\t")
     if not text:
         raise UserError("Type a prompt, e.g. \"The person is smiling.\", or click one of the concepts")
     if after.lower().startswith("then "):

@@ -157,7 +157,7 @@ class Renderer:
 
         progress = progress or (lambda *args, **kwargs: None)
         start = time.perf_counter()
-        text = prompt_text(request.prompt, request.then)
+        text = prompt_text(request.prompt, request.sequence)
         prompts = prompt_segments(text, self.template)
         self.pipeline.clip.encode_text(prompts)  # CLIP's own length check, before any work on the face
         move = motion(request)
