@@ -62,6 +62,23 @@ def test_stop_and_resume_gives_the_uninterrupted_weights(tiny_overrides, tmp_pat
     assert _assert_bit_identical(adam, adam2, "optimizer_states") > 8  # exp_avg, exp_avg_sq, step per tensor
 
 
+def test_a_run_that_ends_between_checkpoints_saves_its_final_step(tiny_overrides, tmp_path):
+    """max_steps reached between two periodic checkpoints: last.ckpt still holds the final step, and a
+    longer rerun goes on from it to the uninterrupted run's weights."""
+    from train import train
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    sparse = EXACT + ["callbacks.model_checkpoint.every_n_train_steps=1000", "trainer.val_check_interval=1000"]
+    train(compose_train(tiny_overrides + sparse + [f"trainer.max_steps={N}"], whole))
+    train(compose_train(tiny_overrides + sparse + ["trainer.max_steps=3"], cut))
+    assert torch.load(cut / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+    train(compose_train(tiny_overrides + sparse + [f"trainer.max_steps={N}"], cut))
+    weights, adam = _final_state(whole / "run/checkpoints/last.ckpt")
+    weights2, adam2 = _final_state(cut / "run/checkpoints/last.ckpt")
+    assert _assert_bit_identical(weights, weights2, "state_dict") > 4
+    assert _assert_bit_identical(adam, adam2, "optimizer_states") > 8
+
+
 def test_resuming_with_another_architecture_is_one_line(tiny_overrides, tmp_path):
     from src.utils.errors import UserError
     from train import train

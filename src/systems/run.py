@@ -256,7 +256,8 @@ def _fit(trainer: Any, model: Any, datamodule: Any, ckpt: Optional[Path], stoppe
             raise
         raise wrong from None
     if stopper.requested(trainer):  # the signal came after the last step: save it as a stop would
-        stopper.save(trainer)
+        if stopper.saved_step != int(trainer.global_step):  # (the end of training may have saved it)
+            stopper.save(trainer)
         raise _stopped(stopper, trainer, run_dir, "training")
 
 

@@ -6,7 +6,8 @@ stops at once, without saving.
 * :class:`StopSignals` (a context manager around fit and test) installs the handlers; a handler
   only records the signal (and calls a handler that was there before it, e.g. submitit's).
 * :class:`SaveAndStop` (a callback) acts on it after the step: all DDP ranks agree first (any
-  rank's signal stops every rank at the same step). Lightning's own SIGTERM handling, which can
+  rank's signal stops every rank at the same step); the step that reaches ``max_steps`` is saved
+  the same way (a rerun with a larger ``max_steps`` goes on from it exactly). Lightning's own SIGTERM handling, which can
   stop a run during validation, ends in the same save (``on_exception``).
 * Under a spawning strategy (``ddp_spawn``, ``hardware=ddp_cpu``) the ranks are child processes:
   the callback installs the same handlers in each of them, and the parent forwards a signal it gets
@@ -161,6 +162,20 @@ class SaveAndStop(pl.Callback):
         if self.requested(trainer):
             self.save(trainer)
             raise _StopRequested
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            self.save_final_step(trainer)
+
+    def save_final_step(self, trainer: pl.Trainer) -> None:
+        """The step that reaches max_steps is saved at its end, as periodic checkpoints are: a rerun
+        with a larger max_steps goes on from it exactly. ModelCheckpoint would otherwise write
+        last.ckpt after the loop when it has not saved one yet (its periodic saves wait for the
+        monitored validation metric); that state records the epoch as finished, and a resume from it
+        skips the rest of the epoch's batches. Told that last.ckpt is written, it keeps it."""
+        self.save(trainer)
+        periodic = trainer.checkpoint_callback
+        if periodic is not None and getattr(periodic, "save_last", False) and \
+                hasattr(periodic, "_last_checkpoint_saved"):
+            periodic._last_checkpoint_saved = str(self.checkpoint)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self.saved_step is None:
