@@ -205,6 +205,7 @@ def screenshot(path: Path) -> None:
     try:
         driver = open_browser()
         try:
+            animate(driver, url, "The person is smiling.", frames=2)  # the first render warms the pipeline up
             print(animate(driver, url, "The person is smiling.", frames=8, sequence="closing eyes"))
             time.sleep(2)  # the plots' drawing, the video's first frames
             bottom = driver.execute_script("return Math.max(...['#status', '#clip-plot'].map("
