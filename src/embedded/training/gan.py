@@ -47,6 +47,7 @@ from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nons
                             lazy_optimizer_params, r1_penalty, update_ema)
 from src.embedded.training.gan_metrics import GanEvalHooks
 from src.embedded.training.gan_reals import RealPrefetcher
+from src.embedded.training.gan_state import EVAL_NETWORKS
 from src.utils.config import plain
 from src.utils.errors import UserError
 
@@ -286,6 +287,9 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
             checkpoint["stylegan_progress"]["render_rng"] = pending if pending is not None else self._gen.get_state()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:  # evaluation networks the checkpoint leaves out: this config's own
+            state.update({k: v for k, v in self.state_dict().items() if k.startswith(EVAL_NETWORKS) and k not in state})
         prog = checkpoint.get("stylegan_progress", {})
         self.cur_nimg = int(prog.get("cur_nimg", 0))
         self.iteration = int(prog.get("iteration", 0))

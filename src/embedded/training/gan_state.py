@@ -1,0 +1,412 @@
+"""The compact resumable state of a StyleGAN training run: a Lightning checkpoint of ``task=stylegan``
+(about 150 MB at the embedded 128 px size) <-> a folder of safetensors shards of at most 16 MiB and a
+``manifest.json`` (57 MiB together), small enough to travel to and from machines that keep nothing.
+
+    python -m src.embedded.training.gan_state export RUN/checkpoints/last.ckpt STATE_DIR [--shard-mib 16]
+    python -m src.embedded.training.gan_state import STATE_DIR RUN/checkpoints/last.ckpt
+    python -m src.embedded.training.gan_state info STATE_DIR
+
+``import`` writes a normal checkpoint: placed as a run folder's ``checkpoints/last.ckpt``, it is resumed
+by train.py with the same name= (src/systems/resume.py), counters, render stream and loader position
+included. Precision (the tensor's own dtype where a rule says "exact"):
+
+* G, D and G_ema weights of more than 4,096 elements: fp16. Equalised-lr weights are O(1); fp16 rounds
+  them by at most 2^-11 relative, once per chunk, less than one Adam step (lr 0.0025). A tensor out of
+  fp16's range stays fp32.
+* Adam's second moment: bf16 (fp32's range: squared gradients below 6e-8 vanish in fp16), 2^-9 relative.
+* Adam's first moment: dropped where the optimiser's beta1 is 0 (the official betas (0, 0.99), also
+  after the lazy-regularisation adjustment 0 ** k = 0). Adam then sets exp_avg = lerp(exp_avg, grad, 1)
+  = grad before reading it, so zeros restore it exactly. With beta1 > 0 it is kept in bf16.
+* buffers (w_avg, constant noise, filters), biases, step counters, RNG states, the loops' state: exact.
+* the frozen evaluation networks (oracle, feature net): left out, rebuilt from the config on resume.
+
+Loading reads JSON and safetensors only (no pickle), checks the manifest's shapes against the networks
+its hyper-parameters describe, then each shard's size, sha256 and header, before it reads any tensor.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from src.utils.errors import UserError
+from src.utils.io import atomic_write, atomic_write_text, together
+
+__all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "state_summary", "main"]
+
+FORMAT = "lgfa-gan-state/1"
+MANIFEST = "manifest.json"
+SHARD_MIB = 16
+EXACT_UP_TO = 4096              # tensors up to this many elements are kept exactly
+MAX_OTHER = 1 << 20             # elements of a tensor no network describes (RNG states, counters)
+MAX_MANIFEST = 16 << 20
+FP16_MAX = 65504.0
+# state_dict prefixes of the frozen evaluation networks; StyleGANModule.on_load_checkpoint puts its own back
+EVAL_NETWORKS = ("_oracle.", "_feature_net.")
+_SHARD = re.compile(r"^state-\d{2}\.safetensors$")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
+_ST_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "uint8": "U8", "int8": "I8",
+             "int32": "I32", "int64": "I64", "bool": "BOOL"}
+_MOMENT = re.compile(r"^optimizer_states\.(\d+)\.state\.(\d+)\.(exp_avg|exp_avg_sq|max_exp_avg_sq)$")
+# numbers of the networks' settings a manifest may ask for (bounds before anything is built)
+_LIMITS = {"resolution": 1024, "channel_max": 1024, "channel_base": 1 << 16, "z_dim": 2048, "w_dim": 2048,
+           "num_layers": 16}
+
+
+def _dname(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# ---------------------------------------------------------------- the networks a checkpoint describes
+def _check_limits(value: Any, where: str) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k in _LIMITS and not (isinstance(v, int) and 0 <= v <= _LIMITS[k]):
+                raise UserError(f"{where}.{k} = {v!r} is outside 0..{_LIMITS[k]}")
+            _check_limits(v, f"{where}.{k}")
+
+
+def reference_shapes(hparams: Mapping[str, Any]) -> tuple[dict[str, tuple], set[str], list[list[tuple]]]:
+    """(state_dict shapes of G, G_ema and D; the names that are weights; the shapes of each optimiser's
+    parameters, G's then D's) of the networks ``hparams`` describe, bounded before they are built."""
+    from src.stylegan import Discriminator, Generator
+    from src.utils.io import check_sidecar_values
+
+    nets = {"resolution": hparams.get("resolution"), "G_kwargs": hparams.get("G_kwargs") or {},
+            "D_kwargs": hparams.get("D_kwargs") or {}}
+    check_sidecar_values(nets, "the state's hyper_parameters")
+    _check_limits(nets, "hyper_parameters")
+    res = nets["resolution"]
+    if not isinstance(res, int) or res < 8 or res & (res - 1):
+        raise UserError(f"the state's hyper_parameters.resolution {res!r} is not a power of two >= 8")
+    try:
+        G = Generator(c_dim=0, img_resolution=res, img_channels=3, **nets["G_kwargs"])
+        D = Discriminator(c_dim=0, img_resolution=res, img_channels=3, **nets["D_kwargs"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"the state's hyper_parameters describe no network ({e})") from None
+    shapes, weights = {}, set()
+    for prefix, net in (("G.", G), ("G_ema.", G), ("D.", D)):
+        shapes.update({f"{prefix}{k}": tuple(v.shape) for k, v in net.state_dict().items()})
+        weights.update(f"{prefix}{k}" for k, _ in net.named_parameters())
+    return shapes, weights, [[tuple(p.shape) for p in net.parameters()] for net in (G, D)]
+
+
+# ---------------------------------------------------------------- the checkpoint as JSON + tensors
+def _encode(value: Any, path: str, put: Callable[[str, Tensor], Any]) -> Any:
+    """JSON for ``value``; tensors go to ``put(path, tensor)``; tuples, non-string keys and non-finite
+    floats are tagged so that decoding gives the same Python values back."""
+    if isinstance(value, Tensor):
+        return {"__tensor__": put(path, value)}
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{path}.{i}", put) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{path}.{i}", put) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode(v, f"{path}.{k}", put) for k, v in value.items()}
+        return {"__items__": [[_encode(k, path, put), _encode(v, f"{path}.{k}", put)] for k, v in value.items()]}
+    raise UserError(f"{path}: a {type(value).__name__} has no place in a compact GAN state")
+
+
+def _decode(value: Any, tensors: Mapping[str, Tensor], depth: int = 0) -> Any:
+    if depth > 32:
+        raise UserError("the manifest nests deeper than 32 levels")
+    if isinstance(value, list):
+        return [_decode(v, tensors, depth + 1) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        (tag, inner), = value.items()
+        if tag == "__tensor__":
+            return tensors[inner]
+        if tag == "__float__":
+            return float(inner)
+        if tag == "__tuple__":
+            return tuple(_decode(v, tensors, depth + 1) for v in inner)
+        if tag == "__items__":
+            return {_decode(k, tensors, depth + 1): _decode(v, tensors, depth + 1) for k, v in inner}
+    return {k: _decode(v, tensors, depth + 1) for k, v in value.items()}
+
+
+def _config_hash(hparams: Any) -> str:
+    text = json.dumps(_encode(hparams, "hyper_parameters", lambda p, t: p), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- write
+def write_state(ckpt: Mapping[str, Any], out_dir: str | Path, shard_mib: float = SHARD_MIB,
+                exact_up_to: int = EXACT_UP_TO) -> dict:
+    """Write ``ckpt`` (a task=stylegan Lightning checkpoint dict) into ``out_dir`` as shards of at most
+    ``shard_mib`` MiB + manifest.json, atomically (old shards of the folder are replaced); tensors of
+    at most ``exact_up_to`` elements are kept exactly. Returns the manifest."""
+    from safetensors.torch import save
+
+    hp = ckpt.get("hyper_parameters") or {}
+    if "state_dict" not in ckpt or "G_kwargs" not in hp:
+        raise UserError("not a checkpoint of task=stylegan (no state_dict or G_kwargs)")
+    _, weights, _ = reference_shapes(hp)
+    beta1 = [max(float(g.get("betas", (1.0,))[0]) for g in opt.get("param_groups") or [{}])
+             for opt in ckpt.get("optimizer_states") or []]
+    table: Dict[str, dict] = {}
+    stored: Dict[str, Tensor] = {}
+
+    def put(path: str, t: Tensor) -> str:
+        t = t.detach().cpu()
+        entry = {"dtype": _dname(t.dtype), "shape": list(t.shape)}
+        moment = _MOMENT.match(path)
+        if moment and moment.group(3) == "exp_avg" and beta1[int(moment.group(1))] == 0.0:
+            entry["stored"] = None  # Adam overwrites it with the gradient before reading it
+        else:
+            s = t
+            big = t.is_floating_point() and t.numel() > exact_up_to
+            if big and moment:
+                s = t.to(torch.bfloat16)
+            elif big and path.startswith("state_dict.") and path[len("state_dict."):] in weights:
+                finite = bool(torch.isfinite(t).all()) and float(t.abs().max()) <= FP16_MAX
+                s = t.to(torch.float16) if finite else t
+            entry["stored"] = _dname(s.dtype)
+            stored[path] = s.clone() if s is t else s.contiguous()  # no shared storage in a shard
+        table[path] = entry
+        return path
+
+    body = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    body["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(EVAL_NETWORKS)}
+    skeleton = {k: _encode(v, k, put) for k, v in body.items()}
+    cap = int(shard_mib * (1 << 20))
+    shards: list[list[str]] = [[]]
+    used = 8
+    for name, t in stored.items():
+        size = t.numel() * t.element_size() + len(name) + 96  # data + its header entry (generous)
+        if size + 8 > cap:
+            raise UserError(f"{name} ({size} bytes) does not fit a shard of {shard_mib} MiB")
+        if used + size > cap and shards[-1]:
+            shards.append([])
+            used = 8
+        shards[-1].append(name)
+        used += size
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    listed = []
+    with together():
+        for i, names in enumerate(shards):
+            data = save({n: stored[n] for n in names}, metadata={"format": FORMAT})
+            if len(data) > cap:
+                raise UserError(f"shard {i} came out at {len(data)} bytes, over the cap of {cap}")
+            fname = f"state-{i:02d}.safetensors"
+            with atomic_write(out / fname) as tmp:
+                tmp.write_bytes(data)
+            listed.append({"file": fname, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            for n in names:
+                table[n]["shard"] = i
+        prog = ckpt.get("stylegan_progress") or {}
+        manifest = {"format": FORMAT, "global_step": int(ckpt.get("global_step", 0)),
+                    "epoch": int(ckpt.get("epoch", 0)), "iteration": int(prog.get("iteration", 0)),
+                    "cur_nimg": int(prog.get("cur_nimg", 0)), "kimg": int(prog.get("cur_nimg", 0)) / 1000.0,
+                    "seed": hp.get("seed"), "config_sha256": _config_hash(hp),
+                    "render_rng": "stylegan_progress.render_rng" if "render_rng" in prog else None,
+                    "train_loader": _loader_state(ckpt), "shards": listed, "tensors": table, "checkpoint": skeleton}
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    keep = {s["file"] for s in listed}
+    for old in out.iterdir():
+        if _SHARD.match(old.name) and old.name not in keep:
+            old.unlink()
+    return manifest
+
+
+def _loader_state(ckpt: Mapping[str, Any]) -> Any:
+    """The training loader's position as the loops keep it (src/data/resume.py), for the manifest's reader."""
+    try:
+        return ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    except (KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------- read
+def _load_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such state folder")
+    if not path.is_file():
+        raise UserError(f"{path}: missing (not a compact GAN state folder)")
+    if path.stat().st_size > MAX_MANIFEST:
+        raise UserError(f"{path}: {path.stat().st_size} bytes, over the {MAX_MANIFEST} a manifest may have")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} manifest")
+    for key, kind in (("shards", list), ("tensors", dict), ("checkpoint", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise UserError(f"{path}: '{key}' is missing or not a {kind.__name__}")
+    return manifest
+
+
+def _expected(name: str, shapes: Mapping[str, tuple], opt_shapes: list[list[tuple]]) -> Optional[tuple]:
+    """The shape the networks give tensor ``name`` (None: not a network tensor)."""
+    if name.startswith("state_dict.") and name[len("state_dict."):] in shapes:
+        return shapes[name[len("state_dict."):]]
+    m = _MOMENT.match(name)
+    if m:
+        i, j = int(m.group(1)), int(m.group(2))
+        if i >= len(opt_shapes) or j >= len(opt_shapes[i]):
+            raise UserError(f"manifest: {name} names a parameter the networks do not have")
+        return opt_shapes[i][j]
+    return None
+
+
+def _check_table(manifest: dict, n_shards: int) -> None:
+    """Every tensor's dtype, shape and shard against the networks, before any tensor is read."""
+    hp = manifest["checkpoint"].get("hyper_parameters")
+    if not isinstance(hp, dict):
+        raise UserError("manifest: the checkpoint has no hyper_parameters")
+    shapes, _, opt_shapes = reference_shapes(_decode(hp, {}))
+    table = manifest["tensors"]
+    for name, e in table.items():
+        if not isinstance(e, dict) or not isinstance(e.get("shape"), list) or e.get("dtype") not in _DTYPES:
+            raise UserError(f"manifest: the entry of {name} is malformed")
+        shape = tuple(e["shape"])
+        if not all(isinstance(d, int) and 0 <= d <= 1 << 31 for d in shape):
+            raise UserError(f"manifest: {name} has the shape {list(shape)}")
+        want = _expected(name, shapes, opt_shapes)
+        if want is not None and shape != want:
+            raise UserError(f"manifest: {name} is {list(shape)}, the networks of its hyper_parameters have {list(want)}")
+        if want is None and math.prod(shape) > MAX_OTHER:
+            raise UserError(f"manifest: {name} has {math.prod(shape)} elements, over {MAX_OTHER} for a tensor "
+                            "no network describes")
+        if e.get("stored") is None:
+            if not _MOMENT.match(name) or name.endswith("_sq"):
+                raise UserError(f"manifest: {name} is left out, and only Adam's first moment may be")
+        elif e["stored"] not in _DTYPES or not (isinstance(e.get("shard"), int) and 0 <= e["shard"] < n_shards):
+            raise UserError(f"manifest: {name} has no valid stored dtype or shard")
+    missing = sorted(f"state_dict.{k}" for k in shapes if f"state_dict.{k}" not in table)
+    if missing:
+        raise UserError(f"manifest: the state has no {missing[0]}")
+
+
+def _check_shard(folder: Path, i: int, entry: Any, table: Mapping[str, dict]) -> Path:
+    """A shard's presence, size, sha256 and header against the manifest."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _SHARD.match(entry["file"])):
+        raise UserError(f"manifest: shard {i} is malformed")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise UserError(f"{path}: missing shard {i} of the state (copy every file of the state folder)")
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        raise UserError(f"{path}: {size} bytes, the manifest says {entry.get('bytes')} (corrupt or cut short)")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    if h.hexdigest() != entry.get("sha256"):
+        raise UserError(f"{path}: sha256 differs from the manifest's (corrupt shard)")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n)) if n <= min(size - 8, 1 << 24) else None
+    mine = {k: e for k, e in table.items() if e.get("shard") == i and e.get("stored") is not None}
+    if header is None or set(header) - {"__metadata__"} != set(mine):
+        raise UserError(f"{path}: its tensors are not the ones the manifest lists for shard {i}")
+    for k, e in mine.items():
+        if header[k].get("dtype") != _ST_CODES[e["stored"]] or header[k].get("shape") != e["shape"]:
+            raise UserError(f"{path}: {k} is stored as {header[k].get('dtype')} {header[k].get('shape')}, "
+                            f"the manifest says {e['stored']} {e['shape']}")
+    return path
+
+
+def read_state(folder: str | Path) -> dict:
+    """The Lightning checkpoint dict a state folder holds (weights back in their own dtypes, Adam's
+    dropped first moment as zeros). One UserError line for a missing, corrupt or misfitting file."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    manifest = _load_manifest(folder)
+    table = manifest["tensors"]
+    _check_table(manifest, len(manifest["shards"]))
+    paths = [_check_shard(folder, i, s, table) for i, s in enumerate(manifest["shards"])]
+    tensors: Dict[str, Tensor] = {}
+    for path in paths:
+        tensors.update(load_file(str(path)))
+    for name, e in table.items():
+        dtype = _DTYPES[e["dtype"]]
+        if e["stored"] is None:
+            tensors[name] = torch.zeros(e["shape"], dtype=dtype)
+        elif tensors[name].dtype != dtype:
+            tensors[name] = tensors[name].to(dtype)
+    try:
+        ckpt = {k: _decode(v, tensors) for k, v in manifest["checkpoint"].items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"manifest: the checkpoint does not decode ({type(e).__name__}: {e})") from None
+    return ckpt
+
+
+def state_summary(folder: str | Path) -> str:
+    m = _load_manifest(Path(folder))
+    total = sum(int(s.get("bytes", 0)) for s in m["shards"]) + (Path(folder) / MANIFEST).stat().st_size
+    return (f"step {m.get('global_step')} iteration {m.get('iteration')} kimg {m.get('kimg'):.1f} seed {m.get('seed')}: "
+            f"{len(m['shards'])} shards + manifest, {total / 2**20:.2f} MiB, config {str(m.get('config_sha256'))[:12]}")
+
+
+# ---------------------------------------------------------------- Lightning checkpoint <-> state folder
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, shard_mib: float = SHARD_MIB) -> dict:
+    """A run's checkpoint file -> a compact state folder (returns the manifest)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a loadable checkpoint ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    return write_state(ckpt, out_dir, shard_mib)
+
+
+def import_checkpoint(folder: str | Path, ckpt_path: str | Path) -> Path:
+    """A compact state folder -> a Lightning checkpoint file (atomically), for train.py to resume."""
+    ckpt = read_state(folder)
+    with atomic_write(ckpt_path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(ckpt_path)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.embedded.training.gan_state", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="checkpoint -> state folder")
+    ex.add_argument("checkpoint")
+    ex.add_argument("state_dir")
+    ex.add_argument("--shard-mib", type=float, default=SHARD_MIB)
+    im = sub.add_parser("import", help="state folder -> checkpoint")
+    im.add_argument("state_dir")
+    im.add_argument("checkpoint")
+    sub.add_parser("info", help="what a state folder holds (checked)").add_argument("state_dir")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "export":
+            export_checkpoint(args.checkpoint, args.state_dir, args.shard_mib)
+        elif args.cmd == "import":
+            print(f"wrote {import_checkpoint(args.state_dir, args.checkpoint)}")
+        else:
+            read_state(args.state_dir)
+        print(state_summary(args.state_dir))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
