@@ -29,8 +29,6 @@ import argparse
 import hashlib
 import json
 import math
-import re
-import struct
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -38,68 +36,18 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 from torch import Tensor
 
+from src.embedded.training.gan_state_check import (DTYPES, FORMAT, MANIFEST, MOMENT, SHARD_NAME, check_shard,
+                                                   check_table, load_manifest, reference_shapes)
 from src.utils.errors import UserError
 from src.utils.io import atomic_write, atomic_write_text, together
 
 __all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "state_summary", "main"]
 
-FORMAT = "lgfa-gan-state/1"
-MANIFEST = "manifest.json"
 SHARD_MIB = 16
 EXACT_UP_TO = 4096              # tensors up to this many elements are kept exactly
-MAX_OTHER = 1 << 20             # elements of a tensor no network describes (RNG states, counters)
-MAX_MANIFEST = 16 << 20
 FP16_MAX = 65504.0
 # state_dict prefixes of the frozen evaluation networks; StyleGANModule.on_load_checkpoint puts its own back
 EVAL_NETWORKS = ("_oracle.", "_feature_net.")
-_SHARD = re.compile(r"^state-\d{2}\.safetensors$")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
-           "uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
-_ST_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "uint8": "U8", "int8": "I8",
-             "int32": "I32", "int64": "I64", "bool": "BOOL"}
-_MOMENT = re.compile(r"^optimizer_states\.(\d+)\.state\.(\d+)\.(exp_avg|exp_avg_sq|max_exp_avg_sq)$")
-# numbers of the networks' settings a manifest may ask for (bounds before anything is built)
-_LIMITS = {"resolution": 1024, "channel_max": 1024, "channel_base": 1 << 16, "z_dim": 2048, "w_dim": 2048,
-           "num_layers": 16}
-
-
-def _dname(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-# ---------------------------------------------------------------- the networks a checkpoint describes
-def _check_limits(value: Any, where: str) -> None:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if k in _LIMITS and not (isinstance(v, int) and 0 <= v <= _LIMITS[k]):
-                raise UserError(f"{where}.{k} = {v!r} is outside 0..{_LIMITS[k]}")
-            _check_limits(v, f"{where}.{k}")
-
-
-def reference_shapes(hparams: Mapping[str, Any]) -> tuple[dict[str, tuple], set[str], list[list[tuple]]]:
-    """(state_dict shapes of G, G_ema and D; the names that are weights; the shapes of each optimiser's
-    parameters, G's then D's) of the networks ``hparams`` describe, bounded before they are built."""
-    from src.stylegan import Discriminator, Generator
-    from src.utils.io import check_sidecar_values
-
-    nets = {"resolution": hparams.get("resolution"), "G_kwargs": hparams.get("G_kwargs") or {},
-            "D_kwargs": hparams.get("D_kwargs") or {}}
-    check_sidecar_values(nets, "the state's hyper_parameters")
-    _check_limits(nets, "hyper_parameters")
-    res = nets["resolution"]
-    if not isinstance(res, int) or res < 8 or res & (res - 1):
-        raise UserError(f"the state's hyper_parameters.resolution {res!r} is not a power of two >= 8")
-    try:
-        G = Generator(c_dim=0, img_resolution=res, img_channels=3, **nets["G_kwargs"])
-        D = Discriminator(c_dim=0, img_resolution=res, img_channels=3, **nets["D_kwargs"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise UserError(f"the state's hyper_parameters describe no network ({e})") from None
-    shapes, weights = {}, set()
-    for prefix, net in (("G.", G), ("G_ema.", G), ("D.", D)):
-        shapes.update({f"{prefix}{k}": tuple(v.shape) for k, v in net.state_dict().items()})
-        weights.update(f"{prefix}{k}" for k, _ in net.named_parameters())
-    return shapes, weights, [[tuple(p.shape) for p in net.parameters()] for net in (G, D)]
-
 
 # ---------------------------------------------------------------- the checkpoint as JSON + tensors
 def _encode(value: Any, path: str, put: Callable[[str, Tensor], Any]) -> Any:
@@ -163,11 +111,12 @@ def write_state(ckpt: Mapping[str, Any], out_dir: str | Path, shard_mib: float =
              for opt in ckpt.get("optimizer_states") or []]
     table: Dict[str, dict] = {}
     stored: Dict[str, Tensor] = {}
+    seen: Dict[tuple, str] = {}  # exact tensors stored once (G_ema's buffers are G's)
 
     def put(path: str, t: Tensor) -> str:
         t = t.detach().cpu()
-        entry = {"dtype": _dname(t.dtype), "shape": list(t.shape)}
-        moment = _MOMENT.match(path)
+        entry = {"dtype": str(t.dtype)[6:], "shape": list(t.shape)}
+        moment = MOMENT.match(path)
         if moment and moment.group(3) == "exp_avg" and beta1[int(moment.group(1))] == 0.0:
             entry["stored"] = None  # Adam overwrites it with the gradient before reading it
         else:
@@ -178,8 +127,14 @@ def write_state(ckpt: Mapping[str, Any], out_dir: str | Path, shard_mib: float =
             elif big and path.startswith("state_dict.") and path[len("state_dict."):] in weights:
                 finite = bool(torch.isfinite(t).all()) and float(t.abs().max()) <= FP16_MAX
                 s = t.to(torch.float16) if finite else t
-            entry["stored"] = _dname(s.dtype)
-            stored[path] = s.clone() if s is t else s.contiguous()  # no shared storage in a shard
+            entry["stored"] = str(s.dtype)[6:]
+            key = (entry["stored"], tuple(s.shape), hashlib.sha256(s.contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()
+                   ) if s is t and t.numel() else None
+            if key is not None and key in seen:
+                entry["same_as"] = seen[key]
+            else:
+                seen.setdefault(key, path)
+                stored[path] = s.clone() if s is t else s.contiguous()  # no shared storage in a shard
         table[path] = entry
         return path
 
@@ -218,113 +173,15 @@ def write_state(ckpt: Mapping[str, Any], out_dir: str | Path, shard_mib: float =
                     "cur_nimg": int(prog.get("cur_nimg", 0)), "kimg": int(prog.get("cur_nimg", 0)) / 1000.0,
                     "seed": hp.get("seed"), "config_sha256": _config_hash(hp),
                     "render_rng": "stylegan_progress.render_rng" if "render_rng" in prog else None,
-                    "train_loader": _loader_state(ckpt), "shards": listed, "tensors": table, "checkpoint": skeleton}
-        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+                    "train_loader": ((ckpt.get("loops") or {}).get("fit_loop") or {}).get("state_dict", {}).get(
+                        "combined_loader"), "shards": listed, "tensors": table, "checkpoint": skeleton}
+        atomic_write_text(out / MANIFEST, json.dumps(manifest))
     keep = {s["file"] for s in listed}
     for old in out.iterdir():
-        if _SHARD.match(old.name) and old.name not in keep:
+        if SHARD_NAME.match(old.name) and old.name not in keep:
             old.unlink()
     return manifest
 
-
-def _loader_state(ckpt: Mapping[str, Any]) -> Any:
-    """The training loader's position as the loops keep it (src/data/resume.py), for the manifest's reader."""
-    try:
-        return ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    except (KeyError, TypeError):
-        return None
-
-
-# ---------------------------------------------------------------- read
-def _load_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such state folder")
-    if not path.is_file():
-        raise UserError(f"{path}: missing (not a compact GAN state folder)")
-    if path.stat().st_size > MAX_MANIFEST:
-        raise UserError(f"{path}: {path.stat().st_size} bytes, over the {MAX_MANIFEST} a manifest may have")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: not a {FORMAT} manifest")
-    for key, kind in (("shards", list), ("tensors", dict), ("checkpoint", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise UserError(f"{path}: '{key}' is missing or not a {kind.__name__}")
-    return manifest
-
-
-def _expected(name: str, shapes: Mapping[str, tuple], opt_shapes: list[list[tuple]]) -> Optional[tuple]:
-    """The shape the networks give tensor ``name`` (None: not a network tensor)."""
-    if name.startswith("state_dict.") and name[len("state_dict."):] in shapes:
-        return shapes[name[len("state_dict."):]]
-    m = _MOMENT.match(name)
-    if m:
-        i, j = int(m.group(1)), int(m.group(2))
-        if i >= len(opt_shapes) or j >= len(opt_shapes[i]):
-            raise UserError(f"manifest: {name} names a parameter the networks do not have")
-        return opt_shapes[i][j]
-    return None
-
-
-def _check_table(manifest: dict, n_shards: int) -> None:
-    """Every tensor's dtype, shape and shard against the networks, before any tensor is read."""
-    hp = manifest["checkpoint"].get("hyper_parameters")
-    if not isinstance(hp, dict):
-        raise UserError("manifest: the checkpoint has no hyper_parameters")
-    shapes, _, opt_shapes = reference_shapes(_decode(hp, {}))
-    table = manifest["tensors"]
-    for name, e in table.items():
-        if not isinstance(e, dict) or not isinstance(e.get("shape"), list) or e.get("dtype") not in _DTYPES:
-            raise UserError(f"manifest: the entry of {name} is malformed")
-        shape = tuple(e["shape"])
-        if not all(isinstance(d, int) and 0 <= d <= 1 << 31 for d in shape):
-            raise UserError(f"manifest: {name} has the shape {list(shape)}")
-        want = _expected(name, shapes, opt_shapes)
-        if want is not None and shape != want:
-            raise UserError(f"manifest: {name} is {list(shape)}, the networks of its hyper_parameters have {list(want)}")
-        if want is None and math.prod(shape) > MAX_OTHER:
-            raise UserError(f"manifest: {name} has {math.prod(shape)} elements, over {MAX_OTHER} for a tensor "
-                            "no network describes")
-        if e.get("stored") is None:
-            if not _MOMENT.match(name) or name.endswith("_sq"):
-                raise UserError(f"manifest: {name} is left out, and only Adam's first moment may be")
-        elif e["stored"] not in _DTYPES or not (isinstance(e.get("shard"), int) and 0 <= e["shard"] < n_shards):
-            raise UserError(f"manifest: {name} has no valid stored dtype or shard")
-    missing = sorted(f"state_dict.{k}" for k in shapes if f"state_dict.{k}" not in table)
-    if missing:
-        raise UserError(f"manifest: the state has no {missing[0]}")
-
-
-def _check_shard(folder: Path, i: int, entry: Any, table: Mapping[str, dict]) -> Path:
-    """A shard's presence, size, sha256 and header against the manifest."""
-    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _SHARD.match(entry["file"])):
-        raise UserError(f"manifest: shard {i} is malformed")
-    path = folder / entry["file"]
-    if not path.is_file():
-        raise UserError(f"{path}: missing shard {i} of the state (copy every file of the state folder)")
-    size = path.stat().st_size
-    if size != entry.get("bytes"):
-        raise UserError(f"{path}: {size} bytes, the manifest says {entry.get('bytes')} (corrupt or cut short)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    if h.hexdigest() != entry.get("sha256"):
-        raise UserError(f"{path}: sha256 differs from the manifest's (corrupt shard)")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n)) if n <= min(size - 8, 1 << 24) else None
-    mine = {k: e for k, e in table.items() if e.get("shard") == i and e.get("stored") is not None}
-    if header is None or set(header) - {"__metadata__"} != set(mine):
-        raise UserError(f"{path}: its tensors are not the ones the manifest lists for shard {i}")
-    for k, e in mine.items():
-        if header[k].get("dtype") != _ST_CODES[e["stored"]] or header[k].get("shape") != e["shape"]:
-            raise UserError(f"{path}: {k} is stored as {header[k].get('dtype')} {header[k].get('shape')}, "
-                            f"the manifest says {e['stored']} {e['shape']}")
-    return path
 
 
 def read_state(folder: str | Path) -> dict:
@@ -333,17 +190,23 @@ def read_state(folder: str | Path) -> dict:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    manifest = _load_manifest(folder)
+    manifest = load_manifest(folder)
     table = manifest["tensors"]
-    _check_table(manifest, len(manifest["shards"]))
-    paths = [_check_shard(folder, i, s, table) for i, s in enumerate(manifest["shards"])]
+    try:
+        hparams = _decode(manifest["checkpoint"].get("hyper_parameters"), {})
+    except (KeyError, TypeError, ValueError):
+        raise UserError("manifest: its hyper_parameters do not decode") from None
+    check_table(manifest, hparams)
+    paths = [check_shard(folder, i, s, table) for i, s in enumerate(manifest["shards"])]
     tensors: Dict[str, Tensor] = {}
     for path in paths:
         tensors.update(load_file(str(path)))
     for name, e in table.items():
-        dtype = _DTYPES[e["dtype"]]
+        dtype = DTYPES[e["dtype"]][0]
         if e["stored"] is None:
             tensors[name] = torch.zeros(e["shape"], dtype=dtype)
+        elif "same_as" in e:
+            tensors[name] = tensors[e["same_as"]].to(dtype, copy=True)
         elif tensors[name].dtype != dtype:
             tensors[name] = tensors[name].to(dtype)
     try:
@@ -354,7 +217,7 @@ def read_state(folder: str | Path) -> dict:
 
 
 def state_summary(folder: str | Path) -> str:
-    m = _load_manifest(Path(folder))
+    m = load_manifest(Path(folder))
     total = sum(int(s.get("bytes", 0)) for s in m["shards"]) + (Path(folder) / MANIFEST).stat().st_size
     return (f"step {m.get('global_step')} iteration {m.get('iteration')} kimg {m.get('kimg'):.1f} seed {m.get('seed')}: "
             f"{len(m['shards'])} shards + manifest, {total / 2**20:.2f} MiB, config {str(m.get('config_sha256'))[:12]}")
