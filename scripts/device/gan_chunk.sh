@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One chunk of the embedded 128 px StyleGAN2 training (experiment=embedded_stylegan) on a GPU machine
+# that starts bare: restore the compact state (src/embedded/training/gan_state.py) from STATE_IN if it
+# is there, train for TRAIN_S seconds of wall clock, stop with SIGTERM (the run saves that exact step),
+# and export the compact state into $OUT/gan_state (manifest.json + 4 shards of <= 16 MiB, 57 MiB).
+# Prints the chunk's kimg, img/s and wall time; $OUT/chunk.log and $OUT/metrics.csv come back too
+# (6 files in all).
+#
+# First chunk (no state yet), as a device run from the repository root, timeout_s 600:
+#   bash scripts/device/gan_chunk.sh                                  carry [".carry/site"]
+# Every next chunk: put the files that came back from the last one into .carry/gan_state here,
+#   rm -rf .carry/gan_state && mkdir -p .carry/gan_state && cp <files_at>/gan_state/* .carry/gan_state/
+# and run the same command with carry [".carry/site", ".carry/gan_state"]. Keep a copy of each
+# chunk's state outside the repository: it is the run. The tree that travels must stay under
+# 64 MiB: run from a sparse checkout without assets/ (the state is 56.8 MiB, the rest ~6.4 MiB).
+# Without assets/ the validation FD uses the fixed random-feature net (the oracle is not there).
+#
+# Settings (environment): TRAIN_S seconds of training (default 450: with start-up, restore and
+# export the command ends within ~8.5 min), STATE_IN (.carry/gan_state), EXTRA= more overrides,
+# HW=gpu, RUNS (work folder, default $TMPDIR/lgfa_gan). A CPU smoke run: HW=cpu TRAIN_S=30 EXTRA="..."
+set -u
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
+TRAIN_S=${TRAIN_S:-450}
+STATE_IN=${STATE_IN:-.carry/gan_state}
+RUNS=${RUNS:-${TMPDIR:-/tmp}/lgfa_gan}
+OUT=${OUT:-$RUNS/out}
+NAME=embedded-stylegan
+RUN=$RUNS/stylegan/runs/$NAME
+STATE=src.embedded.training.gan_state
+start=$(date +%s)
+rm -rf "$RUN" && mkdir -p "$RUN/checkpoints" "$OUT"
+[ "${HW:-gpu}" = gpu ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+kimg0=0
+if [ -f "$STATE_IN/manifest.json" ]; then
+  python -m $STATE import "$STATE_IN" "$RUN/checkpoints/last.ckpt" || exit 2
+  kimg0=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['kimg'])" "$STATE_IN/manifest.json")
+else
+  echo "no state in $STATE_IN: the first chunk starts from scratch"
+fi
+oracle=""
+[ -f assets/oracle_synthetic.safetensors ] || oracle="model.validation.oracle_path=null"
+
+# SIGTERM after TRAIN_S: the run ends the step it is in, saves it as last.ckpt and exits 143
+# (src/systems/signals.py); a run that reaches max_steps first exits 0.
+python train.py experiment=embedded_stylegan name=$NAME paths.log_dir="$RUNS" hardware=${HW:-gpu} \
+  logger=csv test=false model.output.export_path=null $oracle ${EXTRA:-} > "$RUNS/train.log" 2>&1 &
+pid=$!
+t0=$(date +%s)
+( sleep "$TRAIN_S"; kill -TERM $pid 2>/dev/null ) &
+timer=$!
+wait $pid
+rc=$?
+t1=$(date +%s)
+kill $timer 2>/dev/null
+tail -n 3 "$RUNS/train.log"
+if [ $rc -ne 0 ] && [ $rc -ne 143 ]; then
+  echo "training failed (rc=$rc)"; tail -n 30 "$RUNS/train.log"; cp "$RUNS/train.log" "$OUT/chunk.log"; exit 1
+fi
+
+python -m $STATE export "$RUN/checkpoints/last.ckpt" "$OUT/gan_state" || exit 1
+cp "$RUN/csv/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
+python - "$OUT/gan_state/manifest.json" "$kimg0" $((t1 - t0)) $(($(date +%s) - start)) "$OUT/metrics.csv" <<'EOF' | tee "$OUT/chunk.log"
+import csv, json, os, sys
+m = json.load(open(sys.argv[1]))
+kimg0, train_s, wall_s = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fd = ""
+if os.path.isfile(sys.argv[5]):
+    rows = [r for r in csv.DictReader(open(sys.argv[5])) if r.get("val/fd")]
+    fd = f", val/fd {float(rows[-1]['val/fd']):.3f} at step {rows[-1].get('step')}" if rows else ""
+done = m["kimg"] - kimg0
+print(f"chunk: kimg {kimg0:.1f} -> {m['kimg']:.1f} (+{done:.1f}), {done * 1000 / max(train_s, 1):.0f} img/s over "
+      f"{train_s} s of training (start-up included), wall {wall_s} s{fd}; step {m['global_step']}, "
+      f"iteration {m['iteration']}; state {sum(s['bytes'] for s in m['shards']) / 2**20:.1f} MiB")
+EOF
+tail -c 4000000 "$RUNS/train.log" >> "$OUT/chunk.log"
+ls -la "$OUT" "$OUT/gan_state"
