@@ -189,3 +189,30 @@ def test_absurd_networks_are_one_line(runs, tmp_path, capsys, monkeypatch):
     manifest["checkpoint"]["hyper_parameters"]["G_kwargs"]["synthesis_kwargs"]["channel_max"] = 1 << 16
     (tmp_path / gs.MANIFEST).write_text(json.dumps(manifest))
     _one_line_error(tmp_path, capsys, monkeypatch, "channel_max = 65536 is outside")
+
+
+@pytest.mark.slow
+def test_a_run_resumes_from_an_imported_state_bit_for_bit(tmp_path, capsys):
+    """Through train.py's own resume: a state exported from a stopped run's last.ckpt (kept exactly,
+    Adam's first moment dropped, evaluation networks left out) and imported into a fresh run folder
+    ends where the uninterrupted run ends, bit for bit."""
+    from tests.conftest import compose_train
+    from tests.test_resume_exact import _assert_bit_identical
+    from tests.test_resume_tasks import COMMON, TASKS
+    from train import train
+
+    base = COMMON + TASKS["stylegan"][0]
+    whole, cut, moved = tmp_path / "whole", tmp_path / "cut", tmp_path / "moved"
+    train(compose_train(base + ["trainer.max_steps=8"], whole))
+    train(compose_train(base + ["trainer.max_steps=4"], cut))
+    ckpt = torch.load(cut / "run/checkpoints/last.ckpt", weights_only=True)
+    gs.write_state(ckpt, tmp_path / "state", exact_up_to=1 << 40)
+    assert gs.main(["import", str(tmp_path / "state"), str(moved / "run/checkpoints/last.ckpt")]) == 0
+    capsys.readouterr()
+    train(compose_train(base + ["trainer.max_steps=8"], moved))
+    assert "resuming from" in capsys.readouterr().err
+    a, b = (torch.load(r / "run/checkpoints/last.ckpt", weights_only=True) for r in (whole, moved))
+    assert a["global_step"] == b["global_step"] == 8
+    _assert_bit_identical(a["state_dict"], b["state_dict"], "state_dict")
+    _assert_bit_identical(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
+    _assert_bit_identical(a["stylegan_progress"], b["stylegan_progress"], "stylegan_progress")
