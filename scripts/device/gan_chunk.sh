@@ -2,9 +2,9 @@
 # One chunk of the embedded 128 px StyleGAN2 training (experiment=embedded_stylegan) on a GPU machine
 # that starts bare: restore the compact state (src/embedded/training/gan_state.py) from STATE_IN if it
 # is there, train for TRAIN_S seconds of wall clock, stop with SIGTERM (the run saves that exact step),
-# and export the compact state into $OUT/gan_state (manifest.json + 4 shards of <= 16 MiB, 57 MiB).
+# and export the compact state into $OUT/gan_state (manifest.json + 4 shards of <= 16 MiB, 56.8 MiB).
 # Prints the chunk's kimg, img/s and wall time; $OUT/chunk.log and $OUT/metrics.csv come back too
-# (6 files in all).
+# (7 files in all).
 #
 # First chunk (no state yet), as a device run from the repository root, timeout_s 600:
 #   bash scripts/device/gan_chunk.sh                                  carry [".carry/site"]

@@ -1,6 +1,6 @@
 """The compact resumable state of a StyleGAN training run: a Lightning checkpoint of ``task=stylegan``
-(about 150 MB at the embedded 128 px size) <-> a folder of safetensors shards of at most 16 MiB and a
-``manifest.json`` (57 MiB together), small enough to travel to and from machines that keep nothing.
+(172 MiB at the embedded 128 px size) <-> a folder of safetensors shards of at most 16 MiB and a
+``manifest.json`` (56.8 MiB together), small enough to travel to and from machines that keep nothing.
 
     python -m src.embedded.training.gan_state export RUN/checkpoints/last.ckpt STATE_DIR [--shard-mib 16]
     python -m src.embedded.training.gan_state import STATE_DIR RUN/checkpoints/last.ckpt
