@@ -8,13 +8,15 @@ G samples (psi 1, constant noise, z seeded ``--seed``) against renders drawn as 
 stream draws them (parameters seeded ``--seed`` + 1; a second render set, ``--seed`` + 2, gives the
 renders-vs-renders floor of both Frechet distances at the same sample count). Prints: per oracle
 attribute the 5-95 percentile range over G samples and over renders (natural units) and their ratio
-(coverage); the Frechet distance of the oracle's outputs (normalised attribute vectors) and of its
+(coverage) and, for expressions and pose, the share of faces read more than a quarter of the range
+away from the neutral value (the renderer draws each such attribute "active" for about a quarter of
+faces); the Frechet distance of the oracle's outputs (normalised attribute vectors) and of its
 mean-pooled conv-trunk features; the Laplacian-variance sharpness ratio G / renders; the pose block
 (how often heads are turned or tilted, by the renderer's truth and by the oracle). Metric functions:
 ``src/embedded/gan_quality.py``.
 
 Optional: ``--sheet`` 64 G samples beside 64 renders; ``--yaw-sweep`` G samples stepped along the W
-direction that moves the oracle's yaw most (least squares over the samples), the oracle's yaw above
+direction that moves the oracle's yaw most (ridge regression over the samples), the oracle's yaw above
 each face; ``--project K`` projects the K most turned renders (and K frontal ones) into G (W+, pixel
 loss) and prints the reconstructions' PSNR and oracle yaw; ``--json`` every figure, written atomically.
 """
@@ -91,16 +93,22 @@ def read_set(label, batches, reader, n, keep=64):
 
 
 def coverage_table(gen, ref):
-    """Rows (name, G range, renders range, ratio) in natural units, and the printed table."""
+    """Rows (name, G range, renders range, ratio, share away from neutral in G / renders), natural units,
+    and the printed table."""
     g, r, ratio = gq.coverage(gen, ref)
+    away_g, away_r = gq.away_share(gen, PARAM_SPACE.normalize(PARAM_SPACE.neutral())), \
+        gq.away_share(ref, PARAM_SPACE.normalize(PARAM_SPACE.neutral()))
     lo, hi = PARAM_SPACE.low().double(), PARAM_SPACE.high().double()
     g, r = lo + g * (hi - lo), lo + r * (hi - lo)
-    rows = [dict(attribute=n, g_range=[float(g[0, i]), float(g[1, i])], renders_range=[float(r[0, i]), float(r[1, i])],
-                 ratio=float(ratio[i])) for i, n in enumerate(PARAM_SPACE.names)]
-    lines = [f"  {'attribute':<15} {'G 5..95%':>16} {'renders 5..95%':>16} {'ratio':>6}"]
+    rows = [dict(attribute=n, kind=PARAM_SPACE.specs[i].kind, g_range=[float(g[0, i]), float(g[1, i])],
+                 renders_range=[float(r[0, i]), float(r[1, i])], ratio=float(ratio[i]),
+                 away_g=float(away_g[i]), away_renders=float(away_r[i])) for i, n in enumerate(PARAM_SPACE.names)]
+    lines = [f"  {'attribute':<15} {'G 5..95%':>16} {'renders 5..95%':>16} {'ratio':>6}   "
+             f"away from neutral: {'G':>5} {'renders':>7}"]
     for row in rows:
+        away = (f"{row['away_g']:>24.1%} {row['away_renders']:>7.1%}" if row["kind"] == "expression" else "")
         lines.append(f"  {row['attribute']:<15} {row['g_range'][0]:>7.3f}..{row['g_range'][1]:<7.3f} "
-                     f"{row['renders_range'][0]:>7.3f}..{row['renders_range'][1]:<7.3f} {row['ratio']:>6.2f}")
+                     f"{row['renders_range'][0]:>7.3f}..{row['renders_range'][1]:<7.3f} {row['ratio']:>6.2f} {away}")
     return rows, "\n".join(lines)
 
 
@@ -119,26 +127,27 @@ def pose_block(gs, rs):
                          turned_oracle_renders=float((o_r.abs() > TURNED).float().mean()),
                          turned_oracle_g=float((o_g.abs() > TURNED).float().mean()),
                          oracle_vs_truth_corr=corr, oracle_vs_truth_mae=float((t - o_r).abs().mean()),
-                         std_truth=float(t.std()), std_oracle_renders=float(o_r.std()), std_oracle_g=float(o_g.std()))
+                         max_abs_oracle_g=float(o_g.abs().max()), std_truth=float(t.std()), std_oracle_renders=float(o_r.std()), std_oracle_g=float(o_g.std()))
     return out
 
 
 def yaw_direction(gs):
-    """(unit direction in W, its fit R^2, the std of W along it) from least squares of the oracle's yaw on W."""
+    """(unit direction in W, held-out R^2, the rms distance of W samples to their mean) from the ridge
+    regression of the oracle's yaw on W."""
     w, yaw = gs.cat("latents").double(), PARAM_SPACE.denormalize(gs.cat("attributes"))[:, PARAM_SPACE.idx("yaw")]
     d, r2 = gq.regression_direction(w, yaw.double())
-    return d.float(), r2, float(((w - w.mean(0)) @ d.double()).std())
+    return d.float(), r2, float((w - w.mean(0)).square().sum(1).mean().sqrt())
 
 
-def save_png(image, path):
-    """image [H, W, 3] uint8 -> an atomic PNG at ``path``."""
+def save_png(image, path, bits=8):
+    """image [H, W, 3] uint8 -> an atomic PNG at ``path``, colours cut to ``bits`` per channel (smaller files)."""
     from PIL import Image
 
     from src.utils.io import atomic_write
     from src.utils.video import check_image
 
     with atomic_write(path, verify=lambda tmp: check_image(tmp, (image.shape[1], image.shape[0]))) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG", optimize=True)
+        Image.fromarray(image & (0xFF << (8 - bits) & 0xFF)).save(tmp, format="PNG", optimize=True)
 
 
 def stack(sheets, axis):
@@ -168,17 +177,19 @@ def write_sheet(path, gs, rs, frame_size):
         return render_contact_sheet(frames.reshape(rows, 8, *frames.shape[1:]), column_labels=[], title=title,
                                     max_frame_size=frame_size).image
 
-    save_png(stack([grid(gs.cat("images"), "generator samples (psi 1)"), grid(rs.cat("images"), "renders")], 1), path)
+    save_png(stack([grid(gs.cat("images"), "generator samples (psi 1)"), grid(rs.cat("images"), "renders")], 1), path,
+             bits=6)
 
 
-def write_yaw_sweep(path, G, reader, w0, direction, w_std, frame_size, steps=(-4, -3, -2, -1, 0, 1, 2, 3, 4)):
-    """One row per W latent of w0 [F, w_dim], stepped by ``steps`` stds of W along ``direction``, the
-    oracle's yaw (natural units) above each face. Returns the yaws [F, len(steps)]."""
+def write_yaw_sweep(path, G, reader, w0, direction, spread, frame_size, steps=(-1, -.75, -.5, -.25, 0, .25, .5, .75, 1)):
+    """One row per W latent of w0 [F, w_dim], stepped along ``direction`` by ``steps`` times ``spread`` (the
+    rms distance of W samples to their mean), the oracle's yaw (natural units) above each face. Returns the
+    yaws [F, len(steps)]."""
     from src.utils.contact_sheet import render_contact_sheet
     from src.utils.video import to_uint8_frames
 
     dev = next(G.parameters()).device
-    offsets = torch.tensor(steps, dtype=torch.float32).view(1, -1, 1) * w_std * direction.view(1, 1, -1)
+    offsets = torch.tensor(steps, dtype=torch.float32).view(1, -1, 1) * spread * direction.view(1, 1, -1)
     w = (w0.unsqueeze(1) + offsets).reshape(-1, w0.shape[1])
     images = torch.cat([gq.sample_generator(G, w[i:i + 16].to(dev)).cpu() for i in range(0, len(w), 16)])
     yaw = PARAM_SPACE.denormalize(reader(images.to(dev))[0].cpu())[:, PARAM_SPACE.idx("yaw")].reshape(len(w0), -1)
@@ -186,8 +197,9 @@ def write_yaw_sweep(path, G, reader, w0, direction, w_std, frame_size, steps=(-4
     frames = frames.reshape(len(w0), len(steps), *frames.shape[1:])
     sheets = []
     for i in range(len(w0)):
-        title = (f"G samples stepped along W's yaw direction, {steps[0]}..+{steps[-1]} std of W along it; the "
-                 "oracle's yaw above each face (renders: -1 turned left .. +1 turned right)") if i == 0 else None
+        title = (f"G samples stepped along the yaw direction in W by {steps[0]:+g}..{steps[-1]:+g} x the samples' rms "
+                 "distance to their mean; the oracle's yaw above each face (renders: -1 turned left .. +1 right)"
+                 ) if i == 0 else None
         sheets.append(render_contact_sheet(frames[i:i + 1], column_labels=[f"{float(y):+.2f}" for y in yaw[i]],
                                            title=title, max_frame_size=frame_size).image)
     save_png(stack(sheets, 0), path)
@@ -244,8 +256,8 @@ def run(args):
         fd_trunk_floor=gq.frechet_distance(rs.cat("trunk"), rs2.cat("trunk")),
         sharpness_g=sharp_g, sharpness_renders=sharp_r, sharpness_ratio=sharp_g / sharp_r,
         pose=pose_block(gs, rs))
-    direction, r2, w_std = yaw_direction(gs)
-    result["yaw_direction"] = dict(heldout_r2=r2, w_std_along=w_std)
+    direction, r2, spread = yaw_direction(gs)
+    result["yaw_direction"] = dict(heldout_r2=r2, w_rms_distance=spread)
     print(f"coverage (5..95 percentile range of the oracle's readings, natural units):\n{table}")
     print("worst coverage: " + ", ".join(f"{k} {v:.2f}" for k, v in result["coverage_worst"].items()))
     print(f"Frechet distance, oracle outputs:        G vs renders {result['fd_attributes']:.3f}   "
@@ -255,18 +267,19 @@ def run(args):
     print(f"sharpness (Laplacian variance): G {sharp_g:.4f}, renders {sharp_r:.4f}, ratio {result['sharpness_ratio']:.3f}")
     for name, p in result["pose"].items():
         print(f"pose {name}: |{name}| > {TURNED}: renderer truth {p['turned_truth']:.1%}, oracle on renders "
-              f"{p['turned_oracle_renders']:.1%}, oracle on G {p['turned_oracle_g']:.1%}; std truth "
+              f"{p['turned_oracle_renders']:.1%}, oracle on G {p['turned_oracle_g']:.1%} (max |{name}| "
+              f"{p['max_abs_oracle_g']:.2f}); std truth "
               f"{p['std_truth']:.3f}, oracle renders {p['std_oracle_renders']:.3f}, oracle G {p['std_oracle_g']:.3f}; "
               f"oracle vs truth on renders: r {p['oracle_vs_truth_corr']:.3f}, MAE {p['oracle_vs_truth_mae']:.3f}")
-    print(f"yaw direction in W: held-out R^2 of oracle yaw ~ W {r2:.3f}; std of W along it {w_std:.3f}")
-    frame = min(res, 64)
+    print(f"yaw direction in W (ridge): held-out R^2 of oracle yaw ~ W {r2:.3f}; rms |w - mean w| {spread:.2f}")
+    frame = min(res, 56)
     if args.sheet:
         write_sheet(args.sheet, gs, rs, frame)
         print(f"wrote {args.sheet}")
     if args.yaw_sweep:
-        yaw = write_yaw_sweep(args.yaw_sweep, G, reader, gs.cat("latents")[:6], direction, w_std, frame)
+        yaw = write_yaw_sweep(args.yaw_sweep, G, reader, gs.cat("latents")[:6], direction, spread, frame)
         result["yaw_direction"]["sweep_oracle_yaw"] = [[round(float(v), 3) for v in row] for row in yaw]
-        print(f"wrote {args.yaw_sweep}; oracle yaw at -4 / 0 / +4 std, mean over rows: "
+        print(f"wrote {args.yaw_sweep}; oracle yaw at -1 / 0 / +1 x rms distance, mean over rows: "
               f"{float(yaw[:, 0].mean()):+.2f} / {float(yaw[:, 4].mean()):+.2f} / {float(yaw[:, -1].mean()):+.2f}")
     if args.project:
         print(f"projection into G (W+, pixel loss, {args.project_steps} steps):")

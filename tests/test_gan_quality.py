@@ -63,9 +63,12 @@ def test_laplacian_variance_drops_under_blur():
 def test_regression_direction_finds_the_signal():
     x = gaussian(400, 6, 5)
     true = torch.tensor([0.0, 3.0, 0.0, -4.0, 0.0, 0.0], dtype=torch.float64)
-    direction, r2 = gq.regression_direction(x, x @ true)
+    direction, r2 = gq.regression_direction(x, x @ true, ridge=0.0)
     assert torch.allclose(direction, true / true.norm(), atol=1e-6)
     assert r2 == pytest.approx(1.0, abs=1e-6)
+    noisy = x @ true + 5.0 * gaussian(400, 1, 6)[:, 0]
+    direction, r2 = gq.regression_direction(x, noisy)  # the default ridge: still the right direction
+    assert float(direction @ (true / true.norm())) > 0.97 and 0.2 < r2 < 0.6
 
 
 def test_bad_shapes_are_one_line_errors():

@@ -27,7 +27,7 @@ from src.embedded.params import PARAM_SPACE, sample_params
 from src.embedded.render import render
 from src.utils.errors import UserError
 
-__all__ = ["FeatureSet", "coverage", "frechet_distance", "laplacian_variance", "OracleReader",
+__all__ = ["FeatureSet", "away_share", "coverage", "frechet_distance", "laplacian_variance", "OracleReader",
            "generator_batches", "render_batches", "read_batches", "sample_generator"]
 
 LOW_Q, HIGH_Q = 0.05, 0.95  # the percentiles whose range coverage compares
@@ -55,6 +55,12 @@ def coverage(gen: Tensor, ref: Tensor, low: float = LOW_Q, high: float = HIGH_Q)
     width_g, width_r = g[1] - g[0], r[1] - r[0]
     ratio = torch.where(width_r > 0, width_g / width_r.clamp_min(1e-300), torch.full_like(width_r, float("nan")))
     return g, r, ratio
+
+
+def away_share(x: Tensor, neutral: Tensor, distance: float = 0.25) -> Tensor:
+    """Per column of x [N, D] (normalised units): the share of rows farther than ``distance`` from
+    ``neutral`` [D]; a generator that drops an attribute's rarer, moved mode scores far below the data."""
+    return ((x.double() - neutral.double()).abs() > distance).double().mean(0)
 
 
 class _GivenFeatures(nn.Module):
@@ -199,21 +205,26 @@ def attribute_names() -> list[str]:
     return list(PARAM_SPACE.names)
 
 
-def _least_squares(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(coefficients [D], x's mean, y's mean) of y [N] ~ x [N, D]."""
+def _ridge(x: Tensor, y: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(coefficients [D], x's mean, y's mean) of y [N] ~ x [N, D], the penalty ``ridge`` times the mean
+    eigenvalue of the centred x'x (0: ordinary least squares)."""
     xm, ym = x.mean(0), y.mean()
-    return torch.linalg.lstsq(x - xm, (y - ym).unsqueeze(1)).solution.squeeze(1), xm, ym
+    xc = x - xm
+    gram = xc.T @ xc
+    gram = gram + ridge * gram.trace() / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype)
+    return torch.linalg.lstsq(gram, (xc.T @ (y - ym)).unsqueeze(1)).solution.squeeze(1), xm, ym
 
 
-def regression_direction(x: Tensor, y: Tensor) -> tuple[Tensor, float]:
-    """The direction in x-space along which y changes most, linearly: least squares of y [N] on
-    x [N, D]. Returns (unit direction [D], held-out R^2: fitted on the even rows, scored on the odd)."""
+def regression_direction(x: Tensor, y: Tensor, ridge: float = 1.0) -> tuple[Tensor, float]:
+    """The direction in x-space along which y changes most, linearly: ridge regression of y [N] on
+    x [N, D] (``_ridge``; with few samples per dimension plain least squares fits noise). Returns
+    (unit direction [D], held-out R^2: fitted on the even rows, scored on the odd ones)."""
     if x.dim() != 2 or y.shape != (x.shape[0],) or x.shape[0] < 4:
         raise UserError(f"regression_direction needs x [N >= 4, D] and y [N], got {tuple(x.shape)}, {tuple(y.shape)}")
     x, y = x.double(), y.double()
-    coef, xm, ym = _least_squares(x[0::2], y[0::2])
+    coef, xm, ym = _ridge(x[0::2], y[0::2], ridge)
     test_x, test_y = x[1::2], y[1::2]
     residual = test_y - ((test_x - xm) @ coef + ym)
     r2 = 1.0 - float(residual.square().sum() / (test_y - test_y.mean()).square().sum().clamp_min(1e-30))
-    coef = _least_squares(x, y)[0]
+    coef = _ridge(x, y, ridge)[0]
     return coef / coef.norm().clamp_min(1e-30), r2
