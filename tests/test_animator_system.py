@@ -332,16 +332,55 @@ def test_motion_total_train_matches_the_training_step_sum():
     m = build()
     w = m.sample_latents(2, seed=3)
     prompts = ["The person is smiling.", "The person is angry."]
-    k = training_matched_strength(5, "linear", 4)
-    trained = m.animate(w, prompts, num_frames=5, decay="linear")  # hparams default: train
-    paper_scaled = m.animate(w, prompts, num_frames=5, decay="linear", strength=k, motion_total="paper")
+    frames = int(m.pipeline.inference_cfg.frames) + 1  # no resampling at or above the file's frame count
+    k = training_matched_strength(frames, "linear", 4)
+    trained = m.animate(w, prompts, num_frames=frames, decay="linear")  # hparams default: train
+    paper_scaled = m.animate(w, prompts, num_frames=frames, decay="linear", strength=k, motion_total="paper")
     torch.testing.assert_close(trained["ws"], paper_scaled["ws"])
-    paper = m.animate(w, prompts, num_frames=5, decay="linear", motion_total="paper")
-    assert not torch.allclose(paper["ws"][:, -1], trained["ws"][:, -1])  # 5 linear frames: factor 1.5
+    paper = m.animate(w, prompts, num_frames=frames, decay="linear", motion_total="paper")
+    assert not torch.allclose(paper["ws"][:, -1], trained["ws"][:, -1])  # linear decay: factor 1.6
     with pytest.raises(UserError, match="motion_total"):
         m.animate(w, prompts, motion_total="more")
     with pytest.raises(UserError, match="motion_total"):
         build(motion_total="more")
+
+
+def test_short_videos_play_the_whole_motion():
+    """Under motion_total 'train' a video shorter than the file's inference.frames is that motion
+    resampled: it starts at the input, ends where the full-length video ends, and every frame lies
+    on the full-length trajectory. 'paper' runs the recurrence for the frames asked."""
+    from src.networks.animator import resample_frames
+
+    m = build()
+    full = int(m.pipeline.inference_cfg.frames)
+    w = m.sample_latents(2, seed=3)
+    prompts = ["The person is smiling.", "The person is angry."]
+    long = m.animate(w, prompts, num_frames=full, decay="linear")
+    for frames in (2, 3, 4, full - 1):
+        short = m.animate(w, prompts, num_frames=frames, decay="linear")
+        assert short["ws"].shape[1] == frames and torch.equal(short["ws"][:, 0], w)
+        torch.testing.assert_close(short["ws"][:, -1], long["ws"][:, -1])
+        torch.testing.assert_close(short["offsets"], resample_frames(long["offsets"], frames))
+    grid = max(k for k in range(2, full) if (full - 1) % (k - 1) == 0)  # frames that fall on the full grid
+    on_grid = m.animate(w, prompts, num_frames=grid, decay="linear")
+    torch.testing.assert_close(on_grid["ws"], long["ws"][:, ::(full - 1) // (grid - 1)])
+    paper = m.animate(w, prompts, num_frames=4, decay="linear", motion_total="paper")
+    assert not torch.allclose(paper["ws"][:, -1], long["ws"][:, -1])
+
+
+def test_resampling_keeps_the_ends_and_interpolates_linearly():
+    from src.networks.animator import resample_frames
+
+    x = torch.randn(3, 16, 2, 5)
+    four = resample_frames(x, 4)
+    assert torch.equal(four, x[:, ::5])  # 0, 5, 10, 15: on the grid
+    two = resample_frames(x, 2)
+    assert torch.equal(two[:, 0], x[:, 0]) and torch.equal(two[:, 1], x[:, -1])
+    up = resample_frames(x, 31)  # half steps
+    torch.testing.assert_close(up[:, 1::2], (x[:, :-1] + x[:, 1:]) / 2)
+    assert resample_frames(x, 16) is x
+    with pytest.raises(UserError, match="at least 2 frames"):
+        resample_frames(x, 1)
 
 
 def test_without_image_mapper_the_offsets_are_motion_only_and_reload(tmp_path):

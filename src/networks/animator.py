@@ -63,6 +63,26 @@ def step_sizes(num_frames: int, decay: str = "none", strength: float = 1.0, base
 MOTION_TOTALS = ("train", "paper")
 
 
+def resample_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """x [N,T,...]: one motion sampled at T evenly spaced times -> [N,num_frames,...] sampled at
+    num_frames evenly spaced times of the same motion (linear in time; the first and last frames
+    are kept exactly, so a motion that starts at the input face still does)."""
+    n, T = x.shape[:2]
+    if num_frames < 2 or T < 2:
+        raise UserError(f"resampling needs at least 2 frames, got {T} -> {num_frames}")
+    if num_frames == T:
+        return x
+    pos = torch.linspace(0.0, T - 1.0, num_frames, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=T - 2)
+    frac = (pos - lo.double()).to(x.dtype).to(x.device)
+    frac = frac.view(1, num_frames, *([1] * (x.ndim - 2)))
+    lo = lo.to(x.device)
+    a, b = x.index_select(1, lo), x.index_select(1, lo + 1)
+    out = a + (b - a) * frac
+    out[:, 0], out[:, -1] = x[:, 0], x[:, -1]
+    return out
+
+
 def training_matched_strength(num_frames: int, decay: str, train_frames: int, base: float = 0.8) -> float:
     """Factor on r_t that makes a T-frame video under ``decay`` move as far in total as a training
     video (``train_frames`` frames, no decay): sum_t r_t = base * (train_frames - 1) / train_frames.

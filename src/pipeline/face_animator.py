@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from src.config.animator import (CLIP_FINETUNE, AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
                                  migrate_train_group, typed_group)
-from src.networks.animator import DECAYS, MOTION_TOTALS, RecurrentAnimator, training_matched_strength
+from src.networks.animator import (DECAYS, MOTION_TOTALS, RecurrentAnimator, resample_frames,
+                                   training_matched_strength)
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
 from src.pipeline.faces import FaceInputs
@@ -223,6 +224,14 @@ class FaceAnimator(FaceInputs, nn.Module):
             raise UserError(f"motion_total '{motion_total}' is not one of {', '.join(MOTION_TOTALS)}")
         return motion_total
 
+    def motion_frames(self, num_frames: int) -> int:
+        """How many steps the recurrence runs for a ``num_frames`` video under motion_total 'train':
+        the file's own frame count (``inference.frames``, what it was tuned and evaluated at), then
+        the motion is resampled to ``num_frames``. A 4-frame video plays the same motion as a
+        16-frame one, reaching as far, and a 64-frame one plays it slower. Never fewer than asked."""
+        return max(int(self.inference_cfg.frames), 2) if num_frames < int(self.inference_cfg.frames) \
+            else num_frames
+
     @torch.no_grad()
     def animate(self, w_input: torch.Tensor, prompts: Sequence[str] | str, num_frames: int = 16,
                 decay: str = "linear", strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0,
@@ -232,8 +241,9 @@ class FaceAnimator(FaceInputs, nn.Module):
 
         image [N,3,H,W] in [-1,1]: the face shown to CLIP (default: G.synthesis(w_input)).
         motion_total (default: the recorded one): 'train' scales the step sizes so that the video moves
-        as far in total as a training video, then ``strength`` multiplies; 'paper' uses the authors'
-        r_t = 0.8 / T * decay(t, T) * strength. identity_projection (default: the recorded one, 0..1):
+        as far in total as a training video, then ``strength`` multiplies, and a video shorter than
+        the file's ``inference.frames`` plays that length's motion resampled (:meth:`motion_frames`);
+        'paper' runs the authors' r_t = 0.8 / T * decay(t, T) * strength for T = num_frames. identity_projection (default: the recorded one, 0..1):
         how much of each offset's first-order effect on the face's identity readings is removed.
         identity_jacobian: ``self.identity_jacobian(w_input)`` when already computed.
         Returns dict(frames [N,T,3,H,W] in [-1,1], ws [N,T,L,C], offsets [N,T,L,C]).
@@ -242,8 +252,10 @@ class FaceAnimator(FaceInputs, nn.Module):
             raise UserError(f"decay '{decay}' is not one of {', '.join(DECAYS)}")
         if num_frames < 2:
             raise UserError(f"num_frames must be >= 2, got {num_frames}")
+        run_frames = num_frames
         if self.resolve_motion_total(motion_total) == "train":
-            strength = strength * training_matched_strength(num_frames, decay, int(self.train_cfg.frames),
+            run_frames = self.motion_frames(num_frames)
+            strength = strength * training_matched_strength(run_frames, decay, int(self.train_cfg.frames),
                                                             self.animator.step_base)
         device = self.device
         w_input = w_input.to(device).float()
@@ -267,8 +279,11 @@ class FaceAnimator(FaceInputs, nn.Module):
             # a text-only animator (net.image_branch false) never looks at the face
             image_emb = self.clip.encode_image(image.to(device)) if self.animator.image_branch else None
             text_emb = self.clip.encode_text(prompts)
-            out = self.animator(w_input, text_emb, image_emb, num_frames, decay=decay, strength=strength,
+            out = self.animator(w_input, text_emb, image_emb, run_frames, decay=decay, strength=strength,
                                 generator=torch.Generator().manual_seed(int(seed)))
+            if run_frames != num_frames:  # the same motion, sampled at the requested frame count
+                offsets = resample_frames(out["offsets"], num_frames)
+                out = {"offsets": offsets, "ws": w_input[:, None] + offsets}
             if projection > 0:
                 offsets = self.project_identity(w_input, out["offsets"], projection, jacobian=identity_jacobian)
                 # variant 'ours': frame 0's offset is exactly zero and stays zero, so frame 0 is still the input
