@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from src.embedded import gan_quality as gq  # noqa: E402
 from src.embedded.params import PARAM_SPACE  # noqa: E402
-from src.utils.errors import UserError  # noqa: E402
+from src.utils.errors import UserError, exit_code  # noqa: E402
 
 GENERATOR = ROOT / "assets" / "stylegan2_synthetic128.safetensors"
 ORACLE = ROOT / "assets" / "oracle_synthetic.safetensors"
@@ -295,12 +295,7 @@ def run(args):
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

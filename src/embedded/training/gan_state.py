@@ -38,7 +38,7 @@ from torch import Tensor
 
 from src.embedded.training.gan_state_check import (DTYPES, FORMAT, MANIFEST, MOMENT, SHARD_NAME, check_shard,
                                                    check_table, load_manifest, reference_shapes)
-from src.utils.errors import UserError
+from src.utils.errors import UserError, exit_code
 from src.utils.io import atomic_write, atomic_write_text, together
 
 __all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "state_summary", "main"]
@@ -257,7 +257,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     im.add_argument("checkpoint")
     sub.add_parser("info", help="what a state folder holds (checked)").add_argument("state_dir")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         if args.cmd == "export":
             export_checkpoint(args.checkpoint, args.state_dir, args.shard_mib)
         elif args.cmd == "import":
@@ -265,10 +266,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             read_state(args.state_dir)
         print(state_summary(args.state_dir))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":
