@@ -1,6 +1,6 @@
 """The shipped embedded animator, judged by its attribute oracle: a motion reaches as far at any
-frame count, and `strength` up to 1 scales it monotonically, alone and in a sequence ("X, then Y").
-(Above 1 the shipped animator's reach levels off and then falls: its recurrence was trained at 1.)"""
+frame count, and `strength` scales it monotonically, alone and in a sequence ("X, then Y"): up to 1
+through the recurrence's step sizes, above 1 along the offsets of the motion at 1."""
 from __future__ import annotations
 
 import pytest
@@ -47,7 +47,7 @@ def test_every_frame_count_reaches_as_far_as_sixteen(shipped):
 def test_strength_scales_the_motion_monotonically(shipped):
     animator, oracle, ws = shipped
     reach = [_reach(oracle, _video(animator, ws, "The person is smiling.", num_frames=8, strength=s), "smiling")
-             for s in (0.25, 0.5, 0.75, 1.0)]
+             for s in (0.25, 0.5, 1.0, 1.25, 1.5)]
     assert all(a < b for a, b in zip(reach, reach[1:])), reach
     assert reach[0] > 0
 
@@ -55,7 +55,7 @@ def test_strength_scales_the_motion_monotonically(shipped):
 def test_a_sequence_plays_each_motion_and_strength_scales_both(shipped):
     animator, oracle, _ = shipped
     first, second = [], []
-    for strength in (0.5, 0.75, 1.0):
+    for strength in (0.5, 1.0, 1.5):
         videos = torch.stack([animator(seed=s, text="The person is smiling, then closing eyes", frames=6,
                                        strength=strength, identity_projection=0.0) for s in SEEDS])
         assert videos.shape[1] == 11  # 6 frames, then 5 more from the first motion's last frame
@@ -63,4 +63,4 @@ def test_a_sequence_plays_each_motion_and_strength_scales_both(shipped):
         second.append(_reach(oracle, videos[:, 5:], "closing eyes"))
     assert all(a < b for a, b in zip(first, first[1:])), first
     assert all(a < b for a, b in zip(second, second[1:])), second
-    assert first[-1] > 0.1 and second[-1] > 0.3
+    assert first[1] > 0.1 and second[1] > 0.3

@@ -242,7 +242,8 @@ class FaceAnimator(FaceInputs, nn.Module):
         image [N,3,H,W] in [-1,1]: the face shown to CLIP (default: G.synthesis(w_input)).
         motion_total (default: the recorded one): 'train' scales the step sizes so that the video moves
         as far in total as a training video, then ``strength`` multiplies, and a video shorter than
-        the file's ``inference.frames`` plays that length's motion resampled (:meth:`motion_frames`);
+        the file's ``inference.frames`` plays that length's motion resampled (:meth:`motion_frames`),
+        and a strength above 1 scales the offsets of the motion at strength 1 (variant 'ours');
         'paper' runs the authors' r_t = 0.8 / T * decay(t, T) * strength for T = num_frames. identity_projection (default: the recorded one, 0..1):
         how much of each offset's first-order effect on the face's identity readings is removed.
         identity_jacobian: ``self.identity_jacobian(w_input)`` when already computed.
@@ -252,9 +253,13 @@ class FaceAnimator(FaceInputs, nn.Module):
             raise UserError(f"decay '{decay}' is not one of {', '.join(DECAYS)}")
         if num_frames < 2:
             raise UserError(f"num_frames must be >= 2, got {num_frames}")
-        run_frames = num_frames
+        run_frames, beyond = num_frames, 1.0
         if self.resolve_motion_total(motion_total) == "train":
             run_frames = self.motion_frames(num_frames)
+            if strength > 1.0 and self.animator.variant == "ours":
+                # past the strength it was trained at, a longer stride of the recurrence drifts off
+                # its motion (reach falls); the motion at 1 is extended along its own offsets instead
+                strength, beyond = 1.0, float(strength)
             strength = strength * training_matched_strength(run_frames, decay, int(self.train_cfg.frames),
                                                             self.animator.step_base)
         device = self.device
@@ -281,8 +286,8 @@ class FaceAnimator(FaceInputs, nn.Module):
             text_emb = self.clip.encode_text(prompts)
             out = self.animator(w_input, text_emb, image_emb, run_frames, decay=decay, strength=strength,
                                 generator=torch.Generator().manual_seed(int(seed)))
-            if run_frames != num_frames:  # the same motion, sampled at the requested frame count
-                offsets = resample_frames(out["offsets"], num_frames)
+            if run_frames != num_frames or beyond != 1.0:  # the motion at the frames asked, extended
+                offsets = resample_frames(out["offsets"], num_frames) * beyond
                 out = {"offsets": offsets, "ws": w_input[:, None] + offsets}
             if projection > 0:
                 offsets = self.project_identity(w_input, out["offsets"], projection, jacobian=identity_jacobian)
