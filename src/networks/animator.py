@@ -67,7 +67,7 @@ def resample_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
     """x [N,T,...]: one motion sampled at T evenly spaced times -> [N,num_frames,...] sampled at
     num_frames evenly spaced times of the same motion (linear in time; the first and last frames
     are kept exactly, so a motion that starts at the input face still does)."""
-    n, T = x.shape[:2]
+    T = x.shape[1]
     if num_frames < 2 or T < 2:
         raise UserError(f"resampling needs at least 2 frames, got {T} -> {num_frames}")
     if num_frames == T:

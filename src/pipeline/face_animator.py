@@ -229,8 +229,7 @@ class FaceAnimator(FaceInputs, nn.Module):
         the file's own frame count (``inference.frames``, what it was tuned and evaluated at), then
         the motion is resampled to ``num_frames``. A 4-frame video plays the same motion as a
         16-frame one, reaching as far, and a 64-frame one plays it slower. Never fewer than asked."""
-        return max(int(self.inference_cfg.frames), 2) if num_frames < int(self.inference_cfg.frames) \
-            else num_frames
+        return max(num_frames, int(self.inference_cfg.frames))
 
     @torch.no_grad()
     def animate(self, w_input: torch.Tensor, prompts: Sequence[str] | str, num_frames: int = 16,
@@ -241,11 +240,11 @@ class FaceAnimator(FaceInputs, nn.Module):
 
         image [N,3,H,W] in [-1,1]: the face shown to CLIP (default: G.synthesis(w_input)).
         motion_total (default: the recorded one): 'train' scales the step sizes so that the video moves
-        as far in total as a training video, then ``strength`` multiplies, and a video shorter than
-        the file's ``inference.frames`` plays that length's motion resampled (:meth:`motion_frames`),
-        and a strength above 1 scales the offsets of the motion at strength 1 (variant 'ours');
-        'paper' runs the authors' r_t = 0.8 / T * decay(t, T) * strength for T = num_frames. identity_projection (default: the recorded one, 0..1):
-        how much of each offset's first-order effect on the face's identity readings is removed.
+        as far in total as a training video, then ``strength`` multiplies; a video shorter than the
+        file's ``inference.frames`` plays that length's motion resampled (:meth:`motion_frames`), and
+        a strength above 1 scales the offsets of the motion at strength 1 (variant 'ours'). 'paper'
+        runs the authors' r_t = 0.8 / T * decay(t, T) * strength for T = num_frames.
+        identity_projection (default: the recorded one, 0..1): how much of each offset's first-order effect on the face's identity readings is removed.
         identity_jacobian: ``self.identity_jacobian(w_input)`` when already computed.
         Returns dict(frames [N,T,3,H,W] in [-1,1], ws [N,T,L,C], offsets [N,T,L,C]).
         """

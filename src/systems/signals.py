@@ -7,8 +7,8 @@ stops at once, without saving.
   only records the signal (and calls a handler that was there before it, e.g. submitit's).
 * :class:`SaveAndStop` (a callback) acts on it after the step: all DDP ranks agree first (any
   rank's signal stops every rank at the same step); the step that reaches ``max_steps`` is saved
-  the same way (a rerun with a larger ``max_steps`` goes on from it exactly). Lightning's own SIGTERM handling, which can
-  stop a run during validation, ends in the same save (``on_exception``).
+  the same way (a rerun with a larger ``max_steps`` goes on from it exactly). Lightning's own
+  SIGTERM handling, which can stop a run during validation, ends in the same save (``on_exception``).
 * Under a spawning strategy (``ddp_spawn``, ``hardware=ddp_cpu``) the ranks are child processes:
   the callback installs the same handlers in each of them, and the parent forwards a signal it gets
   to them as SIGTERM (a Ctrl-C that reached the whole process group stays one stop, not a second
