@@ -23,6 +23,12 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 
+# The official StyleGAN2-ADA code (NVlabs/stylegan2-ada-pytorch, its CUDA ops) training this network
+# (128 px, channel_base 8192, channel_max 256, z/w 256, 4 mapping layers, no augmentation, R1 and
+# path-length regularisation at the official intervals), timed side by side on one H100 80GB HBM3.
+OFFICIAL_IMG_S = {64: 437.0, 256: 800.0}
+
+
 def load_model_cfg(overrides):
     cfg = OmegaConf.load(ROOT / "conf" / "task" / "stylegan.yaml")
     model = OmegaConf.to_container(cfg.model, resolve=False)
@@ -52,11 +58,28 @@ def detach_from_lightning(module):
     return module
 
 
-def bench_raw(model_kwargs, device, warmup, iters):
+class FixedReals:
+    """Stands in for the render prefetcher: one batch rendered once, to time training without the renderer."""
+
+    def __init__(self, prefetcher, generator, device):
+        self.batch = prefetcher.take(generator, device)
+        self.state_before_pending = None
+
+    def prefetch(self, generator, device):
+        pass
+
+    def take(self, generator, device):
+        return self.batch
+
+
+def bench_raw(model_kwargs, device, warmup, iters, fixed_reals=False):
     from src.embedded.training.gan import StyleGANModule
 
     torch.manual_seed(0)
     m = StyleGANModule(**model_kwargs).to(device)
+    if fixed_reals:
+        m._ensure_generator()
+        m._reals = FixedReals(m._reals, m._gen, device)
     m.train()
     m.G_ema.eval()
     if device.type == "cuda":
@@ -79,6 +102,42 @@ def bench_raw(model_kwargs, device, warmup, iters):
     finite = all(torch.isfinite(p).all() for p in m.G.parameters())
     B = m.batch_size
     return dict(img_s=B * iters / dt, ms_it=1000 * dt / iters, peak_gb=peak, finite=bool(finite))
+
+
+def profile_raw(model_kwargs, device, iters=16, top=14):
+    """Where an iteration's time goes: GPU kernel time vs wall time, kernel launches per iteration."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from src.embedded.training.gan import StyleGANModule
+
+    torch.manual_seed(0)
+    m = detach_from_lightning(StyleGANModule(**model_kwargs).to(device))
+    m.train()
+    m.G_ema.eval()
+    for i in range(32):
+        m.training_step(i, i)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(iters):
+            m.training_step(i, i)
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / iters * 1000
+    avg = prof.key_averages()
+    syncs = sum(e.count for e in avg if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                   "cudaMemcpyAsync", "aten::item", "aten::_local_scalar_dense"))
+    launches_cpu = sum(e.count for e in avg if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    events = [e for e in avg if e.device_type.name == "CUDA"]
+    kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / iters
+    launches = sum(e.count for e in events) / iters
+    print(f"profile (batch {m.batch_size}, {model_kwargs['precision']['mode']}): wall {wall:.1f} ms/iter (profiled), "
+          f"GPU kernels {kernel_ms:.1f} ms/iter ({100 * kernel_ms / wall:.0f}% busy), {launches:.0f} kernels/iter, "
+          f"{launches_cpu / iters:.0f} launch calls/iter, {syncs / iters:.1f} sync/copy/item calls/iter")
+    host = sorted((e for e in avg if e.device_type.name == "CPU" and e.key.startswith("aten::")),
+                  key=lambda e: -e.self_cpu_time_total)[:8]
+    print("  host time by op: " + ", ".join(f"{e.key[6:]} {e.self_cpu_time_total / 1000 / iters:.1f} ms" for e in host))
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"  {e.self_device_time_total / 1000 / iters:7.2f} ms  x{e.count / iters:6.1f}  {e.key[:90]}")
 
 
 def bench_render(resolution, batch, device, reps=20):
@@ -117,6 +176,12 @@ def bench_lightning(model_kwargs, iters):
     return dict(img_s=m.batch_size * iters / (time.perf_counter() - t0))
 
 
+def table_row(label, batch, r):
+    ref = OFFICIAL_IMG_S.get(batch)
+    ratio = f"{r['img_s'] / ref:.2f}x" if ref else "-"
+    return f"| {label} | {batch} | {r['img_s']:.0f} | {ratio} | {r['ms_it']:.1f} | {r['peak_gb']:.2f} | {r['finite']} |"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=[64])
@@ -125,6 +190,9 @@ def main():
     ap.add_argument("--iters", type=int, default=160)
     ap.add_argument("--ops", default="auto", help="src.ops impl: auto | cuda | ref")
     ap.add_argument("--lightning", action="store_true", help="also time trainer.fit (incl. Lightning overhead)")
+    ap.add_argument("--fixed-reals", action="store_true", help="also time each row with one fixed real batch "
+                    "(the training step without the renderer)")
+    ap.add_argument("--profile", action="store_true", help="also profile the first precision at each batch")
     ap.add_argument("--set", nargs="*", default=[], help="model overrides, e.g. G_kwargs.w_dim=512 regularization.r1_gamma=0.1")
     args = ap.parse_args()
     if args.iters % 16:
@@ -138,18 +206,25 @@ def main():
     base = load_model_cfg(args.set)
     print(f"resolution {base['resolution']}  G {base['G_kwargs']}")
     print(f"render only: {bench_render(base['resolution'], args.batch[0], device):.2f} ms per batch of {args.batch[0]}")
-    print(f"| precision | batch | img/s | ms/iter | peak GB | finite |")
-    print(f"|---|---|---|---|---|---|")
+    print("| precision | batch | img/s | x official | ms/iter | peak GB | finite |")
+    print("|---|---|---|---|---|---|---|")
     for prec in args.precision:
         for b in args.batch:
             kw = with_precision_batch(base, prec, b)
             try:
                 r = bench_raw(kw, device, args.warmup, args.iters)
-                print(f"| {prec} | {b} | {r['img_s']:.0f} | {r['ms_it']:.1f} | {r['peak_gb']:.2f} | {r['finite']} |", flush=True)
+                print(table_row(prec, b, r), flush=True)
+                if args.fixed_reals:
+                    r = bench_raw(kw, device, args.warmup, args.iters, fixed_reals=True)
+                    print(table_row(f"{prec}, fixed reals", b, r), flush=True)
             except Exception as e:  # report and go on with the next configuration
-                print(f"| {prec} | {b} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | |", flush=True)
+                print(f"| {prec} | {b} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | | |",
+                      flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    if args.profile and device.type == "cuda":
+        for b in args.batch:
+            profile_raw(with_precision_batch(base, args.precision[0], b), device)
     if args.lightning and device.type == "cuda":
         kw = with_precision_batch(base, args.precision[0], args.batch[0])
         r = bench_lightning(kw, args.iters)

@@ -215,14 +215,15 @@ def test_the_newest_of_last_and_the_slurm_requeue_checkpoint_is_resumed(tmp_path
 
 @pytest.mark.gpu
 def test_stop_and_resume_on_the_gpu_gives_the_uninterrupted_weights(tiny_overrides, tmp_path):
-    """The same stop-and-resume on CUDA: equal within float tolerance (cuDNN / atomics need not repeat
-    bit for bit), and the steps, data order and counters exactly."""
+    """The same stop-and-resume on CUDA with hardware.deterministic=true (deterministic cuDNN and
+    cuBLAS algorithms): bit-identical weights and Adam state, the same steps and data order."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from train import train
 
     # short prompts: the tiny CLIP's 16-token context holds them under any BPE vocabulary
-    gpu = tiny_overrides + EXACT + ["hardware=gpu", "hardware.num_workers=0", "domain.prompts.template={}"]
+    gpu = tiny_overrides + EXACT + ["hardware=gpu", "hardware.num_workers=0", "hardware.deterministic=true",
+                                    "domain.prompts.template='{}'"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(compose_train(gpu + [f"trainer.max_steps={N}"], whole))
     train(compose_train(gpu + ["trainer.max_steps=3"], cut))
@@ -233,6 +234,8 @@ def test_stop_and_resume_on_the_gpu_gives_the_uninterrupted_weights(tiny_overrid
     assert a["loops"]["fit_loop"]["state_dict"]["combined_loader"] == b["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     worst = assert_close_weights(a["state_dict"], b["state_dict"])
     print(f"largest weight difference after resume on {torch.cuda.get_device_name()}: {worst:.3g}")
+    assert _assert_bit_identical(a["state_dict"], b["state_dict"], "state_dict") > 0
+    assert _assert_bit_identical(a["optimizer_states"], b["optimizer_states"], "optimizer_states") > 0
 
 
 def assert_close_weights(a: dict, b: dict, rel: float = 1e-5) -> float:
