@@ -153,12 +153,12 @@ class ParamSpace:
         disc = torch.tensor([s.discrete for s in self.specs], device=params.device)
         return torch.where(disc, out.round(), out)
 
-    def check(self, params: torch.Tensor) -> None:
-        """Raise UserError unless ``params`` is a finite float [N, P] tensor."""
+    def check(self, params: torch.Tensor, finite: bool = True) -> None:
+        """Raise UserError unless ``params`` is a (with ``finite``: finite) float [N, P] tensor."""
         if not torch.is_tensor(params) or params.dim() != 2 or params.shape[1] != len(self):
             shape = tuple(params.shape) if torch.is_tensor(params) else type(params).__name__
             raise UserError(f"face parameters must be a [N, {len(self)}] tensor, got {shape}")
-        if not torch.isfinite(params).all():
+        if finite and not torch.isfinite(params).all():
             raise UserError("face parameters contain NaN or inf")
 
 

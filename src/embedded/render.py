@@ -50,14 +50,17 @@ _MOUTH_BOX = (0.19, 0.34)    # nose and mouth (open, tongue out)
 _MOUTH_BOX_V = 0.28
 
 
-def render(params: torch.Tensor, resolution: int = 128, max_pixels_per_chunk: int | None = None) -> torch.Tensor:
+def render(params: torch.Tensor, resolution: int = 128, max_pixels_per_chunk: int | None = None,
+           check_finite: bool = True) -> torch.Tensor:
     """Render faces.
 
     params: [N, P] in natural units (see PARAMS), on the device to render on.
     resolution: output size R (16..1024).
+    check_finite: refuse NaN/inf parameters (a host sync for GPU tensors; callers that drew the
+        parameters themselves, e.g. with ``sample_params``, may skip it).
     Returns [N, 3, R, R] float32 in [-1, 1] on params.device.
     """
-    PARAM_SPACE.check(params)
+    PARAM_SPACE.check(params, finite=check_finite)
     if not isinstance(resolution, int) or not 16 <= resolution <= 1024:
         raise UserError(f"render resolution must be an integer in 16..1024, got {resolution!r}")
     params = PARAM_SPACE.clamp(params.float())

@@ -45,6 +45,7 @@ from src.config.gan import (PRECISIONS, GanAugmentConfig, GanEmaConfig, GanOptim
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
+from src.embedded.training.gan_graphs import PhaseGraphs
 from src.embedded.training.gan_metrics import GanEvalHooks
 from src.embedded.training.gan_reals import RealPrefetcher
 from src.embedded.training.gan_state import EVAL_NETWORKS
@@ -122,12 +123,15 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         self.iteration = 0
         self._gen: Optional[torch.Generator] = None  # CPU generator of the training reals
         self._reals = RealPrefetcher(batch_size, resolution)
+        self._graphs: Optional[PhaseGraphs] = None  # CUDA graphs of the phases (precision.cuda_graphs)
+        self._process_iterations = 0  # iterations run by this process: the graphs' warm-up counts these
         self._init_eval(self.validation_cfg.feature_clip_path, self.validation_cfg.oracle_path)
 
     # ---------------------------------------------------------------- helpers
     def _autocast(self):
         if self.precision_cfg.mode == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            # no weight-cast cache: it must be off inside a recorded CUDA graph, and each region is one forward
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return nullcontext()
 
     def _c(self, n: int) -> Tensor:
@@ -201,7 +205,7 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """One official-loop iteration: G step (+ lazy PL), D step (+ lazy R1), EMA, ADA."""
-        reg, fp16_res = self.reg_cfg, self.precision_cfg.mode == "fp16_res"
+        reg = self.reg_cfg
         self._ensure_generator()
         opt_g, opt_d = self.optimizers()
         B = self.batch_size
@@ -210,51 +214,38 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         do_r1 = reg.r1_interval > 0 and self.r1_gamma > 0 and it % reg.r1_interval == 0
         log_every = self.output_cfg.log_every
         log_now = log_every > 0 and (it + 1) % log_every == 0
+        graphs = self._phase_graphs()
+        local_it = self._process_iterations
+        graphed = graphs is not None and graphs.active(local_it)
 
         # ---- G phase --------------------------------------------------------------------
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        z = torch.randn(B, self.z_dim, device=self.device)
-        ws = self._mapping(self.G, z, update_emas=True)
-        fake = self._synth(self.G, ws)
-        loss_g = g_nonsaturating_loss(self._run_D(fake))
-        loss_g_total = loss_g
-        pl_pen = None
-        if do_pl:
-            n_pl = max(B // reg.pl_batch_shrink, 1)
-            ws_pl = self._mapping(self.G, torch.randn(n_pl, self.z_dim, device=self.device))
-            img_pl = self._synth(self.G, ws_pl)
-            pl_pen = self.pl_penalty(img_pl, ws_pl).mean()
-            loss_g_total = loss_g_total + pl_pen * (reg.pl_weight * reg.pl_interval)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g_total)
-        if fp16_res:
-            self._clean_grads(self.G)
+        g_phase = lambda: self._g_phase(opt_g, do_pl, graphed)  # noqa: E731
+        if graphs is None:
+            loss_g, _ = g_phase()
+        else:
+            loss_g, _ = graphs.run(("G", do_pl), g_phase, local_it,
+                                   before_record=lambda: graphs.allocate_grads(self.G.parameters()))
         opt_g.step()
 
         # ---- D phase --------------------------------------------------------------------
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
-        with torch.no_grad():
-            ws_d = self._mapping(self.G, torch.randn(B, self.z_dim, device=self.device))
-            fake_d = self._synth(self.G, ws_d)
-        fake_logits = self._run_D(fake_d)
-        real = self._reals.take(self._gen, self.device).detach().requires_grad_(do_r1)
-        real_logits = self._run_D(real)
+        real = self._reals.take(self._gen, self.device)
+        if graphed:
+            real = graphs.static_input("real", real)
+        d_phase = lambda: self._d_phase(opt_d, real, do_r1, graphed)  # noqa: E731
+        if graphs is None:
+            loss_d, real_logits, fake_logits = d_phase()
+        else:
+            loss_d, real_logits, fake_logits = graphs.run(("D", do_r1), d_phase, local_it,
+                                                          before_record=lambda: graphs.allocate_grads(self.D.parameters()))
         if self.ada_stats is not None:
             self.ada_stats.accumulate(real_logits)
-        loss_d = d_logistic_loss(real_logits, fake_logits)
-        loss_d_total = loss_d
-        r1 = None
-        if do_r1:
-            r1 = r1_penalty(real, real_logits).mean()
-            loss_d_total = loss_d_total + r1 * (self.r1_gamma / 2 * reg.r1_interval)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d_total)
-        if fp16_res:
-            self._clean_grads(self.D)
         opt_d.step()
         self.D.requires_grad_(False)
+        self._process_iterations += 1
 
         # ---- EMA, ADA, counters ------------------------------------------------------------
         self.cur_nimg += B
@@ -278,6 +269,55 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
             self.log_dict(logs, on_step=True, on_epoch=False)
             self.log("train/kimg", float(self.cur_nimg) / 1000.0, on_step=True, on_epoch=False)
         return None
+
+    def _phase_graphs(self) -> Optional[PhaseGraphs]:
+        """The CUDA graph runner when ``precision.cuda_graphs`` is on and the step allows it."""
+        if not (self.precision_cfg.cuda_graphs and self.device.type == "cuda" and self.augment_pipe is None):
+            return None
+        if self._graphs is None:
+            self._graphs = PhaseGraphs(self.precision_cfg.graph_warmup)
+        return self._graphs
+
+    def _backward(self, loss: Tensor, graphed: bool) -> None:
+        # Inside a recorded phase: autograd only (Lightning's hooks would run at recording, not replay).
+        loss.backward() if graphed else self.manual_backward(loss)
+
+    def _g_phase(self, opt_g, do_pl: bool, graphed: bool):
+        """G's losses and gradients (the step itself is taken by the caller): (loss_g, pl_penalty)."""
+        reg = self.reg_cfg
+        z = torch.randn(self.batch_size, self.z_dim, device=self.device)
+        ws = self._mapping(self.G, z, update_emas=True)
+        loss_g = g_nonsaturating_loss(self._run_D(self._synth(self.G, ws)))
+        loss_g_total, pl_pen = loss_g, torch.zeros([], device=self.device)
+        if do_pl:
+            n_pl = max(self.batch_size // reg.pl_batch_shrink, 1)
+            ws_pl = self._mapping(self.G, torch.randn(n_pl, self.z_dim, device=self.device))
+            pl_pen = self.pl_penalty(self._synth(self.G, ws_pl), ws_pl).mean()
+            loss_g_total = loss_g_total + pl_pen * (reg.pl_weight * reg.pl_interval)
+        opt_g.zero_grad(set_to_none=not graphed)
+        self._backward(loss_g_total, graphed)
+        if self.precision_cfg.mode == "fp16_res":
+            self._clean_grads(self.G)
+        return loss_g.detach(), pl_pen.detach()
+
+    def _d_phase(self, opt_d, real: Tensor, do_r1: bool, graphed: bool):
+        """D's losses and gradients on fresh fakes and ``real``: (loss_d, real_logits, fake_logits)."""
+        with torch.no_grad():
+            ws_d = self._mapping(self.G, torch.randn(self.batch_size, self.z_dim, device=self.device))
+            fake_d = self._synth(self.G, ws_d)
+        fake_logits = self._run_D(fake_d)
+        real = real.detach().requires_grad_(do_r1)
+        real_logits = self._run_D(real)
+        loss_d = d_logistic_loss(real_logits, fake_logits)
+        loss_d_total = loss_d
+        if do_r1:
+            r1 = r1_penalty(real, real_logits).mean()
+            loss_d_total = loss_d_total + r1 * (self.r1_gamma / 2 * self.reg_cfg.r1_interval)
+        opt_d.zero_grad(set_to_none=not graphed)
+        self._backward(loss_d_total, graphed)
+        if self.precision_cfg.mode == "fp16_res":
+            self._clean_grads(self.D)
+        return loss_d.detach(), real_logits.detach(), fake_logits.detach()
 
     # ---------------------------------------------------------------- checkpoint / export
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
