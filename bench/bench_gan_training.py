@@ -114,7 +114,7 @@ def profile_raw(model_kwargs, device, iters=16, top=14):
     m = detach_from_lightning(StyleGANModule(**model_kwargs).to(device))
     m.train()
     m.G_ema.eval()
-    for i in range(32):
+    for i in range(64):  # past the CUDA graphs' warm-up (32) and the recording of every variant
         m.training_step(i, i)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
