@@ -1,8 +1,8 @@
 """Write one contact sheet per concept of an animator: held-out faces x frames, every cell labelled.
 
-    python scripts/contact_sheets.py --page docs/concepts.md          # every concept -> docs/images/concepts/
-    python scripts/contact_sheets.py --concepts smiling closing_eyes --faces 2 --out /tmp/sheets
-    python scripts/contact_sheets.py --checkpoint logs/animator/runs/my-exp/animator.safetensors --device cuda
+    python scripts/concept_sheets.py --page docs/concepts.md          # every concept -> docs/images/concepts/
+    python scripts/concept_sheets.py --concepts smiling closing_eyes --faces 2 --out /tmp/sheets
+    python scripts/concept_sheets.py --checkpoint logs/animator/runs/my-exp/animator.safetensors --device cuda
 
 A sheet is <out>/<concept>.png (spaces become "_"): the prompt on top, then one row a face, under
 its seed, and one column a frame, under its index. The faces are the generator's faces of seeds
@@ -89,7 +89,7 @@ def page_text(sheets: Sequence[tuple[str, Path]], page: Path, faces: int, frames
              f"identity projection). How far each concept moves, measured over 200 faces: "
              f"[results/motion_fidelity.md](results/motion_fidelity.md).")
     lines = ["# What each concept looks like", "", *textwrap.wrap(intro, 100), "",
-             "Written by `python scripts/contact_sheets.py --page docs/concepts.md` (`--help` lists the options).", ""]
+             "Written by `python scripts/concept_sheets.py --page docs/concepts.md` (`--help` lists the options).", ""]
     for prompt, png in sheets:
         link = Path(os.path.relpath(png, page.parent)).as_posix()
         lines += [f"## {prompt}", "", f"![{prompt} {faces} faces, {frames} frames each]({link})", ""]

@@ -1,4 +1,4 @@
-"""scripts/contact_sheets.py: one labelled sheet per concept (faces x frames), its page, its errors."""
+"""scripts/concept_sheets.py: one labelled sheet per concept (faces x frames), its page, its errors."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +12,7 @@ from src.utils import contact_sheet as cs
 from src.utils.video import to_uint8_frames
 from tests.conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("contact_sheets", ROOT / "scripts" / "contact_sheets.py")
+spec = importlib.util.spec_from_file_location("concept_sheets", ROOT / "scripts" / "concept_sheets.py")
 tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)
 
