@@ -4,6 +4,8 @@
     python evaluate.py faces=200 frames=16 device=cuda output=results.json
     python evaluate.py checkpoint=logs/animator/runs/my-exp/checkpoints/last.ckpt oracle=null
     python evaluate.py face_sampling=near_average face_net=checkpoints/model_ir_se50.pth
+    python evaluate.py phrasings=heldout faces=48 paper_metrics=false   # paraphrases never trained on
+    python evaluate.py phrasings=my_phrasings.json                      # {"smiling": ["beaming", ...], ...}
 
 Arguments are Hydra-style key=value overrides of conf/evaluate.yaml (no output folders are created).
 Prints a per-concept table (CLIP top-1 and score; with the embedded domain's oracle the right-way
@@ -21,7 +23,8 @@ from pathlib import Path
 def run(cfg) -> dict:
     """Evaluate as ``cfg`` says; returns the result (also written to cfg.output)."""
     from src.eval.paper_scores import face_network
-    from src.eval.runner import evaluate, summary_table
+    from src.eval.phrasings import resolve_phrasings
+    from src.eval.runner import evaluate, phrasing_table, summary_table
     from src.pipeline import FaceAnimator
     from src.config.cli import parse_device
     from src.utils.io import atomic_write_text, check_output_path
@@ -46,14 +49,20 @@ def run(cfg) -> dict:
     face_net, face_net_name = face_network(pipeline.domain, cfg.face_net, cfg.paths.assets, cfg.paths.checkpoints,
                                            cfg.device) if paper_metrics else (None, "n/a (paper_metrics=false)")
     concepts = list(cfg.concepts) if cfg.get("concepts") else None
+    phrasings = resolve_phrasings(cfg.get("phrasings"), pipeline.config["domain"],
+                                  concepts or pipeline.config["domain"]["prompts"]["concepts"])
     result = evaluate(pipeline, cfg.faces, cfg.frames, cfg.batch, cfg.decay, cfg.strength, oracle, concepts,
                       face_seed_offset=cfg.face_seed_offset, motion_total=cfg.get("motion_total"),
                       identity_projection=cfg.get("identity_projection"), face_sampling=cfg.face_sampling,
-                      face_net=face_net, face_net_name=face_net_name, paper_metrics=paper_metrics)
+                      face_net=face_net, face_net_name=face_net_name, paper_metrics=paper_metrics,
+                      phrasings=None if cfg.get("phrasings") in (None, "template") else phrasings)
     result["settings"]["checkpoint"] = str(cfg.checkpoint)
     result["settings"]["oracle"] = oracle_path
     atomic_write_text(cfg.output, json.dumps(result, indent=2))
     print(summary_table(result))
+    by_phrasing = phrasing_table(result)
+    if by_phrasing:
+        print("\n" + by_phrasing)
     return result
 
 

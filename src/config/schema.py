@@ -236,6 +236,7 @@ class EvaluateConfig:
     face_net: Optional[str] = "auto"  # the network of the face ACD: auto (the domain's) | a path | null
     paper_metrics: bool = True        # false: skip MS-SSIM, shape and face ACD (CPU-bound, float64)
     concepts: Optional[List[str]] = None  # null: every concept of the checkpoint's domain
+    phrasings: str = "template"       # template | training | heldout (embedded vocabulary) | a .json file
     device: str = "cpu"
     output: str = "evaluation.json"   # the full results (JSON, written atomically)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -28,7 +28,8 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
              strength: float = 1.0, oracle=None, concepts: Optional[Sequence[str]] = None,
              face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None,
              identity_projection: Optional[float] = None, face_sampling: str = "seeds", face_net=None,
-             face_net_name: str = "n/a (no face recogniser given)", paper_metrics: bool = True) -> dict:
+             face_net_name: str = "n/a (no face recogniser given)", paper_metrics: bool = True,
+             phrasings: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
     """Animate ``n_faces`` faces with every concept's prompt: face_sampling 'seeds' takes the faces
     of seeds face_seed_offset + i, 'near_average' new faces near the average face
     (``FaceAnimator.sample_near_average`` with seed face_seed_offset).
@@ -37,8 +38,11 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
     (adds right-way, reach and identity-drift scores); face_net, face_net_name: the network of the
     face ACD and its name (see ``src.eval.paper_scores.face_network``); paper_metrics False skips
     MS-SSIM and both ACDs (computed on the CPU in float64, the slowest part on a GPU). motion_total,
-    identity_projection: see ``FaceAnimator.animate`` (default: the file's setting).
-    Returns {summary, per_concept, settings}."""
+    identity_projection: see ``FaceAnimator.animate`` (default: the file's setting). phrasings:
+    {concept: [sentence, ...]} to animate each concept with (``src.eval.phrasings``; faces take them
+    in turn), default the domain's template; CLIP's top-1 and score always read the template prompt.
+    Returns {summary, per_concept, settings}; with the oracle, per_concept rows also hold
+    ``oracle_by_phrasing`` {sentence: {right_way, reach, videos}}."""
     from tqdm import tqdm
 
     from src.embedded import PARAM_SPACE
@@ -68,6 +72,8 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
     jacobians: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per face batch: it does not depend on the prompt
     bar = tqdm(total=len(concepts) * n_faces, unit="video", disable=not progress, file=sys.stderr)
     for concept, prompt in zip(concepts, prompt_list):
+        sentences = list(phrasings[concept]) if phrasings else [prompt]
+        by_phrasing = torch.zeros(len(sentences), 3)  # right way, reach, valid videos
         sums: dict[str, float] = defaultdict(float)
         oracle_sums: dict[str, float] = defaultdict(float)
         drift_by_attribute = torch.zeros(len(PARAM_SPACE.identity_names))
@@ -80,7 +86,8 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
             image = pipeline.render_image(w).clamp(-1, 1)
             if identity_projection > 0 and start not in jacobians:
                 jacobians[start] = pipeline.identity_jacobian(w)
-            out = pipeline.animate(w, [prompt] * len(seeds), num_frames=frames, decay=decay, strength=strength,
+            which = [(start + j) % len(sentences) for j in range(len(seeds))]
+            out = pipeline.animate(w, [sentences[k] for k in which], num_frames=frames, decay=decay, strength=strength,
                                  image=image, seed=start, motion_total=motion_total,
                                  identity_projection=identity_projection, identity_jacobian=jacobians.get(start))
             video = out["frames"]
@@ -99,6 +106,10 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
                 valid_total += valid.sum().item()
                 for k in ("reach", "right_way"):
                     oracle_sums[k] += (s[k] * valid).sum().item()
+                idx = torch.tensor(which)
+                for col, k in enumerate(("right_way", "reach")):
+                    by_phrasing[:, col].index_add_(0, idx, (s[k] * valid).float().cpu())
+                by_phrasing[:, 2].index_add_(0, idx, valid.float().cpu())
                 for k in ("identity_drift", "identity_drift_max", "identity_drift_raw"):
                     oracle_sums[k] += s[k].sum().item()
                 drift_by_attribute += s["identity_drift_by_attribute"].sum(0).cpu()
@@ -112,15 +123,21 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
             row["oracle_identity_drift"] = oracle_sums["identity_drift"] / n_faces
             row["oracle_identity_drift_max"] = oracle_sums["identity_drift_max"] / n_faces
             row["oracle_identity_drift_raw"] = oracle_sums["identity_drift_raw"] / n_faces
+        if phrasings:
+            row["phrasings"] = len(sentences)
         per_concept[concept] = row
         for k, v in row.items():
             totals[k] += v
+        if oracle is not None and phrasings:  # per sentence (a dict, kept out of the scalar sums)
+            row["oracle_by_phrasing"] = {
+                text: {"right_way": rw / max(n, 1.0), "reach": r / max(n, 1.0), "videos": n}
+                for text, (rw, r, n) in zip(sentences, by_phrasing.tolist())}
         if oracle is not None:  # which identity attributes move (a dict, kept out of the scalar sums)
             row["oracle_identity_drift_by_attribute"] = dict(zip(
                 PARAM_SPACE.identity_names, (drift_by_attribute / observable_count.clamp_min(1)).tolist()))
         count += 1
     bar.close()
-    summary = {k: v / count for k, v in totals.items() if k != "oracle_valid_videos"}
+    summary = {k: v / count for k, v in totals.items() if k not in ("oracle_valid_videos", "phrasings")}
     if oracle is not None:
         summary["oracle_identity_drift_by_attribute"] = {
             name: sum(r["oracle_identity_drift_by_attribute"][name] for r in per_concept.values()) / count
@@ -135,6 +152,7 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
                          "projection_reader": pipeline.inference_cfg.projection_reader if identity_projection else None,
                          "concepts": concepts, "face_seed_offset": face_seed_offset, "face_sampling": face_sampling,
                          "paper_metrics": paper_metrics,
+                         "phrasings": {c: list(v) for c, v in phrasings.items()} if phrasings else "template",
                          "face_acd_network": face_net.name if face_net is not None else face_net_name}}
 
 
@@ -163,4 +181,21 @@ def summary_table(result: dict) -> str:
     network = result.get("settings", {}).get("face_acd_network")
     if network:
         lines.append(f"  face ACD: {network}")
+    return "\n".join(lines)
+
+
+def phrasing_table(result: dict) -> str:
+    """Right way and reach per sentence (rows of ``oracle_by_phrasing``), worst right-way first;
+    empty when the evaluation had no per-phrasing figures."""
+    rows = [(concept, text, v) for concept, row in result["per_concept"].items()
+            for text, v in (row.get("oracle_by_phrasing") or {}).items()]
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: (r[2]["right_way"], r[2]["reach"]))
+    width = max(len("phrasing"), *(len(t) for _, t, _ in rows))
+    cwidth = max(len("concept"), *(len(c) for c, _, _ in rows))
+    lines = [f"{'phrasing'.ljust(width)}  {'concept'.ljust(cwidth)}  right way    reach  videos"]
+    for concept, text, v in rows:
+        lines.append(f"{text.ljust(width)}  {concept.ljust(cwidth)}  {v['right_way']:9.3f}  {v['reach']:7.3f}  "
+                     f"{int(v['videos']):6d}")
     return "\n".join(lines)
