@@ -5,6 +5,8 @@ Each item of the datasets is already a whole batch (the DataLoader uses ``batch_
     dict(caption=list[str] (B), concept=LongTensor[B], seed=LongTensor[B],
          candidates=list[str] (M <= B * world): the distinct prompts of the GLOBAL batch)
     (+ ws=[B,num_ws,w_dim] or [B,w_dim] when a latents file is given)
+    (+ input_caption=list[str] (B), a random phrasing of each sample's concept that the animator
+       reads instead of its caption, with data.phrasings; the losses still use ``caption``)
     (+ photo=[B,3,S,S] float32 in [-1,1], the real photo of each ws, with clip_image=photo;
        S = photo_size, 224 by default; see src/data/photos.py)
 
@@ -67,6 +69,25 @@ def make_prompts(template: str, concepts: Sequence[str]) -> list[str]:
     return out
 
 
+PHRASINGS = ("vocabulary",)
+
+
+def training_phrasings(spec: str | None, concepts: Sequence[str], prompts: Sequence[str]) -> list[list[str]] | None:
+    """Per prompt, the sentences the animator may read for it in training (see PromptDataModule)."""
+    if spec in (None, "none"):
+        return None
+    if spec not in PHRASINGS:
+        raise UserError(f"data.phrasings must be null or one of {', '.join(PHRASINGS)}, got '{spec}'")
+    from src.embedded import vocabulary
+
+    missing = [c for c in concepts if c not in vocabulary.CONCEPT_NAMES]
+    if missing:
+        raise UserError(f"data.phrasings=vocabulary: the embedded vocabulary has no phrasings for "
+                        f"{', '.join(missing)} (it covers the embedded domain's concepts)")
+    # the prompt itself first; the vocabulary's phrasings of the concept after it
+    return [list(dict.fromkeys([p, *vocabulary.get(c).phrasings])) for c, p in zip(concepts, prompts)]
+
+
 def distinct_in_order(items: Sequence[str]) -> list[str]:
     """The distinct entries of ``items`` in order of first appearance."""
     return list(dict.fromkeys(items))
@@ -84,7 +105,7 @@ class PromptBatches(Dataset):
 
     def __init__(self, prompts: Sequence[str], batch_size: int, length: int, seed: int, split: str,
                  latents: torch.Tensor | None = None, rank: int = 0, world_size: int = 1,
-                 photos: PhotoBank | None = None):
+                 photos: PhotoBank | None = None, phrasings: Sequence[Sequence[str]] | None = None):
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if not prompts:
@@ -97,6 +118,9 @@ class PromptBatches(Dataset):
         self.seed = int(seed) + _SPLIT_OFFSET[split]
         self.latents, self.photos = latents, photos
         self.rank, self.world_size = rank, world_size
+        if phrasings is not None and (len(phrasings) != len(self.prompts) or not all(phrasings)):
+            raise ValueError("phrasings must give every prompt at least one sentence")
+        self.phrasings = None if phrasings is None else [list(p) for p in phrasings]
 
     def __len__(self) -> int:
         return self.length
@@ -116,6 +140,10 @@ class PromptBatches(Dataset):
         captions = [self.prompts[int(c)] for c in concept]
         item = dict(caption=captions, concept=concept, seed=seeds, candidates=distinct_in_order(captions))
         picks = None if self.latents is None else torch.randint(0, len(self.latents), (size,), generator=g)
+        if self.phrasings is not None:  # drawn last: the draws above are those of a run without phrasings
+            pick = torch.randint(0, 2**31 - 1, (size,), generator=g)
+            item["input_caption"] = [self.phrasings[int(c)][int(k) % len(self.phrasings[int(c)])]
+                                     for c, k in zip(concept, pick)]
         return item, picks
 
     def _add_faces(self, item: dict[str, Any], picks: torch.Tensor | None) -> dict[str, Any]:
@@ -182,12 +210,16 @@ class PromptDataModule(pl.LightningDataModule):
     inverted from; needs ``latents`` keyed by image name and the ``photos`` folder; the batch gains
     ``photo`` [B, 3, photo_size, photo_size] in [-1, 1], src/data/photos.py). Only the codes with a
     photo are used, in the sorted order of the image files, before the train/val/test split.
+    phrasings: null (the animator reads each sample's prompt) or ``vocabulary``: in training it reads
+    one of its concept's training phrasings of the embedded vocabulary instead (``input_caption``),
+    so that it learns to answer other wordings of the same concept; the vocabulary's held-out
+    paraphrases stay unseen (``evaluate.py phrasings=heldout``). Validation and test use the prompts.
     """
 
     def __init__(self, prompts: Mapping[str, Any], batch_size: int = 4, seed: int = 0, train_batches: int = 1000,
                  val_batches: int = 4, test_batches: int = 8, num_workers: int = 0, latents: str | None = None,
                  rank: int | None = None, world_size: int | None = None, clip_image: str = "reconstruction",
-                 photos: str | None = None, photo_size: int = PHOTO_SIZE):
+                 photos: str | None = None, photo_size: int = PHOTO_SIZE, phrasings: str | None = None):
         super().__init__()
         if clip_image not in CLIP_IMAGES:
             raise UserError(f"data.clip_image must be one of {', '.join(CLIP_IMAGES)}, got '{clip_image}'")
@@ -208,6 +240,7 @@ class PromptDataModule(pl.LightningDataModule):
             bank = torch.stack(list(bank.values())) if isinstance(bank, dict) else bank
             self.latents = bank.float()
         self.prompt_list = make_prompts(prompts["template"], list(prompts["concepts"]))
+        self.phrasings = training_phrasings(phrasings, list(prompts["concepts"]), self.prompt_list)
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if not self.prompt_list:
@@ -226,7 +259,8 @@ class PromptDataModule(pl.LightningDataModule):
         if self.photo_paths is not None:
             photos = PhotoBank(split_latents(self.photo_paths, split), self.photo_size)
         return PromptBatches(self.prompt_list, self.batch_size, self.lengths[split], self.seed, split, bank,
-                             rank=rank, world_size=world_size, photos=photos)
+                             rank=rank, world_size=world_size, photos=photos,
+                             phrasings=self.phrasings if split == "train" else None)
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,

@@ -98,7 +98,8 @@ class AnimatorObjective:
         photo = batch.get("photo")
         target = photo.to(image.device).float() if photo is not None else image  # what the face should look like
         image_emb = self._image_embedding(target) if self.animator.image_branch else None
-        text_emb = self._text_embedding(captions)
+        # with data.phrasings the animator reads another wording of the same concept
+        text_emb = self._text_embedding(list(batch.get("input_caption") or captions))
         out = self.animator(w_input, text_emb, image_emb, T, decay="none", h0_seeds=self._h0_seeds(batch))
         ws = out["ws"]
         if self.net_cfg.variant == "ours" and self.noise_mode != "random":
