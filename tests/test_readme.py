@@ -53,7 +53,15 @@ def workdir(tmp_path):
 
 
 def make_inputs(command: str, where: Path) -> None:
-    """The example files a README command names: a latent and a render of the embedded generator."""
+    """The example files a README command names: a latent and a render of the embedded generator, a
+    file of phrasings."""
+    if "my_phrasings.json" in command:
+        import json
+
+        from src.embedded import vocabulary
+
+        concepts = vocabulary.CONCEPT_NAMES
+        (where / "my_phrasings.json").write_text(json.dumps({c: vocabulary.get(c).heldout[:1] for c in concepts}))
     if "w_plus.npy" not in command and "my_render.png" not in command:
         return
     import numpy as np
