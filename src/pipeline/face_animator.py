@@ -28,12 +28,16 @@ from src.networks.animator import (DECAYS, MOTION_TOTALS, RecurrentAnimator, res
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
 from src.pipeline.faces import FaceInputs
+from src.pipeline.identity_projection import IdentityProjection
 from src.pipeline.text import prompt_segments
 from src.utils.config import flatten, get_dotted, plain, set_dotted
 from src.utils.errors import UserError
 
+#: frames a generator call renders on a CPU (16 at once need about 4x the memory, no faster)
+CPU_FRAMES_PER_CALL = 4
 
-class FaceAnimator(FaceInputs, nn.Module):
+
+class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
     """The frozen generator and CLIP plus the trained animator; see the module docstring.
 
     config: the animator's recorded configuration: ``domain`` names the generator, CLIP and prompts;
@@ -170,51 +174,15 @@ class FaceAnimator(FaceInputs, nn.Module):
         return self.generator.synthesis(w_input, noise_mode=self.noise_mode)
 
     def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
-        """ws [N,T,L,C] -> frames [N,T,3,H,W], all frames in ONE batched generator call."""
+        """ws [N,T,L,C] -> frames [N,T,3,H,W]: all frames in one batched generator call, on a CPU in
+        calls of CPU_FRAMES_PER_CALL frames (as fast, and a fraction of the memory)."""
         n, t = ws.shape[:2]
-        img = self.generator.synthesis(ws.reshape(n * t, *ws.shape[2:]), noise_mode=self.noise_mode)
+        flat = ws.reshape(n * t, *ws.shape[2:])
+        step = CPU_FRAMES_PER_CALL if flat.device.type == "cpu" else len(flat)
+        parts = [self.generator.synthesis(flat[i:i + step], noise_mode=self.noise_mode, fused_modconv=False)
+                 for i in range(0, len(flat), step)]
+        img = parts[0] if len(parts) == 1 else torch.cat(parts)
         return img.reshape(n, t, *img.shape[1:])
-
-    # ------------------------------------------------------------------ identity projection
-    def projection_reader(self) -> nn.Module:
-        """The identity-attribute reader of the inference projection (config.projection_reader), loaded
-        on first use and cached outside the module tree (it is not a weight of the animator)."""
-        reader = self.__dict__.get("_projection_reader")
-        if reader is None:
-            path = self.inference_cfg.projection_reader
-            if not path:
-                raise UserError("identity projection needs model.inference.projection_reader (an identity-attribute reader; "
-                                "experiment=embedded_identity_reader trains one)")
-            from src.identity.reader import load_identity_reader
-
-            # the first use may come under torch.inference_mode() (Lightning's validation): weights
-            # loaded there would be inference tensors, which the Jacobian's backward cannot use
-            with torch.inference_mode(False):
-                reader = load_identity_reader(path, device=next(self.animator.parameters()).device)
-            self.__dict__["_projection_reader"] = reader
-        return reader
-
-    def identity_jacobian(self, w_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(J [N, A, L*C], shown [N, A] bool) of the projection reader at faces w_input [N, L, C]: the
-        first-order effect of a W+ offset on each identity reading, and which readings each face shows.
-        It depends on the face alone, so one computation serves every prompt."""
-        from src.identity.projection import identity_jacobian
-
-        reader = self.projection_reader()
-        render = lambda ws: self.generator.synthesis(ws, noise_mode=self.noise_mode)  # noqa: E731
-        jac, readings = identity_jacobian(render, reader, w_input.to(self.device).float(), self.animator.layer_mask)
-        return jac, reader.shown(readings)
-
-    def project_identity(self, w_input: torch.Tensor, offsets: torch.Tensor, strength: float,
-                         jacobian: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-        """offsets [N,T,L,C] without ``strength`` of their first-order effect on the identity readings
-        of each face w_input [N,L,C] (readings a face does not show are left free)."""
-        from src.identity.projection import project_offsets
-
-        jac, shown = jacobian if jacobian is not None else self.identity_jacobian(w_input)
-        if jac.shape[0] != offsets.shape[0]:
-            raise UserError(f"identity Jacobian of {jac.shape[0]} faces for {offsets.shape[0]} animations")
-        return project_offsets(offsets, jac, strength, rows=shown)
 
     # ------------------------------------------------------------------ animation
     def resolve_motion_total(self, requested: Optional[str] = None) -> str:
