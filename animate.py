@@ -159,5 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("animate", argv, __doc__, render, verbatim=("text",))
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once stdout and stderr are flushed, skipping the interpreter's
+    teardown: every file is written and closed by then, and the static destructors of torch's
+    libraries (which run at a normal exit) cost about 0.3 s and 130 MB of peak memory on a CPU."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
