@@ -55,6 +55,11 @@ def _upfirdn_adjoint(g: torch.Tensor, f: torch.Tensor, up: int, down: int, p0: i
     fw = int(f.shape[-1])
     q0 = fw - p0 - 1
     q1 = in_size * up - g.shape[-1] * down + p0 - up + 1
+    if down == 1 and q0 == q1 >= 0 and f.ndim == 2:
+        # one strided correlation with f, the zero padding inside the convolution (no padded copy)
+        c = g.shape[1]
+        weight = (f.to(g.dtype) * gain)[None, None].expand(c, 1, *f.shape)
+        return F.conv2d(g, weight, padding=q0, stride=up, groups=c)
     return upfirdn2d.upfirdn2d(g, f, up=down, down=up, padding=[q0, q1, q0, q1], flip_filter=True, gain=gain)
 
 
@@ -94,7 +99,8 @@ class _Modulated:
         """g [N, V, O, H, W] -> (gradient at the input x [N, V, I, h, w], at w [N, V, C] or None)."""
         n, v = g.shape[:2]
         layer = self.layer
-        gconv = (g * self.slope_d[:, None]).flatten(0, 1)
+        gd = (g * self.slope_conv[:, None]).sum(dim=[3, 4]) if need_w else None     # [N, V, O]
+        gconv = g.mul_(self.slope_d[:, None]).flatten(0, 1)                   # g is the caller's to spend
         if layer.up == 1:
             gx = F.conv_transpose2d(gconv, self.weight, padding=layer.padding)
         else:
@@ -107,11 +113,10 @@ class _Modulated:
         gx = gx.unflatten(0, (n, v))                                          # [N, V, I, h, w]
         gw = None
         if need_w:
-            gd = (g * self.slope_conv[:, None]).sum(dim=[3, 4])               # [N, V, O]
             gs = (gx * self.x[:, None]).sum(dim=[3, 4])                       # [N, V, I]
             gs = gs - self.styles[:, None] * ((gd * self.dcoefs[:, None].pow(3)) @ self.sq)
             gw = gs @ (layer.affine.weight * layer.affine.weight_gain)
-        return gx * self.styles[:, None, :, None, None], gw
+        return gx.mul_(self.styles[:, None, :, None, None]), gw
 
 
 class _ToRGB:
@@ -196,7 +201,8 @@ class SynthesisTape:
             gx, gw = rgb.backward(g_img, need[idx])
             if gw is not None:
                 grads[:, :, idx] += gw
-            g_x = gx if g_x is None else g_x + gx
+            g_x = gx if g_x is None else g_x.add_(gx)
+            del gx
             for key in ("conv1", "conv0"):
                 if key in record:
                     layer, idx = record[key]
