@@ -87,11 +87,6 @@ def unknown_additions(config_name: str, argv: Sequence[str]) -> None:
     """Refuse ``+key=value`` / ``++key=value`` of a key the command's schema does not have (Hydra would
     add it silently, where a misspelt ``key=value`` already fails) and ``~key`` (a command's keys all
     have a meaning: set one to null instead). UserError naming the argument."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import DictConfig
-
-    from src.config.compose import top_keys
-    from src.config.schema import register_configs
     from src.utils.errors import UserError
 
     deleted = next((a for a in argv if a.startswith("~")), None)
@@ -101,6 +96,12 @@ def unknown_additions(config_name: str, argv: Sequence[str]) -> None:
     added = [a for a in argv if a.startswith("+") and "=" in a]
     if not added:
         return
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig
+
+    from src.config.compose import top_keys
+    from src.config.schema import register_configs
+
     register_configs()
     schema = ConfigStore.instance().load(f"{config_name}_schema.yaml").node
     for arg in added:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
@@ -258,13 +257,18 @@ class DemoConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+#: the schemas by the names the primary configs list first in their defaults
+SCHEMAS = {"train_schema": TrainConfig, "animate_schema": AnimateConfig, "evaluate_schema": EvaluateConfig,
+           "demo_schema": DemoConfig}
+
+
 def register_configs() -> None:
-    """Register the schemas under the names the primary configs list first in their defaults."""
+    """Register the schemas (SCHEMAS) in Hydra's config store."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="animate_schema", node=AnimateConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
-    cs.store(name="demo_schema", node=DemoConfig)
+    for name, node in SCHEMAS.items():
+        cs.store(name=name, node=node)
 
 
 _PRECISIONS = {"32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"}
