@@ -82,3 +82,6 @@ def test_embedded_default_jacobian_equals_autograd():
     rows = shown[0]
     assert (got[0, rows] - want[0, rows]).norm() <= 1e-4 * want[0, rows].norm()  # float32 rounding
     assert torch.equal(got[0, ~rows], torch.zeros_like(got[0, ~rows]))
+    # several faces go one at a time: each gets the Jacobian it gets alone
+    both, both_shown = pipe.identity_jacobian(torch.cat([w, pipe.sample_latents(1, seed=3)]))
+    assert torch.equal(both[:1], got) and torch.equal(both_shown[:1], shown)

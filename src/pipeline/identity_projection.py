@@ -37,30 +37,38 @@ class IdentityProjection:
         """A :class:`~src.pipeline.jacobian.SynthesisTape` of the faces w_input [N, L, C] (their image
         and what the Jacobian needs, in one forward pass), or None where the generator or the
         device needs autograd's Jacobian (fp16 blocks on a GPU, random noise, other architectures)."""
-        from src.pipeline.jacobian import SynthesisTape, supports
+        from src.pipeline.jacobian import SynthesisTape
 
-        if not supports(self.generator.synthesis, self.noise_mode, self.device):
+        if not self._tape_supported():
             return None
         return SynthesisTape(self.generator.synthesis, w_input.to(self.device).float(), self.noise_mode)
+
+    def _tape_supported(self) -> bool:
+        from src.pipeline.jacobian import supports
+
+        return supports(self.generator.synthesis, self.noise_mode, self.device)
 
     def identity_jacobian(self, w_input: torch.Tensor, tape=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(J [N, A, L*C], shown [N, A] bool) of the projection reader at faces w_input [N, L, C]: the
         first-order effect of a W+ offset on each identity reading, and which readings each face shows
-        (a row that no face of w_input shows is zero). It depends on the face alone, so one
-        computation serves every prompt. tape: ``self.synthesis_tape(w_input)`` when already run."""
+        (the rows of readings a face does not show are zero). It depends on the face alone, so one
+        computation serves every prompt. tape: ``self.synthesis_tape(w_input)`` when already run;
+        without one the faces go one at a time (the memory of one face's pass, whatever N)."""
+        from src.identity.projection import identity_jacobian as autograd_jacobian
+        from src.pipeline.jacobian import identity_jacobian as tape_jacobian
+
         reader = self.projection_reader()
         w = w_input.to(self.device).float()
-        tape = tape if tape is not None else self.synthesis_tape(w)
+        args = (self.generator.synthesis, reader)
+        kw = dict(layer_mask=self.animator.layer_mask, noise_mode=self.noise_mode, shown=reader.shown)
         if tape is not None:
-            from src.pipeline.jacobian import identity_jacobian
-
-            jac, readings = identity_jacobian(self.generator.synthesis, reader, w, self.animator.layer_mask,
-                                              self.noise_mode, tape=tape, shown=reader.shown)
+            jac, readings = tape_jacobian(*args, w, tape=tape, **kw)
+        elif self._tape_supported():
+            parts = [tape_jacobian(*args, face[None], tape=self.synthesis_tape(face[None]), **kw) for face in w]
+            jac, readings = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         else:
-            from src.identity.projection import identity_jacobian
-
             render = lambda ws: self.generator.synthesis(ws, noise_mode=self.noise_mode)  # noqa: E731
-            jac, readings = identity_jacobian(render, reader, w, self.animator.layer_mask)
+            jac, readings = autograd_jacobian(render, reader, w, self.animator.layer_mask)
         return jac, reader.shown(readings)
 
     def project_identity(self, w_input: torch.Tensor, offsets: torch.Tensor, strength: float,
