@@ -219,7 +219,7 @@ class SynthesisTape:
 
 
 def identity_jacobian(synthesis: torch.nn.Module, reader, w: torch.Tensor, layer_mask: Optional[torch.Tensor] = None,
-                      noise_mode: str = "const", chunk: int = 7, tape: Optional[SynthesisTape] = None,
+                      noise_mode: str = "const", chunk: int = 5, tape: Optional[SynthesisTape] = None,
                       shown: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(J [N, A, L*C], readings [N, A]) as ``src.identity.projection.identity_jacobian`` gives them
@@ -227,7 +227,7 @@ def identity_jacobian(synthesis: torch.nn.Module, reader, w: torch.Tensor, layer
 
     reader: images [M, 3, H, W] -> [M, A] (differentiable); w [N, L, C]; layer_mask [L, 1];
     chunk: readings pushed back through the generator together (the memory of a pass grows with it:
-    about 12 MB a reading at 128 px); tape: a SynthesisTape of w when already run; shown:
+    about 16 MB a reading at 128 px); tape: a SynthesisTape of w when already run; shown:
     readings [N, A] -> bool [N, A], the readings a face shows: rows that no face shows are left zero
     (the projection leaves them out) instead of computed.
     """
@@ -237,12 +237,14 @@ def identity_jacobian(synthesis: torch.nn.Module, reader, w: torch.Tensor, layer
     with torch.no_grad():
         readings = reader(image.clamp(-1, 1)).float()
     a = readings.shape[1]
-    wanted = torch.arange(a) if shown is None else shown(readings).any(0).cpu().nonzero().view(-1)
+    wanted = list(range(a)) if shown is None else shown(readings).any(0).cpu().nonzero().view(-1).tolist()
     need = torch.ones(num_ws, dtype=torch.bool) if layer_mask is None else layer_mask.view(-1).cpu() != 0
-    jac = image.new_zeros(n, a, num_ws, w_dim)
+    # also under torch.inference_mode() (Lightning's validation): the reader's backward and the
+    # writes into jac need tensors made outside it
     with torch.inference_mode(False), torch.enable_grad():
+        jac = torch.zeros(n, a, num_ws, w_dim, device=image.device)
         for start in range(0, len(wanted), chunk):
-            picked = wanted[start:start + chunk].to(image.device)
+            picked = torch.tensor(wanted[start:start + chunk], device=image.device)
             m = len(picked)
             img = image.detach().clone().repeat_interleave(m, 0).requires_grad_(True)   # [N*m, 3, H, W]
             out = reader(img).float().view(n, m, a)
