@@ -6,15 +6,17 @@ import torch
 
 from src.data.prompts import PromptBatches, PromptDataModule, training_phrasings
 from src.embedded import vocabulary
+from src.embedded.phrasings import vocabulary_phrasings
 from src.utils.errors import UserError
 from tests.test_train import tiny_overrides  # noqa: F401  (the tiny-model fixture)
 
 PROMPTS = {"template": "The person is {}.", "concepts": ["smiling", "angry", "winking"]}
+WORDS = vocabulary_phrasings("vocabulary", PROMPTS["concepts"])
 
 
 def test_phrasings_leave_every_other_draw_as_it_was():
     plain = PromptDataModule(PROMPTS, batch_size=2, seed=3, train_batches=5).dataset("train")
-    worded = PromptDataModule(PROMPTS, batch_size=2, seed=3, train_batches=5, phrasings="vocabulary").dataset("train")
+    worded = PromptDataModule(PROMPTS, batch_size=2, seed=3, train_batches=5, phrasings=WORDS).dataset("train")
     for i in range(5):
         a, b = plain[i], worded[i]
         assert "input_caption" not in a
@@ -23,7 +25,7 @@ def test_phrasings_leave_every_other_draw_as_it_was():
 
 
 def test_input_captions_are_phrasings_of_the_samples_concept_never_heldout_ones():
-    dm = PromptDataModule(PROMPTS, batch_size=3, seed=1, train_batches=40, phrasings="vocabulary")
+    dm = PromptDataModule(PROMPTS, batch_size=3, seed=1, train_batches=40, phrasings=WORDS)
     data = dm.dataset("train")
     heldout = set(vocabulary.all_heldout_phrasings())
     seen: dict[str, set] = {c: set() for c in PROMPTS["concepts"]}
@@ -47,11 +49,15 @@ def test_ranks_split_the_input_captions_of_the_global_batch():
 
 def test_bad_phrasing_settings_are_one_line():
     with pytest.raises(UserError, match="data.phrasings must be"):
-        training_phrasings("synonyms", ["smiling"], ["The person is smiling."])
+        vocabulary_phrasings("synonyms", ["smiling"])
     with pytest.raises(UserError, match="no phrasings for dancing"):
-        training_phrasings("vocabulary", ["smiling", "dancing"], ["p1", "p2"])
+        vocabulary_phrasings("vocabulary", ["smiling", "dancing"])
+    with pytest.raises(UserError, match="no sentences for angry"):
+        training_phrasings({"smiling": ["beaming"]}, ["smiling", "angry"], ["p1", "p2"])
+    with pytest.raises(UserError, match="resolves"):
+        training_phrasings("vocabulary", ["smiling"], ["p"])
     assert training_phrasings(None, ["smiling"], ["p"]) is None
-    assert training_phrasings("vocabulary", ["smiling"], ["The person is smiling."])[0][0] == "The person is smiling."
+    assert training_phrasings(WORDS, ["smiling"], ["The person is smiling."])[0][0] == "The person is smiling."
 
 
 def test_a_run_with_phrasings_feeds_the_animator_the_wordings(tiny_overrides, tmp_path, monkeypatch):  # noqa: F811

@@ -1,10 +1,6 @@
-"""Structured-config schemas, registered in Hydra's ConfigStore.
-
-`conf/train.yaml`, `conf/animate.yaml` and `conf/evaluate.yaml` list their schema as their first default, so the
-composed config is typed and in struct mode: a misspelt key (``loss.contrastve=0.2``) or a wrong
-type (``loss.tau=abc``) fails at compose time with Hydra's message naming the key. Value checks
-that a type cannot express (ranges, enum-like strings, files) live in :func:`validate_config`.
-"""
+"""Structured-config schemas (Hydra's ConfigStore), listed first by the primary configs: a misspelt key
+or a wrong type fails at compose time naming the key. Value checks a type cannot express (ranges,
+enums, files): :func:`validate_config`."""
 from __future__ import annotations
 
 import os

@@ -69,23 +69,19 @@ def make_prompts(template: str, concepts: Sequence[str]) -> list[str]:
     return out
 
 
-PHRASINGS = ("vocabulary",)
-
-
-def training_phrasings(spec: str | None, concepts: Sequence[str], prompts: Sequence[str]) -> list[list[str]] | None:
-    """Per prompt, the sentences the animator may read for it in training (see PromptDataModule)."""
-    if spec in (None, "none"):
+def training_phrasings(phrasings: Mapping[str, Sequence[str]] | None, concepts: Sequence[str],
+                       prompts: Sequence[str]) -> list[list[str]] | None:
+    """Per prompt, the sentences the animator may read for it in training: the prompt itself, then
+    the concept's phrasings from ``phrasings`` {concept: [sentences]} (see PromptDataModule)."""
+    if phrasings is None:
         return None
-    if spec not in PHRASINGS:
-        raise UserError(f"data.phrasings must be null or one of {', '.join(PHRASINGS)}, got '{spec}'")
-    from src.embedded import vocabulary
-
-    missing = [c for c in concepts if c not in vocabulary.CONCEPT_NAMES]
+    if isinstance(phrasings, str):
+        raise UserError(f"data.phrasings='{phrasings}' names a source the run resolves (train.py); the data "
+                        "module itself takes {concept: [sentences]}")
+    missing = [c for c in concepts if not phrasings.get(c)]
     if missing:
-        raise UserError(f"data.phrasings=vocabulary: the embedded vocabulary has no phrasings for "
-                        f"{', '.join(missing)} (it covers the embedded domain's concepts)")
-    # the prompt itself first; the vocabulary's phrasings of the concept after it
-    return [list(dict.fromkeys([p, *vocabulary.get(c).phrasings])) for c, p in zip(concepts, prompts)]
+        raise UserError(f"data.phrasings has no sentences for {', '.join(missing)}")
+    return [list(dict.fromkeys([p, *map(str, phrasings[c])])) for c, p in zip(concepts, prompts)]
 
 
 def distinct_in_order(items: Sequence[str]) -> list[str]:
@@ -210,16 +206,18 @@ class PromptDataModule(pl.LightningDataModule):
     inverted from; needs ``latents`` keyed by image name and the ``photos`` folder; the batch gains
     ``photo`` [B, 3, photo_size, photo_size] in [-1, 1], src/data/photos.py). Only the codes with a
     photo are used, in the sorted order of the image files, before the train/val/test split.
-    phrasings: null (the animator reads each sample's prompt) or ``vocabulary``: in training it reads
-    one of its concept's training phrasings of the embedded vocabulary instead (``input_caption``),
-    so that it learns to answer other wordings of the same concept; the vocabulary's held-out
-    paraphrases stay unseen (``evaluate.py phrasings=heldout``). Validation and test use the prompts.
+    phrasings: null (the animator reads each sample's prompt) or {concept: [sentences]}: in training
+    it reads one of its concept's sentences instead (``input_caption``), so that it learns to answer
+    other wordings of the same concept. ``data.phrasings=vocabulary`` in a run gives the embedded
+    vocabulary's training phrasings (src/embedded/phrasings.py); its held-out paraphrases stay
+    unseen (``evaluate.py phrasings=heldout``). Validation and test use the prompts.
     """
 
     def __init__(self, prompts: Mapping[str, Any], batch_size: int = 4, seed: int = 0, train_batches: int = 1000,
                  val_batches: int = 4, test_batches: int = 8, num_workers: int = 0, latents: str | None = None,
                  rank: int | None = None, world_size: int | None = None, clip_image: str = "reconstruction",
-                 photos: str | None = None, photo_size: int = PHOTO_SIZE, phrasings: str | None = None):
+                 photos: str | None = None, photo_size: int = PHOTO_SIZE,
+                 phrasings: Mapping[str, Sequence[str]] | None = None):
         super().__init__()
         if clip_image not in CLIP_IMAGES:
             raise UserError(f"data.clip_image must be one of {', '.join(CLIP_IMAGES)}, got '{clip_image}'")

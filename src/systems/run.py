@@ -112,12 +112,25 @@ def _build(cfg: DictConfig):
     for attempt in (0, 1):
         pl.seed_everything(cfg.seed, workers=True)
         try:
-            return instantiate(cfg.data), instantiate(cfg.model)
+            return instantiate(_resolved_data(cfg.data)), instantiate(cfg.model)
         except perceptual.WeightsMissing as missing:
             if attempt:
                 raise
             lpips_weights.fetch_or_explain(missing)
     raise AssertionError("unreachable")
+
+
+def _resolved_data(data: DictConfig) -> Any:
+    """The data node with a named ``phrasings`` source (data.phrasings=vocabulary) replaced by its
+    sentences per concept, which the data module takes."""
+    source = data.get("phrasings") if "phrasings" in data else None
+    if not isinstance(source, str):
+        return data
+    from src.embedded.phrasings import vocabulary_phrasings
+
+    node = plain(data)
+    node["phrasings"] = vocabulary_phrasings(source, list(node["prompts"]["concepts"]))
+    return node
 
 
 def _test_batches(cfg: DictConfig) -> Optional[int]:

@@ -1,30 +1,15 @@
 """StyleGAN2-ADA training of our networks on synthetic renders, built for throughput.
 
-The settings are the typed groups of ``src/config/gan.py`` (``optim``, ``regularization`` (``reg``
-below), ``ema``, ``augment``, ``precision``, ``validation``, ``output``). One ``training_step`` is one
-iteration of the official loop, folded into two optimiser steps:
-
-* G: non-saturating loss on ``optim.batch_size`` fakes (style mixing with ``reg.style_mixing_prob``);
-  every ``reg.pl_interval`` iterations the path-length penalty on ``batch_size // reg.pl_batch_shrink``
-  extra fakes is added to the same loss, weighted ``pl_weight * pl_interval`` (lazy regularisation).
-* D: logistic loss on fakes (made without graph) and on reals rendered on the GPU by
-  ``src.embedded.render``; every ``reg.r1_interval`` iterations the R1 penalty
-  ``r1_gamma/2 * r1_interval`` is added, computed on the same real forward pass.
-* G_ema: EMA of G with a half-life of ``ema.kimg`` thousand images and ramp-up ``ema.rampup``.
-* optional ADA: ``AugmentPipe`` on every image D sees, p driven by E[sign(D(real))] -> target.
-
-Lightning's ``global_step`` counts optimiser steps, so it grows by 2 per iteration
-(``trainer.max_steps = 2 * iterations``). Nothing in the step reads a device value on the host:
-no ``.item()``, no tensor-valued ``if``, ADA's p stays a device tensor; metrics are logged as
-tensors every ``output.log_every`` iterations and only the logger flush syncs.
-
-Mixed precision: ``precision.mode='fp16_res'`` is the official design (the top ``num_fp16_res`` blocks
-of G and D run in fp16 with ``conv_clamp``; gradients pass ``nan_to_num``), ``'bf16'`` wraps G/D
-forwards in bf16 autocast (networks built without fp16 blocks), ``'fp32'`` disables both.
-The Lightning trainer itself must run at ``32-true``.
-
-The reals come from ``gan_reals`` (rendered one batch ahead); validation/test metrics (Frechet
-distance, attribute distance, sample grids) from ``gan_metrics``.
+Settings: the typed groups of ``src/config/gan.py``. One ``training_step`` is one iteration of the
+official loop in two optimiser steps (Lightning's ``global_step`` grows by 2 per iteration):
+G: non-saturating loss on style-mixed fakes, every ``pl_interval`` iterations plus the path-length
+penalty (lazy regularisation); D: logistic loss on fakes and on reals rendered on the GPU
+(``gan_reals``), every ``r1_interval`` iterations plus R1; then the EMA of G (``ema.kimg`` half-life
+with ramp-up) and optional ADA. No device value is read on the host in the step; metrics are logged
+as tensors. ``precision.mode``: 'fp16_res' (official: top blocks fp16 with conv_clamp, gradients
+through nan_to_num), 'bf16' (autocast) or 'fp32'; the trainer runs at 32-true.
+``precision.cuda_graphs`` replays the recorded G and D phases (``gan_graphs``). Validation metrics:
+``gan_metrics``.
 """
 from __future__ import annotations
 
