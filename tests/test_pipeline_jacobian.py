@@ -62,7 +62,7 @@ def test_unsupported_generators_are_refused():
     assert not supports(resnet.synthesis, "const", torch.device("cpu"))
     fp16 = tiny_generator(res=32, num_fp16_res=2)
     assert supports(fp16.synthesis, "const", torch.device("cpu"))  # a CPU runs every block in fp32
-    assert not supports(fp16.synthesis, "const", torch.device("cuda"))
+    assert not supports(G.synthesis, "const", torch.device("cuda"))  # a GPU keeps autograd's
 
 
 @pytest.mark.slow

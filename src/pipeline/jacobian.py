@@ -9,9 +9,9 @@ by the transposes written out below (convolution transposes, the FIR resampling'
 derivatives of modulation, demodulation, bias, leaky ReLU and clamp). Same Jacobian up to float
 rounding (``tests/test_pipeline_jacobian.py`` checks it against autograd), about half the work.
 
-Covered: the StyleGAN2-ADA synthesis network of the 'skip' architecture with lrelu layers, in
-float32 (on a CPU the generator never runs fp16 blocks), noise mode 'const' or 'none'.
-:func:`supports` says whether a generator qualifies; otherwise the caller uses autograd.
+Covered: the StyleGAN2-ADA synthesis network of the 'skip' architecture with lrelu layers, on a
+CPU (where every block runs in float32), noise mode 'const' or 'none'. :func:`supports` says
+whether a generator qualifies; otherwise the caller uses autograd.
 
 Notation: N faces, V readings pushed back per face, L = num_ws, C = w_dim.
 """
@@ -29,10 +29,9 @@ LRELU_SLOPE = 0.2
 
 
 def supports(synthesis: torch.nn.Module, noise_mode: str, device: torch.device) -> bool:
-    """Whether :class:`SynthesisTape` reproduces ``synthesis`` exactly (else: use autograd)."""
-    from src.stylegan import layers
-
-    if device.type in layers.FP16_DEVICE_TYPES and getattr(synthesis, "num_fp16_res", 0):
+    """Whether :class:`SynthesisTape` reproduces ``synthesis`` on ``device`` (else: use autograd).
+    A CPU only: there the generator runs every block in float32; a GPU keeps autograd's Jacobian."""
+    if device.type != "cpu":
         return False
     if noise_mode not in ("const", "none") or not hasattr(synthesis, "block_resolutions"):
         return False
