@@ -165,8 +165,11 @@ def exit_now(code: int) -> None:
     libraries (which run at a normal exit) cost about 0.3 s and 130 MB of peak memory on a CPU."""
     import os
 
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
     os._exit(code)
 
 
