@@ -4,12 +4,17 @@ Rows: resolution x batch x precision (fp32 / fp16 top layers = num_fp16_res 4 + 
 x ops impl (cuda kernels / ref) x modconv path. Columns: ms per batch, ms per image, images/s,
 peak memory above the weights, and the max |difference| of the image (noise_mode='const') to the
 first row of its group (cuda ops, same precision and batch), i.e. whole-G ref-vs-cuda agreement. Timing: CUDA events, median of
-``--reps`` runs after warm-up, under torch.no_grad, noise_mode='random' (realistic: draws noise).
+``--reps`` runs after warm-up, under torch.no_grad, noise_mode='random' (realistic: draws noise) or
+``--noise const``.
 Config f: channel_base 32768, channel_max 512, 8 mapping layers, z/w 512.
 
     python bench/bench_generator.py [--res 256 1024] [--batch 1 16] [--reps 20] [--no-ref]
                                     [--channel-base 32768] [--channels-last] [--cudnn-benchmark]
-Target (H100): 1024 px, batch 16, fp16 top layers <= 2.5 ms/image.
+                                    [--noise random|const]
+The last columns: the peak of all memory allocated (weights included), and at 1024 px with batch 1
+or 16 our ms/image over the anchors of issue #25 (ours / theirs, below 1: faster): NVIDIA's official
+code in the row's precision, rosinality's (fp32 only) and the goal. The anchors were timed with
+noise const: pass --noise const to compare like with like.
 """
 
 from __future__ import annotations
@@ -25,6 +30,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import src.ops  # noqa: E402
 from src.stylegan import Generator  # noqa: E402
+from src.utils.errors import UserError, exit_code  # noqa: E402
+
+# Issue #25's anchors, timed side by side on one H100 (config-f 1024, random weights, noise const),
+# ms per image by batch: NVIDIA's official code with its CUDA ops, rosinality's with its ops (fp32 only),
+# and the goals. A row compares with official code of its own precision.
+ANCHOR_RES = 1024
+OFFICIAL_MS = {16: {"fp16": 3.48, "fp32": 4.03}, 1: {"fp16": 16.3, "fp32": 14.7}}
+ROSINALITY_FP32_MS = {16: 3.87, 1: 10.3}
+GOAL_MS = {16: 1.2, 1: 4.0}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad command-line input is one 'error:' line and exit status 2."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def anchor_cells(res: int, batch: int, fp16: bool, ms_per_image: float) -> list[str]:
+    """ours / theirs for the official code (same precision), rosinality (fp32) and the goal."""
+    if res != ANCHOR_RES or batch not in GOAL_MS:
+        return ["-", "-", "-"]
+    official = OFFICIAL_MS[batch]["fp16" if fp16 else "fp32"]
+    return [f"{ms_per_image / ref:.2f}" for ref in (official, ROSINALITY_FP32_MS[batch], GOAL_MS[batch])]
 
 
 def _time_ms(fn, reps: int, warmup: int = 3) -> float:
@@ -54,7 +83,11 @@ def _make_g(res: int, fp16: bool, channel_base: int, channels_last: bool) -> Gen
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return exit_code(lambda: run(argv))
+
+
+def run(argv=None) -> None:
+    ap = _Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--res", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--reps", type=int, default=20)
@@ -63,17 +96,27 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true", help="also time fp16 blocks in channels_last")
     ap.add_argument("--fused", action="store_true", help="also time the fused (grouped) modconv at batch > 1")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    ap.add_argument("--noise", choices=("random", "const"), default="random",
+                    help="noise mode of the timed calls (random: draws noise, as training does)")
     args = ap.parse_args(argv)
+    bad = [r for r in args.res if r < 4 or r & (r - 1)]
+    if bad:
+        raise UserError(f"--res {bad[0]}: a resolution is a power of two, at least 4")
+    if min(args.batch) < 1 or args.reps < 1:
+        raise UserError("--batch and --reps must be at least 1")
     if not torch.cuda.is_available():
-        print("error: needs a CUDA device", file=sys.stderr)
-        return 2
+        raise UserError("needs a CUDA device")
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     dev = torch.cuda.get_device_name()
     print(f"# generator forward benchmark on {dev}; torch {torch.__version__}; cudnn.allow_tf32="
           f"{torch.backends.cudnn.allow_tf32}; cudnn.benchmark={torch.backends.cudnn.benchmark}; "
-          f"channel_base {args.channel_base}; median of {args.reps}")
+          f"channel_base {args.channel_base}; median of {args.reps}; noise {args.noise}")
+    print(f"# anchors ({ANCHOR_RES} px, ms/image, issue #25, one H100, noise const): batch 16: NVIDIA official "
+          f"{OFFICIAL_MS[16]['fp16']} fp16 / {OFFICIAL_MS[16]['fp32']} fp32, rosinality {ROSINALITY_FP32_MS[16]} fp32, "
+          f"goal {GOAL_MS[16]}; batch 1: official {OFFICIAL_MS[1]['fp16']} fp16 / {OFFICIAL_MS[1]['fp32']} fp32, "
+          f"rosinality {ROSINALITY_FP32_MS[1]} fp32, goal {GOAL_MS[1]}; ratio = ours / anchor")
     header = ("| res | batch | precision | ops | modconv | ms/batch | ms/image | images/s | peak MiB | "
-              "max|d img| vs cuda row |")
+              "max|d img| vs cuda row | peak GiB total | ÷ official | ÷ rosinality fp32 | ÷ goal |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for res in args.res:
@@ -99,11 +142,12 @@ def main(argv=None) -> int:
                         torch.cuda.reset_peak_memory_stats()
                         base_mem = torch.cuda.memory_allocated()
 
-                        def run():
-                            G(z, None, noise_mode="random", fused_modconv=fused)
+                        def call():
+                            G(z, None, noise_mode=args.noise, fused_modconv=fused)
 
-                        ms = _time_ms(run, args.reps)
-                        peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+                        ms = _time_ms(call, args.reps)
+                        peak_total = torch.cuda.max_memory_allocated()
+                        peak = (peak_total - base_mem) / 2**20
                     if baseline is None:
                         baseline = img_const
                         diff = "-"
@@ -113,12 +157,13 @@ def main(argv=None) -> int:
                     if channels_last:
                         path += "+NHWC"
                     prec = "fp16 top4" if fp16 else "fp32(tf32)"
+                    ratios = " | ".join(anchor_cells(res, batch, fp16, ms / batch))
                     print(f"| {res} | {batch} | {prec} | {impl} | {path} | {ms:.2f} | {ms / batch:.3f} | "
-                          f"{1000.0 * batch / ms:.1f} | {peak:.0f} | {diff} |", flush=True)
+                          f"{1000.0 * batch / ms:.1f} | {peak:.0f} | {diff} | {peak_total / 2**30:.2f} | {ratios} |",
+                          flush=True)
                     del G
                     torch.cuda.empty_cache()
     src.ops.configure(impl="auto")
-    return 0
 
 
 if __name__ == "__main__":
