@@ -515,6 +515,19 @@ def test_cuda_graphs_stay_off_on_the_cpu_and_with_augmentation():
     assert all(torch.isfinite(p).all() for p in m.G.parameters())
 
 
+def test_a_static_input_first_seen_after_a_recording_gets_its_buffer():
+    """G's phase is recorded before D's input is first copied in: that must not count as a change."""
+    from src.embedded.training.gan_graphs import PhaseGraphs
+
+    graphs = PhaseGraphs(warmup=1)
+    graphs._graphs["G"] = object()  # a phase recorded earlier in the iteration
+    x = torch.arange(6.0).reshape(2, 3)
+    buf = graphs.static_input("real", x)
+    assert graphs.static_input("real", x + 1) is buf and torch.equal(buf, x + 1)
+    with pytest.raises(RuntimeError, match="changed from"):
+        graphs.static_input("real", torch.zeros(3, 3))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp16_res", "bf16"])

@@ -8,7 +8,7 @@
 #    model.precision.cuda_graphs=true, each also with one fixed real batch (the renderer's share);
 # 3. a profile of each setting at batch 64 (GPU busy time, kernels and host syncs per iteration).
 # Everything printed also lands in $OUT/gan_speed.txt. Settings: BATCH ("64 256"), ITERS (96),
-# SKIP_TESTS=1 to bench only.
+# SKIP_TESTS=1 to bench only, GRAPHS ("false true") the settings benched.
 set -u
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
@@ -22,7 +22,7 @@ ITERS=${ITERS:-96}
     timeout 300 python -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gan_training.py tests/test_resume_exact.py \
       -k "recorded or sync_free or resume_on_the_gpu" 2>&1 | grep -E "largest|passed|failed|^E |Error" | head -40
   fi
-  for graphs in false true; do
+  for graphs in ${GRAPHS:-false true}; do
     echo "== model.precision.cuda_graphs=$graphs"
     timeout 240 python bench/bench_gan_training.py --batch $BATCH --precision fp16_res --iters "$ITERS" \
       --warmup 64 --fixed-reals --profile --set precision.cuda_graphs=$graphs 2>&1 | grep -vE "^\s*$|UserWarning|_warn_once"

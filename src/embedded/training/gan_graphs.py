@@ -55,11 +55,13 @@ class PhaseGraphs:
     def static_input(self, name: str, value: Tensor) -> Tensor:
         """A tensor with a fixed address holding ``value`` (copied in on every call)."""
         buf = self._static.get(name)
-        if buf is None or buf.shape != value.shape or buf.dtype != value.dtype or buf.device != value.device:
-            if self._graphs:
-                raise RuntimeError(f"static input '{name}' changed shape after graphs were recorded")
-            buf = torch.empty_like(value)
-            self._static[name] = buf
+        if buf is None:
+            buf = self._static[name] = torch.empty_like(value)
+        elif buf.shape != value.shape or buf.dtype != value.dtype or buf.device != value.device:
+            if self._graphs:  # a recorded graph may read the old buffer
+                raise RuntimeError(f"static input '{name}' changed from {tuple(buf.shape)} {buf.dtype} to "
+                                   f"{tuple(value.shape)} {value.dtype} after graphs were recorded")
+            buf = self._static[name] = torch.empty_like(value)
         buf.copy_(value)
         return buf
 
