@@ -87,11 +87,12 @@ def bench_raw(model_kwargs, device, warmup, iters, fixed_reals=False):
         torch.backends.cuda.matmul.allow_tf32 = bool(m.precision_cfg.allow_tf32)
         torch.backends.cudnn.allow_tf32 = bool(m.precision_cfg.allow_tf32)
     detach_from_lightning(m)
+    if device.type == "cuda":  # the peak includes the warm-up: CUDA graphs keep the memory they record in
+        torch.cuda.reset_peak_memory_stats()
     for i in range(warmup):
         m.training_step(i, i)
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for i in range(iters):
         m.training_step(i, i)
