@@ -28,6 +28,20 @@ TASKS = {
 }
 
 
+def _text_cache(tmp_path) -> list[str]:
+    """model.text_cache_path of a cache over the vocabulary's caption list with random unit "MiniLM"
+    features: the run needs an embedding of every caption, and this keeps it independent of the shipped
+    cache and of MiniLM."""
+    import torch.nn.functional as F
+
+    from src.data.text_cache import save_text_cache
+    from src.embedded.training.clip_pairs import build_caption_list
+
+    captions = build_caption_list()
+    emb = F.normalize(torch.randn(len(captions), 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+    return [f"model.text_cache_path={save_text_cache(tmp_path / 'text_cache.safetensors', captions, emb)}"]
+
+
 def _last(run) -> dict:
     return torch.load(run / "run/checkpoints/last.ckpt", weights_only=True)
 
@@ -37,7 +51,7 @@ def test_a_stopped_task_resumes_to_the_uninterrupted_weights(task, tmp_path, cap
     from train import train
 
     overrides, steps, stop_at = TASKS[task]
-    base = COMMON + overrides
+    base = COMMON + overrides + (_text_cache(tmp_path) if task == "clip" else [])
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(compose_train(base + [f"trainer.max_steps={steps}"], whole))
     train(compose_train(base + [f"trainer.max_steps={stop_at}"], cut))

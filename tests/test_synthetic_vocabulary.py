@@ -49,7 +49,7 @@ def test_get_accepts_names_sentences_and_indices():
         with pytest.raises(UserError):
             V.get(bad)
     with pytest.raises(UserError):
-        V.prompt("smiling", 100)
+        V.prompt("smiling", len(V.get("smiling").phrasings))
 
 
 def test_apply_preset_interpolates_only_preset_params():

@@ -23,6 +23,8 @@ from src.embedded.params import (
     SKIN_TONES,
     nearest_palette_index,
 )
+from src.embedded.phrasings import heldout_phrasings, training_phrasings
+from src.embedded.wordings import TEMPLATE
 from src.utils.errors import UserError
 
 PAPER_CONCEPTS = [
@@ -32,11 +34,6 @@ PAPER_CONCEPTS = [
     "serious", "stunned", "whatever", "wtf",
 ]
 
-TEMPLATE = "The person is {}."
-# templates applied to every descriptor except the paper's own term (which only goes into TEMPLATE)
-TRAIN_TEMPLATES = ["The person is {}.", "someone {}", "a photo of someone who is {}"]
-HELDOUT_TEMPLATES = ["a picture of an individual {}", "This human being is {}."]
-
 
 @dataclass(frozen=True)
 class Concept:
@@ -45,7 +42,7 @@ class Concept:
     name: short name (the paper's term for paper concepts); phrasings: training captions
     (phrasings[0] == "The person is {name}."); heldout: paraphrases never used in training;
     preset: parameter name -> target value (natural units) at strength 1; paper: in the paper's
-    vocabulary.
+    vocabulary. The wordings are in src.embedded.wordings.
     """
 
     name: str
@@ -60,109 +57,50 @@ def _eyes(o: float) -> dict[str, float]:
     return {"eye_open_l": o, "eye_open_r": o}
 
 
-def _c(name, terms, preset, heldout_terms, extra=(), heldout_extra=(), paper=True, note="") -> Concept:
-    phr = [TEMPLATE.format(name)] + [t.format(term) for term in terms for t in TRAIN_TEMPLATES] + list(extra)
-    held = [t.format(term) for term in heldout_terms for t in HELDOUT_TEMPLATES] + list(heldout_extra)
-    return Concept(name, phr, held, dict(preset), paper, note)
+def _c(name: str, preset: dict[str, float], paper: bool = True, note: str = "") -> Concept:
+    return Concept(name, training_phrasings(name), heldout_phrasings(name), dict(preset), paper, note)
 
 
 CONCEPTS: list[Concept] = [
-    _c("smiling", ["grinning", "beaming"], {"smile": 0.85, **_eyes(0.55)}, ["all smiles"],
-       ["a smiling face", "someone with a big smile"], ["a face lit up with joy"]),
-    _c("angry", ["furious", "mad at someone"], {"brow_angle": 0.95, "brow_raise": -0.45, "smile": -0.5, **_eyes(0.5)},
-       ["enraged"], ["an angry face", "someone who looks really cross"], ["a face boiling with rage"]),
-    _c("closing eyes", ["closing their eyes", "keeping the eyes shut"], _eyes(0.0), ["resting with lids down"],
-       ["a face with closed eyes"], ["both eyelids lowered completely"]),
-    _c("winking", ["giving a wink", "winking one eye"], {"eye_open_l": 0.0, "eye_open_r": 0.75, "smile": 0.35},
-       ["doing a cheeky wink"], ["a winking face"], ["one eye shut playfully"]),
-    _c("shocked", ["in shock", "horrified"],
-       {**_eyes(1.0), "brow_raise": 1.0, "brow_angle": -0.3, "mouth_open": 0.9, "smile": -0.2},
-       ["jolted by a terrible shock"], ["a shocked face"], ["a face frozen in horror"]),
-    _c("pouting", ["sulking", "pouting sulkily"], {"pout": 0.8, "smile": -0.35, "brow_angle": -0.3},
-       ["making a sulky face"], ["a pouting face"], ["lips pushed out in a sulk"]),
-    _c("crying", ["in tears", "weeping"], {"tears": 1.0, "brow_angle": -0.8, "smile": -0.7, **_eyes(0.35)},
-       ["sobbing"], ["a crying face", "someone with tears on the cheeks"], ["tears rolling down a sad face"]),
-    _c("disgusted", ["grossed out", "repulsed"],
-       {"smile": -0.6, "brow_angle": 0.5, "smirk": 0.5, "mouth_open": 0.2, **_eyes(0.4)},
-       ["revolted by a smell"], ["a disgusted face"], ["a face saying yuck"]),
-    _c("appalled", ["dismayed", "aghast"],
-       {"mouth_open": 0.55, "brow_raise": 0.6, "brow_angle": -0.6, "smile": -0.8, **_eyes(0.9)},
-       ["scandalised"], ["an appalled face"], ["a deeply offended expression"]),
-    _c("opening mouth", ["opening their mouth", "gaping"], {"mouth_open": 1.0}, ["dropping the jaw wide"],
-       ["a face with the mouth wide open"], ["mouth hanging open"]),
-    _c("hatred", ["hateful", "glaring with hatred"],
-       {"brow_angle": 1.0, "brow_raise": -0.8, "smile": -0.9, "mouth_open": 0.15, **_eyes(0.3)},
-       ["seething with loathing"], ["a face full of hatred"], ["a look of pure hate"]),
-    _c("surprised", ["astonished", "amazed"], {"brow_raise": 0.9, "mouth_open": 0.5, "pout": 0.35, **_eyes(0.95)},
-       ["caught off guard"], ["a surprised face"], ["a wow expression"]),
-    _c("aha", ["having an aha moment", "suddenly understanding"],
-       {"brow_raise": 0.7, "smile": 0.6, "mouth_open": 0.4, **_eyes(0.9)},
-       ["struck by a bright idea"], ["a eureka face"], ["the moment of realisation on a face"]),
-    _c("annoyed", ["irritated", "fed up"],
-       {"brow_angle": 0.6, "smile": -0.3, "smirk": -0.3, "gaze_x": 0.6, **_eyes(0.45)},
-       ["vexed by something"], ["an annoyed face"], ["a cranky, bothered look"]),
-    _c("awkward", ["embarrassed", "uncomfortable"],
-       {"smile": 0.3, "smirk": 0.5, "blush": 0.8, "gaze_x": -0.6, "brow_angle": -0.4},
-       ["feeling sheepish"], ["an awkward face"], ["a cringing half smile"]),
-    _c("biting tongues", ["biting their tongue", "sticking the tongue out"],
-       {"tongue": 1.0, "mouth_open": 0.2, **_eyes(0.45)},
-       ["poking out the tongue"], ["a face with the tongue out"], ["tongue showing between the lips"]),
-    _c("blank stare", ["staring blankly", "expressionless"],
-       {**_eyes(0.92), "brow_raise": 0.15, "mouth_open": 0.12, "smile": 0.0, "brow_angle": 0.0, "smirk": 0.0,
-        "gaze_x": 0.0, "gaze_y": 0.0},
-       ["gazing vacantly"], ["a blank stare"], ["an empty, vacant look"]),
-    _c("confused", ["puzzled", "perplexed"],
-       {"brow_asym": 0.8, "brow_angle": 0.2, "roll": 0.45, "smirk": -0.3, "gaze_y": -0.5},
-       ["baffled"], ["a confused face"], ["a head-scratching expression"]),
-    _c("duck lips", ["making duck lips", "doing a duck face"], {"pout": 1.0, "smile": 0.2, **_eyes(0.6)},
-       ["pursing the lips like a duck"], ["a duck-face selfie expression"], ["lips puckered for a selfie"]),
-    _c("incredulous", ["disbelieving", "doubtful"],
-       {"brow_asym": -0.9, "brow_raise": 0.4, "smirk": 0.35, "mouth_open": 0.2, **_eyes(0.85)},
-       ["unable to believe it"], ["an incredulous face"], ["a skeptical raised brow"]),
-    _c("mocking", ["sneering", "ridiculing someone"],
-       {"smirk": 0.9, "smile": 0.3, "brow_asym": 0.6, **_eyes(0.5)},
-       ["making fun of somebody"], ["a mocking smirk"], ["a teasing, jeering face"]),
-    _c("nervous", ["anxious", "worried"],
-       {"smile": 0.15, "brow_angle": -0.7, "blush": 0.5, "gaze_x": 0.7, "mouth_open": 0.1, **_eyes(0.8)},
-       ["on edge"], ["a nervous face"], ["a jittery, uneasy look"]),
-    _c("oh no", ["saying oh no", "dreading what just happened"],
-       {"mouth_open": 0.6, "brow_angle": -0.9, "brow_raise": 0.5, "smile": -0.5, "pout": 0.2, **_eyes(0.9)},
-       ["thinking uh-oh"], ["an oh-no face"], ["a face realising a terrible mistake"]),
-    _c("serious", ["stern", "solemn"], {"brow_angle": 0.3, "brow_raise": -0.3, "smile": -0.2, "mouth_open": 0.0,
-                                        **_eyes(0.6)},
-       ["grave and unsmiling"], ["a serious face"], ["a no-nonsense look"]),
-    _c("stunned", ["dumbfounded", "speechless"],
-       {**_eyes(1.0), "mouth_open": 0.7, "brow_raise": 0.6, "brow_angle": 0.0, "smile": 0.0},
-       ["flabbergasted"], ["a stunned face"], ["a jaw-dropped, frozen look"]),
-    _c("whatever", ["rolling their eyes", "indifferent"],
-       {"gaze_y": -0.9, "smirk": -0.5, "brow_asym": 0.3, "roll": -0.3, **_eyes(0.6)},
-       ["couldn't care less"], ["a whatever face"], ["an eye-roll of boredom"]),
-    _c("wtf", ["saying what the hell", "bewildered"],
-       {"brow_asym": 1.0, "brow_angle": 0.5, "mouth_open": 0.4, "smile": -0.4, **_eyes(0.95)},
-       ["asking what on earth"], ["a wtf face"], ["a what-is-going-on expression"]),
+    _c("smiling", {"smile": 0.85, **_eyes(0.55)}),
+    _c("angry", {"brow_angle": 0.95, "brow_raise": -0.45, "smile": -0.5, **_eyes(0.5)}),
+    _c("closing eyes", _eyes(0.0)),
+    _c("winking", {"eye_open_l": 0.0, "eye_open_r": 0.75, "smile": 0.35}),
+    _c("shocked", {**_eyes(1.0), "brow_raise": 1.0, "brow_angle": -0.3, "mouth_open": 0.9, "smile": -0.2}),
+    _c("pouting", {"pout": 0.8, "smile": -0.35, "brow_angle": -0.3}),
+    _c("crying", {"tears": 1.0, "brow_angle": -0.8, "smile": -0.7, **_eyes(0.35)}),
+    _c("disgusted", {"smile": -0.6, "brow_angle": 0.5, "smirk": 0.5, "mouth_open": 0.2, **_eyes(0.4)}),
+    _c("appalled", {"mouth_open": 0.55, "brow_raise": 0.6, "brow_angle": -0.6, "smile": -0.8, **_eyes(0.9)}),
+    _c("opening mouth", {"mouth_open": 1.0}),
+    _c("hatred", {"brow_angle": 1.0, "brow_raise": -0.8, "smile": -0.9, "mouth_open": 0.15, **_eyes(0.3)}),
+    _c("surprised", {"brow_raise": 0.9, "mouth_open": 0.5, "pout": 0.35, **_eyes(0.95)}),
+    _c("aha", {"brow_raise": 0.7, "smile": 0.6, "mouth_open": 0.4, **_eyes(0.9)}),
+    _c("annoyed", {"brow_angle": 0.6, "smile": -0.3, "smirk": -0.3, "gaze_x": 0.6, **_eyes(0.45)}),
+    _c("awkward", {"smile": 0.3, "smirk": 0.5, "blush": 0.8, "gaze_x": -0.6, "brow_angle": -0.4}),
+    _c("biting tongues", {"tongue": 1.0, "mouth_open": 0.2, **_eyes(0.45)}),
+    _c("blank stare", {**_eyes(0.92), "brow_raise": 0.15, "mouth_open": 0.12, "smile": 0.0, "brow_angle": 0.0,
+                       "smirk": 0.0, "gaze_x": 0.0, "gaze_y": 0.0}),
+    _c("confused", {"brow_asym": 0.8, "brow_angle": 0.2, "roll": 0.45, "smirk": -0.3, "gaze_y": -0.5}),
+    _c("duck lips", {"pout": 1.0, "smile": 0.2, **_eyes(0.6)}),
+    _c("incredulous", {"brow_asym": -0.9, "brow_raise": 0.4, "smirk": 0.35, "mouth_open": 0.2, **_eyes(0.85)}),
+    _c("mocking", {"smirk": 0.9, "smile": 0.3, "brow_asym": 0.6, **_eyes(0.5)}),
+    _c("nervous", {"smile": 0.15, "brow_angle": -0.7, "blush": 0.5, "gaze_x": 0.7, "mouth_open": 0.1, **_eyes(0.8)}),
+    _c("oh no", {"mouth_open": 0.6, "brow_angle": -0.9, "brow_raise": 0.5, "smile": -0.5, "pout": 0.2, **_eyes(0.9)}),
+    _c("serious", {"brow_angle": 0.3, "brow_raise": -0.3, "smile": -0.2, "mouth_open": 0.0, **_eyes(0.6)}),
+    _c("stunned", {**_eyes(1.0), "mouth_open": 0.7, "brow_raise": 0.6, "brow_angle": 0.0, "smile": 0.0}),
+    _c("whatever", {"gaze_y": -0.9, "smirk": -0.5, "brow_asym": 0.3, "roll": -0.3, **_eyes(0.6)}),
+    _c("wtf", {"brow_asym": 1.0, "brow_angle": 0.5, "mouth_open": 0.4, "smile": -0.4, **_eyes(0.95)}),
     # ---- concepts of our own (pose, gaze, simple muscles) ----
-    _c("frowning", ["glum", "unhappy"], {"smile": -0.85, "brow_angle": 0.2}, ["down in the mouth"],
-       ["a frowning face"], ["mouth corners turned down"], paper=False),
-    _c("raising eyebrows", ["raising their eyebrows", "lifting the brows"], {"brow_raise": 1.0},
-       ["arching both brows high"], ["a face with raised eyebrows"], ["brows shooting up"], paper=False),
-    _c("turning head left", ["turning their head to the left", "facing left"], {"yaw": -0.9},
-       ["rotating the head leftwards"], ["a head turned to the left"], ["face pointed to the left side"],
-       paper=False),
-    _c("turning head right", ["turning their head to the right", "facing right"], {"yaw": 0.9},
-       ["rotating the head rightwards"], ["a head turned to the right"], ["face pointed to the right side"],
-       paper=False),
-    _c("tilting head", ["tilting their head", "leaning the head sideways"], {"roll": 0.8},
-       ["cocking the head to one side"], ["a tilted head"], ["head inclined at an angle"], paper=False),
-    _c("looking up", ["looking upwards", "gazing up"], {"gaze_y": -1.0}, ["eyeing the ceiling"],
-       ["eyes raised upward"], ["pupils turned to the sky"], paper=False),
-    _c("looking down", ["looking downwards", "gazing at the floor"], {"gaze_y": 1.0, **_eyes(0.5)},
-       ["eyes cast to the ground"], ["eyes lowered"], ["pupils aimed at the feet"], paper=False),
-    _c("looking left", ["looking to the left", "glancing left"], {"gaze_x": -1.0}, ["peeking leftwards"],
-       ["eyes turned to the left"], ["a sideways glance to the left"], paper=False),
-    _c("looking right", ["looking to the right", "glancing right"], {"gaze_x": 1.0}, ["peeking rightwards"],
-       ["eyes turned to the right"], ["a sideways glance to the right"], paper=False),
-    _c("blushing", ["red in the face", "flushed"], {"blush": 1.0, "smile": 0.3}, ["turning rosy with shyness"],
-       ["a blushing face"], ["pink cheeks of embarrassment"], paper=False),
+    _c("frowning", {"smile": -0.85, "brow_angle": 0.2}, paper=False),
+    _c("raising eyebrows", {"brow_raise": 1.0}, paper=False),
+    _c("turning head left", {"yaw": -0.9}, paper=False),
+    _c("turning head right", {"yaw": 0.9}, paper=False),
+    _c("tilting head", {"roll": 0.8}, paper=False),
+    _c("looking up", {"gaze_y": -1.0}, paper=False),
+    _c("looking down", {"gaze_y": 1.0, **_eyes(0.5)}, paper=False),
+    _c("looking left", {"gaze_x": -1.0}, paper=False),
+    _c("looking right", {"gaze_x": 1.0}, paper=False),
+    _c("blushing", {"blush": 1.0, "smile": 0.3}, paper=False),
 ]
 
 UNSUPPORTED: dict[str, str] = {
