@@ -182,10 +182,36 @@ def test_training_steps_reduce_the_loss(cache_file, monkeypatch):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_missing_vocabulary_in_cache_is_an_error(tmp_path):
+def test_missing_vocabulary_in_cache_is_an_error_without_minilm(tmp_path, monkeypatch):
+    import src.embedded.training.clip as clip_sys
+
+    monkeypatch.setattr(clip_sys, "minilm_available", lambda: False)
     path = save_text_cache(tmp_path / "small.safetensors", ["The person is smiling."], torch.randn(1, 384))
-    with pytest.raises(UserError, match="lacks"):
+    with pytest.raises(UserError, match="lacks .* MiniLM is not installed"):
         ClipModule(arch=ARCH, text_cache_path=str(path))
+
+
+def test_captions_a_cache_lacks_are_encoded_with_minilm(tmp_path, monkeypatch):
+    import src.embedded.training.clip as clip_sys
+
+    encoded = []
+
+    class FakeMiniLM:
+        def __init__(self, device):
+            pass
+
+        def encode(self, texts):
+            encoded.extend(texts)
+            return F.normalize(torch.randn(len(texts), 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+
+    monkeypatch.setattr(clip_sys, "minilm_available", lambda: True)
+    monkeypatch.setattr(sc, "MiniLMTextEncoder", FakeMiniLM)
+    first = torch.randn(1, 384)
+    path = save_text_cache(tmp_path / "small.safetensors", ["The person is smiling."], first)
+    m = ClipModule(arch=ARCH, text_cache_path=str(path))
+    assert "The person is smiling." not in encoded and encoded == sorted(encoded)
+    assert all(c in m.cache for c in encoded) and len(m.cache) == 1 + len(encoded)
+    torch.testing.assert_close(m.cache.lookup(["The person is smiling."]), first, rtol=0, atol=0)
 
 
 def test_fit_export_and_load_round_trip(cache_file, tmp_path, no_minilm):

@@ -105,10 +105,9 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         from src.embedded import vocabulary
 
         need = set(vocabulary.all_training_phrasings()) | set(vocabulary.all_heldout_phrasings()) | set(neutral_captions())
-        missing = [c for c in need if c not in cache]
+        missing = sorted(c for c in need if c not in cache)
         if missing:
-            raise UserError(f"text cache lacks {len(missing)} captions of the vocabulary (e.g. {missing[0]!r}); "
-                            f"rerun scripts/precompute_text_embeddings.py")
+            cache = self._complete_cache(cache, missing, text_cache_path)
         self.cache = cache
         self.clip.set_text_cache(cache)
         heldout = set(vocabulary.all_heldout_phrasings())
@@ -135,6 +134,21 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         if expected_hash is not None and cache.hash != expected_hash:
             raise UserError(f"the caption list hash {cache.hash[:12]} differs from model.text_cache_hash")
         return cache
+
+    @staticmethod
+    def _complete_cache(cache: TextEmbeddingCache, missing: Sequence[str], path: Optional[str]) -> TextEmbeddingCache:
+        """The cache plus the vocabulary's captions it lacks, encoded with MiniLM where it is installed."""
+        if not minilm_available():
+            raise UserError(f"the text cache {path} lacks {len(missing)} captions of the vocabulary (e.g. "
+                            f"{missing[0]!r}) and MiniLM is not installed to encode them: run "
+                            f"scripts/precompute_text_embeddings.py where it is and pass its file as model.text_cache_path")
+        from src.networks.small_clip import MiniLMTextEncoder
+        from src.utils.log import logger
+
+        logger.info(f"text cache: encoding the {len(missing)} vocabulary captions {path} lacks with MiniLM")
+        emb = MiniLMTextEncoder("cpu").encode(list(missing))
+        return TextEmbeddingCache(cache.captions + list(missing), torch.cat([cache.embeddings, emb.float().cpu()]),
+                                  cache.model)
 
     def _text_feats(self, captions: Sequence[str]) -> tuple:
         idx = self.cache.indices(captions)
