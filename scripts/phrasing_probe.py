@@ -1,7 +1,7 @@
 """Do unseen phrasings land near their concept in the small CLIP's text space?
 
     python scripts/phrasing_probe.py [--clip assets/clip_synthetic.safetensors] [--concepts domain|all]
-                                     [--heldout my_phrasings.json] [--json out.json]
+                                     [--heldout my_phrasings.json] [--json out.json] [--renders 2048]
 
 Embeds every training phrasing of the probed concepts (src.embedded.vocabulary) and their held-out
 sentences (the vocabulary's, or a JSON file {"concept": ["a sentence", ...]} as evaluate.py reads)
@@ -9,6 +9,10 @@ with the CLIP's text tower, loaded as the pipeline loads it (ClipEncoder, kind '
 concept it prints the fraction of held-out sentences whose nearest training phrasing (cosine) is a
 phrasing of the right concept, and the fraction whose nearest concept centroid (the normalised mean
 of a concept's training phrasings) is the right one; then the overall figures and every failure.
+
+``--renders N`` also reads N held-out renders (the CLIP training's zero-shot test: every concept of
+the vocabulary, seeds from 20000003) with the image tower and prints the top-1 accuracy against
+concept embeddings made of the training phrasings and of the held-out sentences.
 
 ``--concepts domain`` (default) probes the embedded domain's prompt concepts (conf/domain/synthetic.yaml),
 ``all`` every concept of the vocabulary. Sentences the text cache lacks are embedded by MiniLM
@@ -82,12 +86,31 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def zero_shot(clip_path: str, renders: int) -> tuple[float, float]:
+    """Top-1 of the CLIP training's zero-shot test on ``renders`` held-out renders (batches of 256):
+    (training phrasings, held-out sentences)."""
+    import torch
+
+    from src.embedded.training.clip import ClipModule
+    from src.networks.small_clip import load_small_clip
+
+    arch = load_small_clip(clip_path, text_cache=None).arch
+    m = ClipModule(arch=arch, init_checkpoint=clip_path, batch_size=256,
+                   text_cache_path=str(Path(clip_path).with_suffix(".text_cache.safetensors")))
+    m.eval()
+    m._eval_start()
+    for i in range(max(1, renders // 256)):
+        m._eval_step(i)
+    return tuple(torch.cat(m._zs[k]).mean().item() for k in ("correct", "correct_heldout"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", default=str(ROOT / "assets" / "clip_synthetic.safetensors"))
     ap.add_argument("--concepts", choices=("domain", "all"), default="domain")
     ap.add_argument("--heldout", default=None, help="a JSON file of held-out sentences (default: the vocabulary's)")
     ap.add_argument("--json", default=None, help="also write the figures and failures to this file")
+    ap.add_argument("--renders", type=int, default=0, help="also the zero-shot top-1 on this many renders")
     args = ap.parse_args(argv)
     from src.utils.errors import UserError
 
@@ -108,14 +131,23 @@ def main(argv=None) -> int:
             held = {c: list(vocabulary.get(c).heldout) for c in names}
         clip = ClipEncoder.from_config({"kind": "embedded", "checkpoint": args.clip}, device="cpu")
         result = probe(clip.encode_text, train, held)
+        if args.renders > 0:
+            result["zero_shot_renders"] = args.renders
+            result["zero_shot_top1"], result["zero_shot_top1_heldout"] = zero_shot(args.clip, args.renders)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{Path(args.clip).name}: {len(names)} concepts; held-out sentences whose nearest training phrasing / "
           f"nearest concept centroid is their concept")
     print(report(result))
+    if args.renders > 0:
+        print(f"zero-shot top-1 on {max(1, args.renders // 256) * 256} held-out renders, {len(vocabulary.CONCEPTS)} "
+              f"concepts: {result['zero_shot_top1']:.3f} (training phrasings), {result['zero_shot_top1_heldout']:.3f} "
+              f"(held-out sentences)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+        from src.utils.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     return 0
 
 
