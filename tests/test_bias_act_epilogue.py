@@ -8,6 +8,7 @@ import torch
 
 from src.ops import bias_act as ba
 from src.ops import policy
+from src.ops.memory_format import is_channels_last
 from src.stylegan import layers
 from src.stylegan.layers import modulated_conv2d, modulated_conv2d_deferred
 from src.stylegan.synthesis import SynthesisLayer
@@ -145,9 +146,10 @@ class _FakeEpiloguePlugin:
         self.calls.append("epilogue")
         n, c = x.shape[:2]
         inner = x[0, 0].numel()
-        assert x.is_contiguous()
+        nhwc = is_channels_last(x)  # the kernel's contract: NCHW rows, or channels-last with any addend strides
+        assert x.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         for t in (b, s, a):
-            assert t.dtype == x.dtype and t.is_contiguous()
+            assert t.dtype == x.dtype and (t.is_contiguous() or (nhwc and t is a))
         assert b.numel() == 0 or tuple(b.shape) == (c,)
         assert s.numel() == 0 or tuple(s.shape) == (n, c)
         assert a.numel() == 0 or (a.ndim == 3 and a.shape[0] in (1, n) and a.shape[1] in (1, c)
@@ -162,7 +164,7 @@ class _FakeEpiloguePlugin:
         act = next(k for k, v in ba.ACTIVATIONS.items() if v.cuda_idx == act_idx)
         out = ba._act_ref(z, act, alpha) * gain
         out = out.clamp(-clamp, clamp) if clamp >= 0 else out
-        return out.reshape(x.shape).to(x.dtype)
+        return out.reshape(x.shape).to(x.dtype, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
     def bias_act(self, x, b, g, dim, act_idx, order, alpha, gain, clamp):
         self.calls.append(("bias_act", order, x.clone()))
@@ -195,10 +197,13 @@ def test_cuda_path_no_grad_uses_fused_kernel_for_every_addend_form(fake_plugin, 
             ref = ba.bias_act(x, b, act="lrelu", clamp=0.7, scale=ss, addend=aa, impl="ref")
             tol = dict(atol=2e-3, rtol=2e-3) if dtype == torch.float16 else {}
             torch.testing.assert_close(y, ref, **tol)
-    # channels_last x: made contiguous for the kernel
+    # channels_last x: handed to the kernel as is, the output keeps the format
     xc = x.to(memory_format=torch.channels_last)
-    torch.testing.assert_close(ba.bias_act(xc, b, scale=s, addend=a),
-                               ba.bias_act(x, b, scale=s, addend=a, impl="ref"))
+    fake_plugin.calls.clear()
+    with torch.no_grad():
+        yc = ba.bias_act(xc, b, scale=s, addend=a)
+    assert fake_plugin.calls == ["epilogue"] and yc.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yc, ba.bias_act(x, b, scale=s, addend=a, impl="ref"))
 
 
 def test_cuda_path_nothing_requires_grad_also_fuses(fake_plugin):

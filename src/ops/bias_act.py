@@ -12,6 +12,9 @@ negative value disables clamping. Both implementations support autograd incl. do
 (R1 / path-length regularisation); the CUDA one supports at most second order. With ``scale`` /
 ``addend`` the CUDA path fuses them into one forward kernel when no gradient is needed, and
 otherwise applies them with ``torch.addcmul`` before the differentiable fused kernel.
+
+Memory format: a channels-last (NHWC) 4-D x with ``dim=1`` is read in place by the CUDA kernels,
+and y and the gradients keep that format (the reference keeps it through its elementwise ops).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from src.ops import policy
+from src.ops.memory_format import kernel_format
 from src.utils.errors import UserError
 
 
@@ -216,6 +220,12 @@ class _Ctx(NamedTuple):
     alpha: float
     gain: float
     clamp: float
+    fmt: torch.memory_format  # the kernels' layout of x, g and y (channels-last or contiguous)
+
+
+def _kernel_format(x: torch.Tensor, dim: int) -> torch.memory_format:
+    """Channels-last for a channels-last 4-D x with the bias along dim 1, else contiguous."""
+    return kernel_format(x) if dim == 1 else torch.contiguous_format
 
 
 def _run(c: _Ctx, g, x, b, order):
@@ -227,7 +237,7 @@ def _run(c: _Ctx, g, x, b, order):
 class _BiasActCuda(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, c: _Ctx):
-        x = x.contiguous()
+        x = x.contiguous(memory_format=c.fmt)
         bb = b.to(x.dtype).contiguous() if b is not None else None
         ctx.c = c
         ctx.has_b = b is not None
@@ -242,7 +252,7 @@ class _BiasActCuda(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable
             dx = _BiasActGrad.apply(dy, x, b, c)
         else:  # plain backward: skip the extra autograd.Function (Python overhead)
-            dx = _run(c, dy.to(x.dtype).contiguous(), x, b, 1)
+            dx = _run(c, dy.to(x.dtype).contiguous(memory_format=c.fmt), x, b, 1)
         db = _sum_to_bias(dx, c.dim).to(ctx.b_dtype) if ctx.has_b and ctx.needs_input_grad[1] else None
         return (dx if ctx.needs_input_grad[0] else None), db, None
 
@@ -253,7 +263,7 @@ class _BiasActGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dy, x, b, c: _Ctx):
         ctx.c = c
-        dy = dy.to(x.dtype).contiguous()
+        dy = dy.to(x.dtype).contiguous(memory_format=c.fmt)
         ctx.save_for_backward(dy, x, b)
         return _run(c, dy, x, b, 1)
 
@@ -275,7 +285,7 @@ class _BiasAct2ndGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, x, b, c: _Ctx):
-        return _run(c, g.contiguous(), x, b, 2)
+        return _run(c, g.contiguous(memory_format=c.fmt), x, b, 2)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -286,25 +296,29 @@ class _BiasAct2ndGrad(torch.autograd.Function):
 def _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp):
     if b is not None and b.dtype not in _CUDA_DTYPES:
         raise UserError(f"bias_act: unsupported bias dtype {b.dtype}")
-    c = _Ctx(plugin, dim, spec.cuda_idx, spec.has_2nd_grad, alpha, gain, clamp)
+    c = _Ctx(plugin, dim, spec.cuda_idx, spec.has_2nd_grad, alpha, gain, clamp, _kernel_format(x, dim))
     return _BiasActCuda.apply(x, b, c)
 
 
 def _bias_act_epilogue_cuda(plugin, x, b, scale, addend, spec, alpha, gain, clamp):
     """Forward-only fused kernel: x [N, C, *spatial], scale [N, C] or None, addend [*spatial] or
-    [1|N, 1|C, *spatial] or None -> y [N, C, *spatial] (contiguous, x.dtype). No autograd graph."""
+    [1|N, 1|C, *spatial] or None -> y [N, C, *spatial] (x.dtype, contiguous or channels-last as x).
+    No autograd graph."""
     if b is not None and b.dtype not in _CUDA_DTYPES:
         raise UserError(f"bias_act: unsupported bias dtype {b.dtype}")
-    x = x.contiguous()
+    fmt = _kernel_format(x, 1)
+    x = x.contiguous(memory_format=fmt)
     empty = x.new_empty([0])
     # Operands in x.dtype, as the reference's addcmul sees them; the kernel reads the addend as
-    # [1|N, 1|C, H*W] rows (stride 0 over broadcast dims).
+    # [1|N, 1|C, H*W] rows (stride 0 over broadcast dims): contiguous rows for NCHW, any strides
+    # (a view where possible) for channels-last.
+    shape_addend = (lambda t: t) if fmt == torch.channels_last else (lambda t: t.contiguous())
     bb = b.to(x.dtype).contiguous() if b is not None else empty
     ss = scale.to(x.dtype).contiguous() if scale is not None else empty
     if addend is None:
         aa = empty
     elif addend.ndim == x.ndim:
-        aa = addend.to(x.dtype).reshape(addend.shape[0], addend.shape[1], -1).contiguous()
+        aa = shape_addend(addend.to(x.dtype).reshape(addend.shape[0], addend.shape[1], -1))
     else:  # [*spatial]: one map for every sample and channel
-        aa = addend.to(x.dtype).reshape(1, 1, -1).contiguous()
+        aa = shape_addend(addend.to(x.dtype).reshape(1, 1, -1))
     return plugin.bias_act_epilogue(x, bb, ss, aa, spec.cuda_idx, alpha, gain, clamp)

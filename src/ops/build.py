@@ -2,8 +2,8 @@
 
 * Built with ``torch.utils.cpp_extension.load`` (ninja) on FIRST USE, never at import.
 * Build directory: ``$LGFA_CACHE_DIR`` (default ``~/.cache/lgfa/torch_extensions``) /
-  ``lgfa_ops_<key>``, where key = sha256 of the sources + torch version + CUDA version + the
-  target compute capability, so a changed source/toolchain/GPU gets a fresh build.
+  ``lgfa_ops_<key>``, where key = sha256 of the sources and headers + torch version + CUDA
+  version + the target compute capability, so a changed source/toolchain/GPU gets a fresh build.
 * An own inter-process lock file (``O_CREAT|O_EXCL``) next to the build dir: with several DDP
   ranks starting at once one builds, the others wait. A lock left by a killed build makes the
   waiters time out (``lock_timeout`` seconds) with a one-line message naming the file to delete.
@@ -24,7 +24,8 @@ from typing import Optional
 import torch
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "bias_act.cu", "upfirdn2d.cu")
+SOURCES = ("ops.cpp", "bias_act.cu", "bias_act_nhwc.cu", "upfirdn2d.cu", "upfirdn2d_nhwc.cu")
+HEADERS = ("bias_act.cuh",)  # included by the sources: part of the build key, not compiled alone
 _NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr")  # torch adds its own -std
 _CXX_FLAGS = ("-O3",)
 
@@ -58,9 +59,9 @@ def current_arch() -> str:
 
 
 def build_key(arch: str) -> str:
-    """sha256 over sources, torch version, CUDA version, target arch and flags (first 16 hex)."""
+    """sha256 over sources, headers, torch version, CUDA version, target arch and flags (first 16 hex)."""
     h = hashlib.sha256()
-    for name in SOURCES:
+    for name in SOURCES + HEADERS:
         h.update(name.encode())
         h.update((CSRC_DIR / name).read_bytes())
     for part in (torch.__version__, str(torch.version.cuda), arch, *_NVCC_FLAGS, *_CXX_FLAGS):

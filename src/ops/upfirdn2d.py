@@ -13,6 +13,9 @@ Filter: 2D ``[fh, fw]`` (non-separable) or 1D ``[fw]`` (separable: applied along
 separable 1D filter by ``sqrt(gain)`` per axis, so the total gain is ``gain`` in both cases.
 Use ``setup_filter`` to build normalised filters; ``upsample2d``/``downsample2d``/``filter2d``
 choose the padding so that the output is exactly ``H*up``, ``H/down``, ``H``.
+
+Memory format: a channels-last (NHWC) x gives a channels-last output, and its gradients are
+channels-last too, in both implementations; the CUDA kernels read it in place (no NCHW copy).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from src.ops import policy
+from src.ops.memory_format import channels_last_grad, kernel_format
 from src.utils.errors import UserError
 
 IntOr2 = Union[int, Sequence[int]]
@@ -167,10 +171,19 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOr2 = 1, down: 
 
 
 def _upfirdn2d_ref(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
-    """Pure PyTorch implementation: [N, C, H, W] -> [N, C, OH, OW] (autograd of any order)."""
+    """Pure PyTorch implementation: [N, C, H, W] -> [N, C, OH, OW] (autograd of any order).
+
+    A channels-last x is worked on as such and gives a dense channels-last result."""
     n, c, h, w = x.shape
+    fmt = kernel_format(x)
+    if fmt == torch.channels_last:
+        x = channels_last_grad(x)
     # 1. zero insertion: view each sample as a 1x1 block, pad it to up x up, flatten back.
-    if upx > 1 or upy > 1:
+    if (upx > 1 or upy > 1) and fmt == torch.channels_last:
+        x = x.permute(0, 2, 3, 1).reshape(n, h, 1, w, 1, c)  # a view of the NHWC storage
+        x = F.pad(x, [0, 0, 0, upx - 1, 0, 0, 0, upy - 1])
+        x = x.reshape(n, h * upy, w * upx, c).permute(0, 3, 1, 2)
+    elif upx > 1 or upy > 1:
         x = x.reshape(n, c, h, 1, w, 1)
         x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
         x = x.reshape(n, c, h * upy, w * upx)
@@ -188,7 +201,10 @@ def _upfirdn2d_ref(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter
         x = F.conv2d(x, f[None, None, None, :].expand(c, 1, 1, f.shape[0]), groups=c)
         x = F.conv2d(x, f[None, None, :, None].expand(c, 1, f.shape[0], 1), groups=c)
     # 4. keep every down-th sample.
-    return x[:, :, ::downy, ::downx]
+    x = x[:, :, ::downy, ::downx]
+    if fmt == torch.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)  # no copy unless decimated or reordered
+    return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,14 +236,15 @@ def _grad_params(p: _Params, in_h: int, in_w: int, out_h: int, out_w: int, fw: i
 
 
 def _launch(x: torch.Tensor, f: torch.Tensor, p: _Params) -> torch.Tensor:
-    """One kernel call: [N, C, H, W] -> [N, C, OH, OW] (no autograd)."""
+    """One kernel call: [N, C, H, W] -> [N, C, OH, OW] (no autograd); channels-last in, channels-last out."""
     # The kernel takes a 2D correlation filter; a separable [fw] filter becomes its outer product
     # (same result; the per-axis gain sqrt(gain) multiplies to gain).
     f2 = torch.outer(f, f) if f.ndim == 1 else f
     f2 = f2.to(torch.float64 if x.dtype == torch.float64 else torch.float32) * p.gain
     if not p.flip:
         f2 = f2.flip([0, 1])  # true convolution = correlation with the flipped filter
-    return p.plugin.upfirdn2d(x.contiguous(), f2.contiguous(), p.upx, p.upy, p.downx, p.downy,
+    x = x.contiguous(memory_format=kernel_format(x))
+    return p.plugin.upfirdn2d(x, f2.contiguous(), p.upx, p.upy, p.downx, p.downy,
                               p.px0, p.px1, p.py0, p.py1)
 
 
@@ -236,6 +253,7 @@ class _UpFirDn2dCuda(torch.autograd.Function):
     def forward(ctx, x, f, p: _Params):
         ctx.p = p
         ctx.in_hw = (x.shape[2], x.shape[3])
+        ctx.fmt = kernel_format(x)  # dx gets x's memory format
         ctx.save_for_backward(f)
         return _launch(x, f, p)
 
@@ -244,6 +262,7 @@ class _UpFirDn2dCuda(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         (f,) = ctx.saved_tensors
+        dy = dy.contiguous(memory_format=ctx.fmt)
         fw, fh = _get_filter_size(f)
         gp = _grad_params(ctx.p, ctx.in_hw[0], ctx.in_hw[1], dy.shape[2], dy.shape[3], fw, fh)
         if torch.is_grad_enabled():  # create_graph=True: keep the backward differentiable

@@ -10,6 +10,8 @@
 // under no_grad): z = x * s[n, c] + a[n?, c?, j] + b[c] for x [N, C, *spatial], so the
 // demodulation scale and the noise are applied in the same pass over x as the bias and activation
 // (a separate addcmul would read and write the largest activations once more).
+//
+// A channels-last 4-D x with the bias along dim 1 goes to bias_act_nhwc.cu (same maths, layout kept).
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -20,78 +22,12 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
+#include "bias_act.cuh"
+
 namespace lgfa {
 namespace {
 
-enum Act { kLinear = 0, kRelu, kLrelu, kTanh, kSigmoid, kElu, kSelu, kSoftplus, kSwish };
-
-template <typename A>
-__device__ __forceinline__ A sigmoid_of(A z) {
-  return A(1) / (A(1) + exp(-z));
-}
-
-// Value, first and second derivative of the activation at z (the compiler drops what the
-// requested ORDER does not use).
-template <int ACT, typename A>
-__device__ __forceinline__ void act_eval(A z, A alpha, A& v, A& d1, A& d2) {
-  if constexpr (ACT == kLinear) {
-    v = z; d1 = A(1); d2 = A(0);
-  } else if constexpr (ACT == kRelu) {
-    v = z > A(0) ? z : A(0); d1 = z > A(0) ? A(1) : A(0); d2 = A(0);
-  } else if constexpr (ACT == kLrelu) {
-    v = z > A(0) ? z : alpha * z; d1 = z > A(0) ? A(1) : alpha; d2 = A(0);
-  } else if constexpr (ACT == kTanh) {
-    A t = tanh(z);
-    v = t; d1 = A(1) - t * t; d2 = A(-2) * t * d1;
-  } else if constexpr (ACT == kSigmoid) {
-    A s = sigmoid_of(z);
-    v = s; d1 = s * (A(1) - s); d2 = d1 * (A(1) - A(2) * s);
-  } else if constexpr (ACT == kElu) {
-    A e = exp(z);
-    // At the kink z == 0: d1 = 1 from both sides; d2 = 0 there, as PyTorch's double backward
-    // (which masks with z < 0) - exact zeros are common in bfloat16 when x == -b.
-    v = z > A(0) ? z : expm1(z); d1 = z > A(0) ? A(1) : e; d2 = z < A(0) ? e : A(0);
-  } else if constexpr (ACT == kSelu) {
-    const A scale = A(1.0507009873554804934193349852946);
-    const A a = A(1.6732632423543772848170429916717);
-    A e = exp(z);
-    v = z > A(0) ? scale * z : scale * a * expm1(z);
-    d1 = z > A(0) ? scale : scale * a * e;
-    d2 = z < A(0) ? scale * a * e : A(0);  // 0 at z == 0, as for elu
-  } else if constexpr (ACT == kSoftplus) {
-    // Same threshold (20) as torch.nn.functional.softplus: linear above it.
-    A s = sigmoid_of(z);
-    bool lin = z > A(20);
-    v = lin ? z : log1p(exp(z)); d1 = lin ? A(1) : s; d2 = lin ? A(0) : s * (A(1) - s);
-  } else {  // kSwish: z * sigmoid(z)
-    A s = sigmoid_of(z);
-    v = z * s;
-    d1 = s * (A(1) + z * (A(1) - s));
-    d2 = s * (A(1) - s) * (A(2) + z * (A(1) - A(2) * s));
-  }
-}
-
-template <int ACT, int ORDER, typename A>
-__device__ __forceinline__ A bias_act_elem(A z, A g, A alpha, A gain, A clamp) {
-  A v, d1, d2;
-  act_eval<ACT, A>(z, alpha, v, d1, d2);
-  A out = v * gain;
-  if constexpr (ORDER == 0) {
-    if (clamp >= A(0)) out = out > clamp ? clamp : (out < -clamp ? -clamp : out);
-    return out;
-  }
-  bool pass = clamp < A(0) || (out <= clamp && out >= -clamp);
-  A d = ORDER == 1 ? d1 : d2;
-  return pass ? g * d * gain : A(0);
-}
-
-constexpr int kThreads = 256;
-constexpr int kUnroll = 4;
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) VecT {
-  T v[V];
-};
+using namespace bias_act_detail;  // activations, kThreads, kUnroll, VecT
 
 // Optional pre-bias terms of the forward epilogue (only read by the EPI = true instantiations).
 // Row r = n * C + c of x [N*C, inner]: scale s[r]; addend row a + n * a_sn + c * a_sc, where a
@@ -358,12 +294,23 @@ void check_bias(const at::Tensor& x, const at::Tensor& b, int64_t C) {
   TORCH_CHECK(b.is_contiguous(), "bias_act: b must be contiguous");
 }
 
+// x dense channels-last [N, C, H, W] (bias along C): bias_act_nhwc.cu reads it without a copy.
+bool channels_last_4d(const at::Tensor& x) {
+  return x.dim() == 4 && x.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 }  // namespace
+
+void bias_act_nhwc_cuda(const at::Tensor& x, const at::Tensor& b, const at::Tensor& g, at::Tensor& y,
+                        const at::Tensor& s, const at::Tensor& a, int64_t act, int64_t order,
+                        double alpha, double gain, double clamp);
 
 at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
                             int64_t act, int64_t order, double alpha, double gain, double clamp) {
   TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
-  TORCH_CHECK(x.is_contiguous(), "bias_act: x must be contiguous");
+  const bool nhwc = dim == 1 && channels_last_4d(x);
+  TORCH_CHECK(x.is_contiguous() || nhwc, "bias_act: x must be contiguous (or channels-last with dim 1)");
   TORCH_CHECK(x.dim() >= 1 && dim >= 0 && dim < x.dim(), "bias_act: dim ", dim, " out of range for ",
               x.dim(), "-D x");
   const bool has_b = b.numel() > 0;
@@ -372,12 +319,18 @@ at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
   if (order > 0) {
     TORCH_CHECK(g.sizes() == x.sizes(), "bias_act: gradient must have x's shape");
     TORCH_CHECK(g.scalar_type() == x.scalar_type(), "bias_act: gradient must have x's dtype");
-    TORCH_CHECK(g.is_contiguous() && g.device() == x.device(), "bias_act: gradient must be contiguous on x's device");
+    TORCH_CHECK(g.is_contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous) &&
+                    g.device() == x.device(),
+                "bias_act: gradient must be on x's device, contiguous in x's memory format");
   }
   TORCH_CHECK(act >= kLinear && act <= kSwish, "bias_act: unknown activation id ", act);
   c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = at::empty_like(x);  // keeps x's memory format
   if (x.numel() == 0) return y;
+  if (nhwc) {
+    bias_act_nhwc_cuda(x, has_b ? b : at::Tensor(), g, y, at::Tensor(), at::Tensor(), act, order, alpha, gain, clamp);
+    return y;
+  }
   int64_t inner = 1;
   for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
 
@@ -390,7 +343,8 @@ at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
 at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::Tensor a,
                                   int64_t act, double alpha, double gain, double clamp) {
   TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
-  TORCH_CHECK(x.is_contiguous(), "bias_act: x must be contiguous");
+  const bool nhwc = channels_last_4d(x);
+  TORCH_CHECK(x.is_contiguous() || nhwc, "bias_act: x must be contiguous or channels-last");
   TORCH_CHECK(x.dim() >= 2, "bias_act: scale/addend need x of shape [N, C, *spatial]");
   TORCH_CHECK(act >= kLinear && act <= kSwish, "bias_act: unknown activation id");
   const int64_t N = x.size(0), C = x.size(1);
@@ -416,7 +370,7 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
                     a.size(2) == inner,
                 "bias_act: addend must have shape [1 or N, 1 or C, prod(x.shape[2:])]");
     TORCH_CHECK(a.scalar_type() == x.scalar_type(), "bias_act: addend must have x's dtype");
-    TORCH_CHECK(a.is_contiguous(), "bias_act: addend must be contiguous");
+    TORCH_CHECK(nhwc || a.is_contiguous(), "bias_act: addend must be contiguous");  // strided for NHWC
     epi.a = a;
     epi.a_sc = a.size(1) == 1 ? 0 : inner;
     epi.a_sn = a.size(0) == 1 ? 0 : a.size(1) * inner;
@@ -424,6 +378,11 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
+  if (nhwc) {
+    bias_act_nhwc_cuda(x, has_b ? b : at::Tensor(), at::Tensor(), y, has_s ? s : at::Tensor(),
+                       has_a ? a : at::Tensor(), act, 0, alpha, gain, clamp);
+    return y;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_epilogue_cuda", [&] {
     dispatch_act<scalar_t>(act, 0, has_b, x, b, at::Tensor(), y, &epi, C, inner, alpha, gain, clamp);
   });

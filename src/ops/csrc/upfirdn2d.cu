@@ -12,6 +12,7 @@
 // implements padding and cropping) and then every thread computes outputs from shared memory.
 // The plain 4x4 FIR filter (up = down = 1) skips the staging (fir_direct_kernel): it reads each
 // input sample about once from global memory through L1, which the staging loop could not match.
+// Channels-last inputs go to upfirdn2d_nhwc.cu instead.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -257,10 +258,16 @@ int window(int tile, int down, int fsize, int up) {  // max input samples a tile
 
 }  // namespace
 
+void upfirdn2d_nhwc_cuda(const at::Tensor& x, const at::Tensor& f, at::Tensor& y, int64_t upx, int64_t upy,
+                         int64_t downx, int64_t downy, int64_t px0, int64_t py0);
+
 at::Tensor upfirdn2d_cuda(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, int64_t downx,
                              int64_t downy, int64_t px0, int64_t px1, int64_t py0, int64_t py1) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 4, "upfirdn2d: x must be a 4D CUDA tensor");
-  TORCH_CHECK(x.is_contiguous(), "upfirdn2d: x must be contiguous");
+  // A channels-last x stays channels-last: upfirdn2d_nhwc.cu reads it in place, y has its layout.
+  const bool nhwc = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+                    x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(x.is_contiguous() || nhwc, "upfirdn2d: x must be contiguous or channels-last");
   TORCH_CHECK(f.is_cuda() && f.device() == x.device() && f.dim() == 2 && f.is_contiguous(),
               "upfirdn2d: f must be a contiguous 2D filter on x's device");
   TORCH_CHECK(upx >= 1 && upy >= 1 && downx >= 1 && downy >= 1, "upfirdn2d: factors must be >= 1");
@@ -276,8 +283,13 @@ at::Tensor upfirdn2d_cuda(at::Tensor x, at::Tensor f, int64_t upx, int64_t upy, 
                   W * upx + std::abs(px0) + std::abs(px1) + fw < (1LL << 30),
               "upfirdn2d: spatial size too large for the CUDA kernel");
   c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({N, C, OH, OW}, x.options());
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(
+      nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
+  if (nhwc) {
+    upfirdn2d_nhwc_cuda(x, f, y, upx, upy, downx, downy, px0, py0);
+    return y;
+  }
 
   // Specialised kernels for the StyleGAN cases with a 4x4 filter ([1,3,3,1] outer product):
   // filter2d, 2x upsampling and 2x downsampling; everything else uses the generic kernel.
