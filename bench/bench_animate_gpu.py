@@ -1,7 +1,7 @@
 """Text -> frames through the public pipeline on one device: ms per video, frames/s, peak memory.
 
     python bench/bench_animate_gpu.py [--res 1024 256 128] [--videos 1 4] [--precision fp32 fp16 bf16]
-        [--frames 16] [--iters 20] [--warmup 3] [--identity-projection P] [--device cuda]
+        [--frames 16] [--iters 20] [--warmup 3] [--identity-projection P] [--device cuda] [--cuda-graphs]
     python bench/bench_animate_gpu.py --device cpu --res 128 --iters 1      # a smoke run on a CPU
 
 Every row times ``FaceAnimator.animate(ws, prompts, num_frames)``, what a user calls: the input
@@ -21,6 +21,10 @@ NVIDIA's FFHQ pickle); CLIP and the animator run in fp32. A precision the pipeli
 for (bf16; fp16 on a CPU, whose fp16 blocks compute in fp32) is a row 'n/a'. Timing: CUDA events
 around each call after --warmup calls, median of --iters. Peak memory: torch.cuda.max_memory_allocated
 over the row's calls, weights included, reset between rows ('resident' is what the row started with).
+
+--cuda-graphs: every row is timed twice, eagerly (graphs off) and with the pipeline's CUDA graphs
+(``FaceAnimator.use_cuda_graphs``: the generator's calls replayed; recorded during the warm-up, so
+their memory pools count in the peak), one after the other on the same pipeline.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ ANCHOR_RES, ANCHOR_FRAMES = 1024, 16
 AUTHORS_MS_PER_VIDEO, AUTHORS_PEAK_GIB = 132.6, 1.5
 GOAL_MS_PER_VIDEO, GOAL_PEAK_GIB = 20.0, 4.0
 
-COLUMNS = ("res", "model", "videos/call", "precision", "proj", "ms/call", "ms/video", "frames/s", "ms/frame",
+COLUMNS = ("res", "model", "videos/call", "precision", "graphs", "proj", "ms/call", "ms/video", "frames/s", "ms/frame",
            "peak GiB", "resident GiB", "ms ÷ authors", "ms ÷ goal", "peak ÷ authors", "peak ÷ goal")
 
 
@@ -72,6 +76,8 @@ def parse_args(argv):
     ap.add_argument("--identity-projection", type=float, default=None,
                     help="0..1 (default: each animator's recorded setting)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="also time every row with the pipeline's CUDA graphs (use_cuda_graphs), beside the eager row")
     args = ap.parse_args(argv)
     if args.warmup is None:
         args.warmup = 0 if str(args.device).startswith("cpu") else 3
@@ -228,22 +234,23 @@ def ratio(ours, anchor) -> str:
     return "-" if ours is None or anchor is None else f"{ours / anchor:.2f}"
 
 
-def row_cells(res: int, label: str, videos: int, precision: str, r: dict, frames: int) -> list[str]:
+def row_cells(res: int, label: str, videos: int, precision: str, r: dict, frames: int,
+              graphs: str = "off") -> list[str]:
     per_video = r["ms"] / videos
     anchored = res == ANCHOR_RES and frames == ANCHOR_FRAMES
     gib = (lambda v: "-" if v is None else f"{v:.2f}")
-    return [str(res), label, str(videos), precision, f"{r['projection']:g}", f"{r['ms']:.2f}", f"{per_video:.2f}",
-            f"{1000.0 * videos * frames / r['ms']:.1f}", f"{r['ms'] / (videos * frames):.3f}", gib(r["peak"]),
-            gib(r["resident"]),
+    return [str(res), label, str(videos), precision, graphs, f"{r['projection']:g}", f"{r['ms']:.2f}",
+            f"{per_video:.2f}", f"{1000.0 * videos * frames / r['ms']:.1f}", f"{r['ms'] / (videos * frames):.3f}",
+            gib(r["peak"]), gib(r["resident"]),
             ratio(per_video, AUTHORS_MS_PER_VIDEO if anchored else None),
             ratio(per_video, GOAL_MS_PER_VIDEO if anchored else None),
             ratio(r["peak"], AUTHORS_PEAK_GIB if anchored else None),
             ratio(r["peak"], GOAL_PEAK_GIB if anchored else None)]
 
 
-def note_row(res: int, label: str, videos: int, precision: str, note: str) -> list[str]:
+def note_row(res: int, label: str, videos: int, precision: str, note: str, graphs: str = "off") -> list[str]:
     """A row whose timing columns hold ``note`` (a precision not run, a call out of memory)."""
-    return [str(res), label, str(videos), precision, "-", note] + ["-"] * (len(COLUMNS) - 6)
+    return [str(res), label, str(videos), precision, graphs, "-", note] + ["-"] * (len(COLUMNS) - 7)
 
 
 def print_row(cells) -> None:
@@ -270,6 +277,7 @@ def run(argv=None) -> None:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     embedded_res = embedded_resolution()
+    settings = ("off", "on") if args.cuda_graphs else ("off",)
     config = None
     for res in args.res:
         for precision in args.precision:
@@ -277,7 +285,8 @@ def run(argv=None) -> None:
             label = "embedded" if res == embedded_res else f"{PAPER_EXPERIMENT}, random"
             if why:
                 for videos in args.videos:
-                    print_row(note_row(res, label, videos, precision, why))
+                    for graphs in settings:
+                        print_row(note_row(res, label, videos, precision, why, graphs))
                 continue
             fp16 = precision == "fp16"
             if res == embedded_res:
@@ -286,12 +295,19 @@ def run(argv=None) -> None:
                 config = config or paper_config()
                 pipe, label = build_paper(config, res, fp16, device)
             for videos in args.videos:
-                try:
-                    cells = row_cells(res, label, videos, precision, time_row(pipe, videos, args), args.frames)
-                except torch.cuda.OutOfMemoryError:
-                    cells = note_row(res, label, videos, precision, "out of GPU memory")
-                print_row(cells)
-                free(device)
+                for graphs in settings:
+                    if graphs == "on" and device.type != "cuda":
+                        print_row(note_row(res, label, videos, precision, "n/a: CUDA graphs run on CUDA only", graphs))
+                        continue
+                    pipe.use_cuda_graphs(graphs == "on")
+                    try:
+                        r = time_row(pipe, videos, args)
+                        cells = row_cells(res, label, videos, precision, r, args.frames, graphs)
+                    except torch.cuda.OutOfMemoryError:
+                        cells = note_row(res, label, videos, precision, "out of GPU memory", graphs)
+                    pipe.use_cuda_graphs(False)  # the row's graphs go with it
+                    print_row(cells)
+                    free(device)
             del pipe
             free(device)
 

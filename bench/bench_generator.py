@@ -1,16 +1,19 @@
 """Benchmark the StyleGAN2-ADA generator forward (mapping + synthesis) on one CUDA device.
 
 Rows: resolution x batch x precision (fp32 / fp16 top layers = num_fp16_res 4 + conv_clamp 256)
-x ops impl (cuda kernels / ref) x modconv path. Columns: ms per batch, ms per image, images/s,
-peak memory above the weights, and the max |difference| of the image (noise_mode='const') to the
-first row of its group (cuda ops, same precision and batch), i.e. whole-G ref-vs-cuda agreement. Timing: CUDA events, median of
-``--reps`` runs after warm-up, under torch.no_grad, noise_mode='random' (realistic: draws noise) or
-``--noise const``.
+x ops impl (cuda kernels / ref) x modconv path (x eager / CUDA-graph replays with ``--cuda-graphs``).
+Columns: ms per batch, ms per image, images/s, peak memory above the weights, and the max
+|difference| of the image (noise_mode='const') to the first row of its group (cuda ops, same
+precision and batch), i.e. whole-G ref-vs-cuda (and graph-vs-eager) agreement. Timing: CUDA
+events, median of ``--reps`` runs after warm-up, under torch.no_grad, noise_mode='random'
+(realistic: draws noise) or ``--noise const``.
 Config f: channel_base 32768, channel_max 512, 8 mapping layers, z/w 512.
 
     python bench/bench_generator.py [--res 256 1024] [--batch 1 16] [--reps 20] [--no-ref]
                                     [--channel-base 32768] [--channels-last] [--cudnn-benchmark]
-                                    [--noise random|const]
+                                    [--noise random|const] [--cuda-graphs]
+With --cuda-graphs every cuda-ops row is followed by the same call replayed as a CUDA graph
+(src/pipeline/graph_cache.py; recorded during the warm-up, its memory pool counted in the peak).
 The last columns: the peak of all memory allocated (weights included), and at 1024 px with batch 1
 or 16 our ms/image over the anchors of issue #25 (ours / theirs, below 1: faster): NVIDIA's official
 code in the row's precision, rosinality's (fp32 only) and the goal. The anchors were timed with
@@ -29,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import src.ops  # noqa: E402
+from src.pipeline.graph_cache import GraphCache, module_state  # noqa: E402
 from src.stylegan import Generator  # noqa: E402
 from src.utils.errors import UserError, exit_code  # noqa: E402
 
@@ -98,6 +102,8 @@ def run(argv=None) -> None:
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--noise", choices=("random", "const"), default="random",
                     help="noise mode of the timed calls (random: draws noise, as training does)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="also time each cuda-ops row replayed as a CUDA graph, next to the eager row")
     args = ap.parse_args(argv)
     bad = [r for r in args.res if r < 4 or r & (r - 1)]
     if bad:
@@ -126,24 +132,35 @@ def run(argv=None) -> None:
                 variants.append(("cuda", True, None))
             if args.fused:
                 variants.append(("cuda", False, True))
+            variants = [v + (graphs,) for v in variants for graphs in ((False, True) if args.cuda_graphs else (False,))]
             if not args.no_ref:
-                variants.append(("ref", False, None))
+                variants.append(("ref", False, None, False))
             for batch in args.batch:
                 z = torch.randn(batch, 512, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
                 baseline = None
-                for impl, channels_last, fused in variants:
+                for impl, channels_last, fused, graphs in variants:
                     if fused and batch == 1:
                         continue  # batch 1 already uses the fused path by default
                     G = _make_g(res, fp16, args.channel_base, channels_last)
                     src.ops.configure(impl=impl)
+                    cache = GraphCache() if graphs else None
                     with torch.no_grad():
-                        img_const = G(z, None, noise_mode="const", fused_modconv=fused)
+                        def forward(noise_mode):
+                            def fn(latent):
+                                return G(latent, None, noise_mode=noise_mode, fused_modconv=fused)
+                            if cache is None:
+                                return fn(z)
+                            return cache.run(fn, z, key=noise_mode, state=module_state(G))
+
+                        img_const = forward("const")
+                        if graphs:  # timing records its own graph after the reset: its pool counts in the peak
+                            cache = GraphCache()
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
                         base_mem = torch.cuda.memory_allocated()
 
                         def call():
-                            G(z, None, noise_mode=args.noise, fused_modconv=fused)
+                            forward(args.noise)
 
                         ms = _time_ms(call, args.reps)
                         peak_total = torch.cuda.max_memory_allocated()
@@ -156,6 +173,8 @@ def run(argv=None) -> None:
                     path = "fused" if (fused or batch == 1) else "shared-weight"
                     if channels_last:
                         path += "+NHWC"
+                    if graphs:
+                        path += "+graph"
                     prec = "fp16 top4" if fp16 else "fp32(tf32)"
                     ratios = " | ".join(anchor_cells(res, batch, fp16, ms / batch))
                     print(f"| {res} | {batch} | {prec} | {impl} | {path} | {ms:.2f} | {ms / batch:.3f} | "

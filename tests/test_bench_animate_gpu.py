@@ -64,6 +64,17 @@ def test_cpu_smoke_paper_model_at_another_resolution(bench, capsys):
     check_timed(rows[0], frames=2)
 
 
+def test_cuda_graph_rows_beside_the_eager_ones(bench, capsys):
+    argv = ["--device", "cpu", "--res", "128", "--videos", "1", "--frames", "2", "--iters", "1",
+            "--precision", "fp32", "bf16", "--identity-projection", "0", "--cuda-graphs"]
+    assert bench.main(argv) == 0
+    rows = table(bench, capsys.readouterr().out)
+    assert [(r["precision"], r["graphs"]) for r in rows] == [(p, g) for p in ("fp32", "bf16") for g in ("off", "on")]
+    check_timed(rows[0], frames=2)
+    assert rows[1]["ms/call"] == "n/a: CUDA graphs run on CUDA only"  # on a CPU
+    assert all(r["ms/call"].startswith("n/a") for r in rows[2:])
+
+
 def test_anchor_ratios_only_on_1024_px_16_frame_rows(bench):
     r = dict(ms=265.2, peak=3.0, resident=1.0, projection=0.0)
     cells = dict(zip(bench.COLUMNS, bench.row_cells(1024, "m", 2, "fp16", r, 16)))

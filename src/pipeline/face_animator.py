@@ -28,6 +28,7 @@ from src.networks.animator import (DECAYS, MOTION_TOTALS, RecurrentAnimator, res
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
 from src.pipeline.faces import FaceInputs
+from src.pipeline.graph_cache import GraphCache, module_state, run_chunked
 from src.pipeline.identity_projection import IdentityProjection
 from src.pipeline.text import prompt_segments
 from src.utils.config import flatten, get_dotted, plain, set_dotted
@@ -36,6 +37,8 @@ from src.utils.errors import UserError
 #: pixels a generator call renders on a CPU without gradients: 4 frames at 128 px (16 at once are
 #: no faster and need about 350 MB more)
 CPU_PIXELS_PER_CALL = 4 * 128 * 128
+#: pixels a CUDA-graph replay renders (see use_cuda_graphs): 16 frames at 1024 px, more at lower ones
+GRAPH_PIXELS_PER_CALL = 16 * 1024 * 1024
 
 
 class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
@@ -61,6 +64,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
         self.noise_mode = str(get_dotted(domain, "generator.noise_mode", "const"))
         self.truncation_psi = float(get_dotted(domain, "generator.truncation_psi", 1.0))
         self.frozen_sources: dict[str, tuple[list[str], nn.Module]] = {}
+        self.graphs: Optional[GraphCache] = None  # see use_cuda_graphs
         files: list[str] = []
         if generator is None:
             generator, files = components.load_domain_generator(domain)
@@ -94,14 +98,15 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         overrides: Optional[Mapping[str, Any]] = None, hash_check: Optional[str] = None,
-                        **modules: nn.Module) -> "FaceAnimator":
+                        cuda_graphs: bool = False, **modules: nn.Module) -> "FaceAnimator":
         """Build from an animator file (an export or a training checkpoint).
 
         overrides: config entries to change, nested or dotted (e.g. {'domain.generator.checkpoint':
         '/new/G.pkl', 'inference.projection_reader': 'reader.safetensors'}); hash_check (error | warn |
         off; default: the file's setting): what to do when a frozen file's sha256 differs from the one
         the animator was trained with. ``generator=`` /
-        ``clip=``: in-code modules instead of the files the config names.
+        ``clip=``: in-code modules instead of the files the config names. cuda_graphs: see
+        :meth:`use_cuda_graphs`.
         """
         path = Path(path).expanduser()
         record = read_animator_file(path)
@@ -111,7 +116,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
         pipe = cls(config, **modules)
         pipe.check_hashes(record.frozen_hashes, hash_check)
         pipe.load_trainable(record.state_dict, path)
-        return pipe.to(device).eval()
+        return pipe.use_cuda_graphs(cuda_graphs).to(device).eval()
 
     def save_pretrained(self, path: str | Path, relative_to: Optional[str | Path] = None, fp16: bool = False,
                         config: Optional[Mapping[str, Any]] = None) -> Path:
@@ -170,23 +175,44 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
         return G.mapping(z.to(self.device), torch.zeros(n, G.c_dim, device=self.device),
                          truncation_psi=self.truncation_psi)
 
+    def use_cuda_graphs(self, enabled: bool = True, capacity: int = 8) -> "FaceAnimator":
+        """Without gradients on a CUDA device, replay CUDA graphs of the generator (one per batch
+        size; frames in replays of GRAPH_PIXELS_PER_CALL pixels) and of the animator's recurrence,
+        at most ``capacity`` (src/pipeline/graph_cache.py); elsewhere all runs eagerly. Returns self."""
+        self.graphs = GraphCache(capacity) if enabled else None
+        return self
+
+    def graph_state(self) -> tuple:
+        """What the recorded graphs depend on beyond their inputs: where the weights live."""
+        return tuple(module_state(m) for m in (self.generator, self.clip, self.animator))
+
     def render_image(self, w_input: torch.Tensor) -> torch.Tensor:
         """w_input [N,L,C] -> the input face [N,3,H,W]."""
-        return self.generator.synthesis(w_input, noise_mode=self.noise_mode)
+        return self.render_frames(w_input, max(1, len(w_input)))
+
+    def render_frames(self, ws: torch.Tensor, step: int) -> torch.Tensor:
+        """ws [M,L,C] -> images [M,3,H,W] in generator calls of ``step`` images (graph replays, the
+        last one padded, once use_cuda_graphs is on and they apply)."""
+        G, mode = self.generator, self.noise_mode
+        fused = None if step >= len(ws) else False  # chunks compute as the whole batch would
+        if self.graphs is not None and self.graphs.applies(ws):
+            return run_chunked(self.graphs, lambda w: G.synthesis(w, noise_mode=mode, fused_modconv=fused), ws,
+                               step, key=("synthesis", mode, fused), state=self.graph_state())
+        parts = [G.synthesis(ws[i:i + step], noise_mode=mode, fused_modconv=fused) for i in range(0, len(ws), step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
         """ws [N,T,L,C] -> frames [N,T,3,H,W], all frames in one batched generator call; without
         gradients on a CPU, in calls of at most CPU_PIXELS_PER_CALL pixels (as fast, a fraction of
-        the memory: 4 frames a call at 128 px)."""
+        the memory: 4 frames a call at 128 px), and with CUDA graphs of GRAPH_PIXELS_PER_CALL."""
         n, t = ws.shape[:2]
         flat = ws.reshape(n * t, *ws.shape[2:])
         step = len(flat)
         if flat.device.type == "cpu" and not torch.is_grad_enabled():
-            step = max(1, CPU_PIXELS_PER_CALL // self.generator.img_resolution ** 2)
-        fused = None if step >= len(flat) else False  # chunks compute as the whole batch would
-        parts = [self.generator.synthesis(flat[i:i + step], noise_mode=self.noise_mode, fused_modconv=fused)
-                 for i in range(0, len(flat), step)]
-        img = parts[0] if len(parts) == 1 else torch.cat(parts)
+            step = CPU_PIXELS_PER_CALL // self.generator.img_resolution ** 2
+        elif self.graphs is not None and self.graphs.applies(flat):
+            step = GRAPH_PIXELS_PER_CALL // self.generator.img_resolution ** 2
+        img = self.render_frames(flat, max(1, step))
         return img.reshape(n, t, *img.shape[1:])
 
     # ------------------------------------------------------------------ animation
@@ -256,8 +282,15 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
             # a text-only animator (net.image_branch false) never looks at the face
             image_emb = self.clip.encode_image(image.to(device)) if self.animator.image_branch else None
             text_emb = self.clip.encode_text(prompts)
-            out = self.animator(w_input, text_emb, image_emb, run_frames, decay=decay, strength=strength,
-                                generator=torch.Generator().manual_seed(int(seed)))
+            h0 = self.animator.initial_hidden(n, device, torch.float32, torch.Generator().manual_seed(int(seed)))
+            embeddings = (text_emb,) if image_emb is None else (text_emb, image_emb)
+
+            def recurrence(w, h, text, image=None):
+                return self.animator(w, text, image, run_frames, decay=decay, strength=strength, h0=h)
+
+            key = ("animator", run_frames, decay, float(strength))
+            out = recurrence(w_input, h0, *embeddings) if self.graphs is None else self.graphs.run(
+                recurrence, w_input, h0, *embeddings, key=key, state=self.graph_state())
             if run_frames != num_frames or beyond != 1.0:  # the motion at the frames asked, extended
                 offsets = resample_frames(out["offsets"], num_frames) * beyond
                 out = {"offsets": offsets, "ws": w_input[:, None] + offsets}
