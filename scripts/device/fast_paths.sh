@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# On a GPU machine: the GPU tests and benchmarks of the fast paths (channels-last ops, CUDA graphs of
+# the GAN training phases and of inference), as a device run from the repository root with
+# carry [".carry/site"]:
+#   PART=tests bash scripts/device/fast_paths.sh   # ~4 min with the first build of our CUDA ops
+#   PART=gan   bash scripts/device/fast_paths.sh   # GAN training: eager, channels-last, + CUDA graphs
+#   PART=infer bash scripts/device/fast_paths.sh   # generator and text -> frames, eager and graphed
+# PART=all (default) runs the three in turn (~10 min: more than one device command allows on a
+# fresh machine). Everything printed also lands in $OUT/fast_paths_<part>.txt. ITERS (64) sets the
+# GAN bench's timed iterations.
+set -u
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-${TMPDIR:-/tmp}/lgfa_fast}
+mkdir -p "$OUT"
+PART=${PART:-all}
+ITERS=${ITERS:-64}
+CL="G_kwargs.synthesis_kwargs.fp16_channels_last=true D_kwargs.block_kwargs.fp16_channels_last=true"
+quiet() { grep -vE "^\s*$|UserWarning|_warn_once|warnings.warn"; }
+
+tests() {
+  timeout 420 python -m pytest -m gpu -q -p no:cacheprovider tests/test_channels_last_gpu.py tests/test_ops_gpu.py \
+    tests/test_bias_act_epilogue_gpu.py tests/test_stylegan_gpu.py tests/test_graph_cache_gpu.py \
+    tests/test_gan_training.py 2>&1 | grep -E "passed|failed|^E |^FAILED|Error" | head -60
+}
+
+gan() {
+  for setting in "precision.cuda_graphs=false" "precision.cuda_graphs=false $CL" "precision.cuda_graphs=true $CL"; do
+    echo "== $setting"
+    # shellcheck disable=SC2086
+    timeout 170 python bench/bench_gan_training.py --batch 64 256 --precision fp16_res --iters "$ITERS" --warmup 64 \
+      --set $setting 2>&1 | quiet | grep -E "^\||device|failed|Error"
+  done
+  echo "== profile, channels-last + CUDA graphs"
+  # shellcheck disable=SC2086
+  timeout 120 python bench/bench_gan_training.py --batch 256 --precision fp16_res --iters 16 --warmup 64 --profile \
+    --set precision.cuda_graphs=true $CL 2>&1 | quiet | sed -n '/^profile/,$p' | head -20
+}
+
+infer() {
+  timeout 200 python bench/bench_generator.py --res 1024 --batch 1 16 --no-ref --noise const --cuda-graphs 2>&1 | quiet
+  timeout 300 python bench/bench_animate_gpu.py --res 1024 128 --videos 1 4 --precision fp16 fp32 --iters 10 \
+    --cuda-graphs 2>&1 | quiet
+}
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+for p in tests gan infer; do
+  if [ "$PART" = all ] || [ "$PART" = "$p" ]; then
+    echo "#### $p"
+    $p 2>&1 | tee "$OUT/fast_paths_$p.txt"
+  fi
+done
