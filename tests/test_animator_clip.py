@@ -100,3 +100,19 @@ def test_text_parameters_are_the_text_tower(enc):
     names = {id(p): n for n, p in enc.model.named_parameters()}
     text = [names[id(p)] for p in enc.text_parameters()]
     assert "token_embedding.weight" in text and not any(n.startswith("visual.") for n in text)
+
+
+def test_preprocessing_made_under_inference_mode_still_backpropagates():
+    """The channel constants are made once; the first call may come under inference mode
+    (validation) and a later one under autograd (training)."""
+    from src.networks.clip_encoder import _channel_constants
+
+    _channel_constants.cache_clear()
+    with torch.inference_mode():
+        first = preprocess_images(torch.zeros(1, 3, 8, 8), 8, CLIP_MEAN, CLIP_STD)
+    x = torch.zeros(1, 3, 8, 8, requires_grad=True)
+    out = preprocess_images(x, 8, CLIP_MEAN, CLIP_STD)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), first)
+    expected = 0.5 / torch.tensor(CLIP_STD).view(1, 3, 1, 1)  # d/dx of ((x + 1) / 2 - mean) / std
+    torch.testing.assert_close(x.grad, expected.expand(1, 3, 8, 8))

@@ -15,6 +15,7 @@ mean/std, all with differentiable tensor ops so that losses can back-propagate i
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -72,9 +73,19 @@ def preprocess_images(img: torch.Tensor, size: int, mean: Sequence[float], std: 
         x = x[:, :, top:top + size, left:left + size]
         # bicubic overshoots; the PIL pipeline stores uint8 images, i.e. clipped to [0, 1]
         x = x.clamp(0.0, 1.0)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    m, s = _channel_constants(tuple(map(float, mean)), tuple(map(float, std)), x.dtype, x.device)
     return (x - m) / s
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(mean: tuple, std: tuple, dtype: torch.dtype, device: torch.device):
+    """mean and std as [1,3,1,1] tensors on ``device``, made once: a copy from the host at every call
+    would wait for the GPU and could not be recorded in a CUDA graph."""
+    def make(v):
+        return torch.tensor(v, dtype=dtype, device=device).view(1, 3, 1, 1)
+
+    with torch.inference_mode(False):  # ordinary tensors, usable by autograd later even if made in inference
+        return make(mean), make(std)
 
 
 class ClipEncoder(nn.Module):
