@@ -4,15 +4,15 @@
     python scripts/concept_sheets.py --concepts smiling closing_eyes --faces 2 --out /tmp/sheets
     python scripts/concept_sheets.py --checkpoint logs/animator/runs/my-exp/animator.safetensors --device cuda
 
-A sheet is <out>/<concept>.png (spaces become "_"): the prompt on top, then one row a face, under
+A sheet is <out>/<concept>.webp (or .png with --format png; spaces become "_"): the prompt on top, then one row a face, under
 its seed, and one column a frame, under its index. The faces are the generator's faces of seeds
 --first-seed, --first-seed + 1, ...: the default 10000 is where evaluate.py takes its test faces
 (training draws its faces from random 31-bit seeds). Each row is a --frames-frame video: the
 animator runs its own number of steps (16 for the embedded default) and the motion is resampled to
 --frames evenly spaced frames, the first (the input face) and the last kept, so 8 frames show the
 whole motion that a 16-frame video plays. The sheets go through the one contact-sheet writer,
-``src.utils.video.write_contact_sheet`` (atomic; a palette PNG of --colors colours keeps a sheet of
-4 x 8 faces under 250 KB). --page also writes a Markdown page of every sheet, under its prompt.
+``src.utils.video.write_contact_sheet`` (atomic; a lossy WebP keeps a sheet of 4 x 8 faces near
+60 KB, a palette PNG of --colors colours under 250 KB). --page also writes a Markdown page of every sheet, under its prompt.
 
 Bad input (an unknown concept, an unwritable folder, a missing checkpoint) ends with one line
 ``error: ...`` and exit code 2, before any face is animated.
@@ -39,9 +39,12 @@ DEFAULT_OUT = ROOT / "docs" / "images" / "concepts"
 FIRST_SEED = 10_000  # evaluate.py's face_seed_offset: the faces it scores
 
 
-def file_name(concept: str) -> str:
-    """A concept's sheet: 'closing eyes' -> 'closing_eyes.png'."""
-    return "_".join(concept.split()) + ".png"
+FORMATS = ("webp", "png")
+
+
+def file_name(concept: str, fmt: str = "webp") -> str:
+    """A concept's sheet: 'closing eyes' -> 'closing_eyes.webp'."""
+    return "_".join(concept.split()) + "." + fmt
 
 
 def pick_concepts(requested: Sequence[str] | None, known: Sequence[str]) -> list[str]:
@@ -68,7 +71,8 @@ def pick_concepts(requested: Sequence[str] | None, known: Sequence[str]) -> list
 def write_concept_sheet(videos: torch.Tensor, path: str | os.PathLike, prompt: str, seeds: Sequence[int],
                         colors: int | None = 256) -> Path:
     """videos [N,T,3,H,W] in [-1,1] (one row a face) as one sheet: ``prompt`` on top, 'face seed S'
-    above each row, 't=i' above each column; a palette PNG of ``colors`` colours (None: RGB)."""
+    above each row, 't=i' above each column; a WebP or PNG by the path's suffix, a palette PNG of
+    ``colors`` colours (None: RGB)."""
     from src.utils.video import write_contact_sheet
 
     if len(seeds) != videos.shape[0]:
@@ -109,8 +113,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=8, help="frames of each video, one column each (default 8)")
     ap.add_argument("--first-seed", type=int, default=FIRST_SEED,
                     help=f"seed of the first face; the next faces take the next seeds (default {FIRST_SEED})")
+    ap.add_argument("--format", choices=FORMATS, default="webp",
+                    help="webp (lossy, about 60 KB a sheet; default) or png")
     ap.add_argument("--colors", type=int, default=256,
-                    help="colours of the palette PNG, 2..256; 0 writes RGB (default 256)")
+                    help="with --format png: colours of the palette PNG, 2..256; 0 writes RGB (default 256)")
     ap.add_argument("--identity-projection", type=float, default=None,
                     help="0..1, see animate.py (default: the animator file's own)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
@@ -145,7 +151,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     concepts = pick_concepts(args.concepts, list(prompts_cfg.get("concepts") or []))
     template = str(prompts_cfg.get("template") or "{}")
     out = Path(args.out).expanduser()
-    targets = [check_output_path(out / file_name(c), "contact sheet", probe=False) for c in concepts]
+    targets = [check_output_path(out / file_name(c, args.format), "contact sheet", probe=False) for c in concepts]
     try:  # made now, so that the probe below writes where the sheets will go
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -171,7 +177,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         prompt = template.format(concept)
         video = animator.animate(ws, [prompt], num_frames=args.frames, identity_projection=projection,
                                  identity_jacobian=jacobian)["frames"]
-        write_concept_sheet(video.cpu(), target, prompt, seeds, colors=args.colors or None)
+        colors = (args.colors or None) if args.format == "png" else None
+        write_concept_sheet(video.cpu(), target, prompt, seeds, colors=colors)
         written.append(target)
         print(f"[{i}/{len(concepts)}] {concept}: {time.perf_counter() - t0:.1f} s -> {target} "
               f"({target.stat().st_size / 1024:.0f} KB)", flush=True)

@@ -77,7 +77,8 @@ def test_concept_names_take_underscores_and_unknown_ones_list_the_known():
     known = ["smiling", "closing eyes", "winking"]
     assert tool.pick_concepts(None, known) == known
     assert tool.pick_concepts(["closing_eyes", "Smiling", "closing eyes"], known) == ["closing eyes", "smiling"]
-    assert tool.file_name("turning head left") == "turning_head_left.png"
+    assert tool.file_name("turning head left") == "turning_head_left.webp"
+    assert tool.file_name("turning head left", "png") == "turning_head_left.png"
     with pytest.raises(tool.UserError, match="unknown concept 'frowning'.*closing_eyes"):
         tool.pick_concepts(["frowning"], known)
 
@@ -106,9 +107,13 @@ def test_one_concept_one_face_two_frames_end_to_end(tmp_path, capsys):
     out = tmp_path / "images"
     assert tool.main(["--concepts", "closing_eyes", "--faces", "1", "--frames", "2", "--identity-projection", "0",
                       "--out", str(out), "--page", str(page)]) == 0
+    with Image.open(out / "closing_eyes.webp") as im:
+        assert im.format == "WEBP" and (im.height, im.width) == expected_size(1, 2, 128)
+    text = page.read_text()
+    assert "## The person is closing eyes.\n" in text and "](images/closing_eyes.webp)" in text
+    assert "[1/1] closing eyes" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["closing_eyes.webp"]  # no temporary left behind
+    assert tool.main(["--concepts", "closing_eyes", "--faces", "1", "--frames", "2", "--identity-projection", "0",
+                      "--out", str(out), "--format", "png", "--colors", "64"]) == 0
     with Image.open(out / "closing_eyes.png") as im:
         assert im.mode == "P" and (im.height, im.width) == expected_size(1, 2, 128)
-    text = page.read_text()
-    assert "## The person is closing eyes.\n" in text and "](images/closing_eyes.png)" in text
-    assert "[1/1] closing eyes" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["closing_eyes.png"]  # no temporary left behind

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from src.utils import contact_sheet as cs
+from src.utils.errors import UserError
 from src.utils.video import to_uint8_frames, write_contact_sheet, write_strip
 
 
@@ -180,6 +181,23 @@ def test_contact_sheet_rows_captions_and_indices(tmp_path):
     with pytest.raises(ValueError, match="row labels"):
         write_contact_sheet(videos, tmp_path / "bad.png", labels[:2])
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_webp_contact_sheet_is_lossy_close_and_has_no_palette(tmp_path):
+    ramp = torch.linspace(-1, 1, 32)
+    frame = torch.stack([ramp[None, :].expand(32, 32), ramp[:, None].expand(32, 32), -ramp[None, :].expand(32, 32)])
+    videos = torch.stack([torch.stack([frame * (0.5 + 0.05 * t) * (1 - 2 * s) for t in range(8)]) for s in range(2)])
+    labels = ["The person is smiling.", "The person is angry."]
+    png = read(write_contact_sheet(videos, tmp_path / "c.png", labels))
+    webp_path = write_contact_sheet(videos, tmp_path / "c.webp", labels)
+    with Image.open(webp_path) as im:
+        assert im.format == "WEBP"
+    webp = read(webp_path)
+    assert webp.shape == png.shape
+    assert np.abs(webp.astype(int) - png.astype(int)).mean() < 8  # lossy, not another picture
+    with pytest.raises(UserError, match="no palette"):
+        write_contact_sheet(videos, tmp_path / "p.webp", labels, colors=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "c.webp"]
 
 
 def test_contact_sheet_without_labels_is_a_plain_grid():
