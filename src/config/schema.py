@@ -1,140 +1,21 @@
 """Structured-config schemas (Hydra's ConfigStore), listed first by the primary configs: a misspelt key
-or a wrong type fails at compose time naming the key. Value checks a type cannot express (ranges,
-enums, files): :func:`validate_config`."""
+or a wrong type fails at compose time naming the key. The train config's ``domain`` and ``loss``
+groups are declared in ``src/config/domain.py`` and ``src/config/loss.py``. Value checks a type cannot
+express (ranges, enums, files): :func:`validate_config`."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
                                  AnimatorValidationConfig)
+from src.config.domain import DomainConfig
 from src.config.groups import typed_group
+from src.config.loss import LossConfig
 from src.utils.errors import UserError
-
-
-class ClipKind(str, Enum):
-    open_clip = "open_clip"   # open_clip model name + pretrained tag or local weights file
-    embedded = "embedded"     # the project's small LiT CLIP (assets/)
-    module = "module"         # an nn.Module handed over in code (tests)
-
-
-class NoiseMode(str, Enum):
-    random = "random"
-    const = "const"
-    none = "none"
-
-
-class IdentityMetric(str, Enum):
-    oracle = "oracle"
-    dlib = "dlib"
-    arcface = "arcface"
-    none = "none"
-
-
-class IdentityLossKind(str, Enum):
-    synthetic = "synthetic"   # the synthetic domain's face recogniser (task=face_id)
-    arcface = "arcface"       # IR-SE50 weights (model_ir_se50.pth), FFHQ crop
-    attributes = "attributes" # the synthetic domain's identity-attribute reader (experiment=embedded_identity_reader)
-    none = "none"
-
-
-@dataclass
-class IdentityLossConfig:
-    """The network of the animator's identity loss (loss.identity > 0 needs one)."""
-    kind: IdentityLossKind = IdentityLossKind.none
-    checkpoint: Optional[str] = None
-
-
-class Perceptual(str, Enum):
-    lpips_alex = "lpips_alex"
-    lpips_vgg = "lpips_vgg"
-    none = "none"
-
-
-@dataclass
-class GeneratorConfig:
-    checkpoint: str = "???"
-    truncation_psi: float = 0.7
-    noise_mode: NoiseMode = NoiseMode.const
-
-
-@dataclass
-class ClipConfig:
-    kind: ClipKind = ClipKind.open_clip
-    model_name: Optional[str] = None
-    pretrained: Optional[str] = None
-    checkpoint: Optional[str] = None
-
-
-@dataclass
-class PromptsConfig:
-    template: str = "The person is {}."
-    concepts: List[str] = field(default_factory=list)
-
-
-@dataclass
-class DomainDataConfig:
-    root: Optional[str] = None
-    latents: Optional[str] = None
-    captions: Optional[str] = None
-    train_list: Optional[str] = None
-    val_list: Optional[str] = None
-    test_list: Optional[str] = None
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    align: bool = False
-
-
-@dataclass
-class DomainConfig:
-    name: str = "???"
-    resolution: int = 128
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    loss_clip: ClipConfig = field(default_factory=ClipConfig)
-    prompts: PromptsConfig = field(default_factory=PromptsConfig)
-    identity_metric: IdentityMetric = IdentityMetric.none
-    identity_metric_checkpoint: Optional[str] = None  # its weights (oracle / IR-SE50); dlib needs none
-    identity_loss: IdentityLossConfig = field(default_factory=IdentityLossConfig)
-    perceptual: Perceptual = Perceptual.lpips_alex
-    data: DomainDataConfig = field(default_factory=DomainDataConfig)
-
-
-class LatentReduction(str, Enum):
-    mean = "mean"             # the latent term averaged over the frames
-    sum = "sum"               # summed over the frames (the authors' code: T times the mean)
-
-
-# local: the prompts of the same GPU's batch (the authors' code); global: the distinct prompts of the
-# whole global batch (all GPUs). Functional form: 'global' is a Python keyword.
-Negatives = Enum("Negatives", {"local": "local", "global": "global"}, type=str)
-
-
-class Resize224(str, Enum):
-    antialias = "antialias"   # CLIP's Resize + CenterCrop (antialiased) and clamp; bilinear antialiased for LPIPS
-    pool = "pool"             # AdaptiveAvgPool2d(224) of the [-1,1] frame, no clamp (the authors' code)
-
-
-@dataclass
-class LossConfig:
-    """Loss weights and the choices of how the terms are computed. The paper's values:
-    conf/loss/paper.yaml (CelebA-HQ) and conf/loss/metfaces.yaml; ours: conf/loss/default.yaml."""
-    contrastive: float = 0.5
-    lpips: float = 1.0
-    smoothness: float = 1.0
-    endpoint: float = 1.0
-    latent: float = 1.0
-    identity: float = 0.0
-    tau: float = 0.07
-    latent_reduction: LatentReduction = LatentReduction.sum
-    negatives: Negatives = Negatives["global"]
-    local_group: Optional[int] = None  # local negatives: contrast within groups of this many prompts of the
-                                       # batch (one GPU standing in for GPUs of that batch); null: the whole batch
-    resize_224: Resize224 = Resize224.antialias
 
 
 @dataclass

@@ -25,7 +25,7 @@ from src.pipeline import FaceAnimator, components
 from src.pipeline.animator_file import FORMAT, read_animator_file
 from src.systems.animator_eval import AnimatorEvaluation
 from src.systems.animator_objective import AnimatorObjective
-from src.config.schema import LossConfig
+from src.config.loss import LossConfig
 from src.utils.config import get_dotted, plain
 from src.config.animator import (AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig,
                                AnimatorValidationConfig, migrate_train_group, typed_group)
