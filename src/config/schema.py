@@ -89,6 +89,7 @@ class AnimateConfig:
     strip: bool = True
     projection_steps: int = 300
     device: str = "cpu"
+    cuda_graphs: bool = False         # GPU only: replay CUDA graphs of the generator and the recurrence
     save_latent: Optional[str] = None  # also save the face's W+ latent (.npy)
     diverse: Optional[int] = None     # animate this many new faces near the average face: a grid video + sheet
     list_prompts: bool = False        # print the checkpoint's concepts and exit
