@@ -24,7 +24,8 @@ from typing import Optional
 import torch
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "bias_act.cu", "bias_act_nhwc.cu", "upfirdn2d.cu", "upfirdn2d_nhwc.cu")
+SOURCES = ("ops.cpp", "bias_act.cu", "bias_act_nchw.cu", "bias_act_nhwc.cu", "upfirdn2d.cu",
+           "upfirdn2d_nchw.cu", "upfirdn2d_nhwc.cu")
 HEADERS = ("bias_act.cuh",)  # included by the sources: part of the build key, not compiled alone
 _NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr")  # torch adds its own -std
 _CXX_FLAGS = ("-O3",)

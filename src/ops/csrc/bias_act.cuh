@@ -1,6 +1,6 @@
-// Activation maths shared by the NCHW (bias_act.cu) and channels-last (bias_act_nhwc.cu) kernels:
-// the value and first two derivatives of each activation, the gain / clamp / mask rule, the
-// launch constants and the 16-byte vector type.
+// Activation maths shared by the NCHW (bias_act_nchw.cu) and channels-last (bias_act_nhwc.cu)
+// kernels: the value and first two derivatives of each activation, the gain / clamp / mask rule,
+// the launch constants and the 16-byte vector type.
 #pragma once
 
 #include <ATen/OpMathType.h>
