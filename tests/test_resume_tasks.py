@@ -1,6 +1,7 @@
-"""Every training task resumes exactly: the GAN, the small CLIP and the attribute oracle, each stopped
-after a checkpoint (as by kill -9) and rerun with the same name, end with the weights and optimiser
-state of the run that was never stopped, bit for bit (CPU). The animator: tests/test_resume_exact.py."""
+"""Every training task resumes exactly: the GAN, the small CLIP (also with generated faces in its batches)
+and the attribute oracle, each stopped after a checkpoint (as by kill -9) and rerun with the same name, end
+with the weights and optimiser state of the run that was never stopped, bit for bit (CPU). The animator:
+tests/test_resume_exact.py."""
 from __future__ import annotations
 
 import pytest
@@ -23,6 +24,11 @@ TASKS = {
               "model.arch.patch_size=8", "model.arch.width=32", "model.arch.layers=1", "model.arch.heads=2",
               "model.arch.embed_dim=16", "model.warmup_steps=2", "model.augment_p=0.5", "model.noise_std=0.05",
               "trainer.val_check_interval=2"], 5, 2),
+    # and with generated faces in the batches (tiny random generator and oracle: _generated_faces)
+    "clip_generated": (["task=clip", "model.batch_size=8", "model.resolution=32", "model.arch.image_size=32",
+                        "model.arch.patch_size=8", "model.arch.width=32", "model.arch.layers=1", "model.arch.heads=2",
+                        "model.arch.embed_dim=16", "model.warmup_steps=2", "model.generator_fraction=0.5",
+                        "trainer.val_check_interval=2"], 5, 2),
     "oracle": (["task=oracle", "model.resolution=32", "model.batch_size=8", "model.width=8", "model.hidden=16",
                 "trainer.val_check_interval=2"], 5, 2),
 }
@@ -42,6 +48,14 @@ def _text_cache(tmp_path) -> list[str]:
     return [f"model.text_cache_path={save_text_cache(tmp_path / 'text_cache.safetensors', captions, emb)}"]
 
 
+def _generated_faces(tmp_path) -> list[str]:
+    """model.generator_path and model.oracle_path of a tiny random 16 px generator and oracle."""
+    from tests.test_clip_generated import tiny_generator_and_oracle
+
+    G, oracle = tiny_generator_and_oracle(tmp_path)
+    return [f"model.generator_path={G}", f"model.oracle_path={oracle}"]
+
+
 def _last(run) -> dict:
     return torch.load(run / "run/checkpoints/last.ckpt", weights_only=True)
 
@@ -51,7 +65,8 @@ def test_a_stopped_task_resumes_to_the_uninterrupted_weights(task, tmp_path, cap
     from train import train
 
     overrides, steps, stop_at = TASKS[task]
-    base = COMMON + overrides + (_text_cache(tmp_path) if task == "clip" else [])
+    base = COMMON + overrides + (_text_cache(tmp_path) if task.startswith("clip") else [])
+    base += _generated_faces(tmp_path) if task == "clip_generated" else []
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(compose_train(base + [f"trainer.max_steps={steps}"], whole))
     train(compose_train(base + [f"trainer.max_steps={stop_at}"], cut))

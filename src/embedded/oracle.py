@@ -106,6 +106,25 @@ def identity_reading(path: str | Path, device: str | torch.device = "cpu"):
     return lambda x: oracle(x)[:, mask]
 
 
+def preset_reach(first: torch.Tensor, last: torch.Tensor, concept) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far readings moved toward a concept's preset: the reach of :func:`oracle_scores`.
+
+    first, last: [N, P] oracle outputs (normalised parameters). Returns (reach [N]: the change
+    first -> last projected on the required change, as a fraction of it (1 = at the preset);
+    required [N, P]: the change from ``first`` to the preset at strength 1, 0 outside the preset's
+    parameters)."""
+    start_nat = PARAM_SPACE.clamp(PARAM_SPACE.denormalize(first))
+    target_unit = PARAM_SPACE.normalize(apply_preset(start_nat, concept, 1.0))
+    required = target_unit - first                             # [N,P], only preset params are non-zero
+    preset = torch.zeros(required.shape[1], dtype=torch.bool, device=required.device)
+    for name in get(concept).preset:
+        preset[PARAM_SPACE.idx(name)] = True
+    required = torch.where(preset, required, torch.zeros_like(required))
+    norm2 = required.pow(2).sum(1)
+    reach = ((last - first) * required).sum(1) / norm2.clamp_min(1e-8)  # fraction of the required change
+    return reach, required
+
+
 def oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch.Tensor]:
     """Per-video oracle scores. frames [N,T,3,H,W]; returns tensors [N], and
     identity_drift_by_attribute / identity_observable [N, identity attributes] (PARAM_SPACE.identity_names).
@@ -114,17 +133,9 @@ def oracle_scores(oracle, frames: torch.Tensor, concept: str) -> dict[str, torch
     colour of absent glasses), where the oracle's reading is untrained noise."""
     n, t = frames.shape[:2]
     all_unit = oracle(frames.reshape(n * t, *frames.shape[2:])).float().reshape(n, t, -1)  # one pass
-    first, last = all_unit[:, 0], all_unit[:, -1]
-    start_nat = PARAM_SPACE.clamp(PARAM_SPACE.denormalize(first))
-    target_unit = PARAM_SPACE.normalize(apply_preset(start_nat, concept, 1.0))
-    required = target_unit - first                             # [N,P], only preset params are non-zero
-    preset = torch.zeros(required.shape[1], dtype=torch.bool, device=required.device)
-    for name in get(concept).preset:
-        preset[PARAM_SPACE.idx(name)] = True
-    required = torch.where(preset, required, torch.zeros_like(required))
-    change = last - first
+    first = all_unit[:, 0]
+    reach, required = preset_reach(first, all_unit[:, -1], concept)
     norm2 = required.pow(2).sum(1)
-    reach = (change * required).sum(1) / norm2.clamp_min(1e-8)  # fraction of the required change
     identity = PARAM_SPACE.mask("identity", device=all_unit.device)
     # discrete attributes (glasses on/off, hair style) change only when their class changes: the
     # oracle regresses class indices, and a reading between two classes is uncertainty, not a change

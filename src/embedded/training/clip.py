@@ -10,12 +10,16 @@ Pairs are made inside the step by ``clip_pairs.make_pairs``, on the module's dev
 near-neutral expression, rendered with ``render``; each caption is, at random, a training phrasing
 of the concept or a one-attribute identity description ("a person with curly red hair"). The
 caption universe is finite (``build_caption_list``) so every caption has a cached embedding;
-held-out paraphrases are in the cache but are only used for evaluation.
+held-out paraphrases are in the cache but are only used for evaluation. With
+``generator_fraction`` > 0 a share of each batch is faces drawn by the frozen generator, captioned from
+what the frozen attribute oracle reads on them (``clip_generated``).
 
 Loss: symmetric InfoNCE with soft targets (captions repeated in a batch are all positives).
 Metrics: zero-shot top-1 accuracy over the concepts on fixed held-out renders, with class
 embeddings averaged over the training phrasings (``val/zs_acc``) and over the held-out
-paraphrases never used in training (``val/zs_acc_heldout``).
+paraphrases never used in training (``val/zs_acc_heldout``); with generator faces, also the share of
+them the oracle reads as a concept (``val/generated_concept_share``) and the zero-shot accuracy on those
+against the oracle's concept (``val/zs_acc_generated``).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import Tensor
 from src.data.augment import label_preserving_pipe
 from src.data.text_cache import TextEmbeddingCache, save_text_cache
 from src.networks.small_clip import SmallClip, minilm_available, save_small_clip
+from src.embedded.training.clip_generated import generated_faces
 from src.embedded.training.clip_pairs import build_caption_list, make_pairs, neutral_captions
 from src.embedded.training.common import GeneratedEvalHooks
 from src.utils.config import plain
@@ -71,6 +76,10 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
             the face instead of fooling the CLIP. 0 = off.
         init_checkpoint: start from these SmallClip weights (same architecture), e.g. to
             fine-tune the shipped CLIP adversarially.
+        generator_fraction: share of each batch drawn from the generator at ``generator_path``
+            (truncation ``generator_psi``) and captioned from the reading of the oracle at
+            ``oracle_path``; 0 = renders only. caption_min_reach, caption_min_alignment,
+            caption_margin: when a reading expresses a concept (``clip_generated.reading_concepts``).
     """
 
     test_index_offset = 1_000_000  # test renders disjoint from validation renders
@@ -81,7 +90,10 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
                  total_steps: Optional[int] = None, identity_prob: float = 0.3, neutral_prob: float = 0.1,
                  export_path: Optional[str] = None, seed: int = 0, augment_p: float = 0.0,
                  noise_std: float = 0.0, adv_eps: float = 0.0, adv_weight: float = 0.5,
-                 init_checkpoint: Optional[str] = None):
+                 init_checkpoint: Optional[str] = None, generator_fraction: float = 0.0,
+                 generator_path: Optional[str] = None, oracle_path: Optional[str] = None,
+                 generator_psi: float = 1.0, caption_min_reach: float = 0.5, caption_min_alignment: float = 0.7,
+                 caption_margin: float = 0.1):
         super().__init__()
         arch = plain(arch)  # plain dict in the checkpoint (weights_only loading)
         self.save_hyperparameters()
@@ -91,6 +103,9 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
                 raise UserError(f"model.{name} must be in [0, 1], got {value}")
         if noise_std < 0 or adv_eps < 0:
             raise UserError("model.noise_std and model.adv_eps must be >= 0")
+        # (a plain object: the frozen generator and oracle stay out of the state_dict and the export)
+        self._generated = generated_faces(generator_fraction, generator_path, oracle_path, generator_psi,
+                                          caption_min_reach, caption_min_alignment, caption_margin)
         if init_checkpoint:
             from src.networks.small_clip import load_small_clip
 
@@ -196,11 +211,28 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_pairs(self) -> tuple:
+        """(images [B,3,R,R], captions) of one training step: renders, and with generator_fraction > 0
+        generated faces after them."""
         h = self.hparams
         self._ensure_generator()
-        img, captions, _ = make_pairs(h.batch_size, self._gen, h.resolution, self.device, h.identity_prob,
-                                      h.neutral_prob, allowed=self._allowed)
+        n_gen = self._generated.count(h.generator_fraction, h.batch_size) if self._generated is not None else 0
+        if n_gen == h.batch_size:
+            img, captions = None, []
+        else:
+            img, captions, _ = make_pairs(h.batch_size - n_gen, self._gen, h.resolution, self.device,
+                                          h.identity_prob, h.neutral_prob, allowed=self._allowed)
+        if n_gen:
+            g_img, g_captions, concepts = self._generated.sample(n_gen, self._gen, h.resolution, self.device,
+                                                                 h.identity_prob, self._allowed)
+            img = g_img if img is None else torch.cat([img, g_img])
+            captions = captions + g_captions
+            self.log("train/generated_concept_share", (concepts >= 0).float().mean())
+        return img, captions
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        h = self.hparams
+        img, captions = self.training_pairs()
         if h.augment_p > 0:
             pipe = self._augment_pipes.setdefault(str(img.device), label_preserving_pipe(p=h.augment_p).to(img.device))
             img = pipe(img)
@@ -252,7 +284,8 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         return torch.stack(rows)
 
     def _eval_start(self) -> None:
-        self._zs = {"correct": [], "correct_heldout": [], "cls": [self.class_embeddings(False), self.class_embeddings(True)]}
+        self._zs = {"correct": [], "correct_heldout": [], "cls": [self.class_embeddings(False), self.class_embeddings(True)],
+                    "generated": [], "correct_generated": []}
 
     @torch.no_grad()
     def _eval_step(self, batch_idx: int) -> None:
@@ -264,12 +297,25 @@ class ClipModule(GeneratedEvalHooks, pl.LightningModule):
         for key, cls in zip(("correct", "correct_heldout"), self._zs["cls"]):
             pred = (emb @ cls.t()).argmax(1)
             self._zs[key].append((pred == concepts).float())
+        if self._generated is not None:  # the same number of generated faces, judged by the oracle
+            g_img, _, g_concepts = self._generated.sample(self.hparams.batch_size, g, self.hparams.resolution,
+                                                          self.device, identity_prob=0.0)
+            g_concepts = g_concepts.to(self.device)
+            read = g_concepts >= 0
+            self._zs["generated"].append(read.float())
+            if read.any():
+                pred = (self.clip.encode_image(g_img[read]) @ self._zs["cls"][0].t()).argmax(1)
+                self._zs["correct_generated"].append((pred == g_concepts[read]).float())
 
     def _eval_end(self, prefix: str) -> None:
         acc = torch.cat(self._zs["correct"]).mean()
         acc_h = torch.cat(self._zs["correct_heldout"]).mean()
         self.log(f"{prefix}/zs_acc", acc, prog_bar=True)
         self.log(f"{prefix}/zs_acc_heldout", acc_h, prog_bar=True)
+        if self._zs["generated"]:
+            self.log(f"{prefix}/generated_concept_share", torch.cat(self._zs["generated"]).mean())
+        if self._zs["correct_generated"]:
+            self.log(f"{prefix}/zs_acc_generated", torch.cat(self._zs["correct_generated"]).mean())
 
 
     # ---------------------------------------------------------------- export

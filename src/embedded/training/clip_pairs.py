@@ -1,8 +1,9 @@
 """The (render, caption) pairs of the small CLIP's training on the synthetic domain.
 
 ``build_caption_list`` is the finite caption universe (every caption has a cached text
-embedding); ``make_pairs`` renders faces, each with a concept applied (or none), and captions
-them with a training phrasing of the concept or a one-attribute identity description.
+embedding); ``make_pairs`` renders faces, each with a concept applied (or none), and
+``caption_faces`` captions them with a training phrasing of the concept or a one-attribute identity
+description.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import List, Optional
 
 import torch
 
-__all__ = ["build_caption_list", "identity_captions", "make_pairs", "neutral_captions"]
+__all__ = ["build_caption_list", "caption_faces", "identity_captions", "make_pairs", "neutral_captions"]
 
 _WITH_KEYS = ("hair", "glasses", "beard", "lipstick", "eyes", "skin")
 
@@ -66,6 +67,35 @@ def build_caption_list() -> List[str]:
     return out
 
 
+def caption_faces(params: torch.Tensor, concepts: torch.Tensor, generator: torch.Generator,
+                  identity_prob: float = 0.3, allowed: Optional[set] = None) -> List[str]:
+    """The training caption of each face: params [n, P] (natural units), concepts [n] long (-1 = none).
+
+    A face with a concept gets a random training phrasing of it, or with ``identity_prob`` a
+    one-attribute identity caption; a face without one gets an identity caption (a neutral caption
+    when it is not in ``allowed``, the captions with a cached embedding)."""
+    from src.embedded import vocabulary
+
+    captions: List[str] = []
+    for i in range(len(concepts)):
+        ci = int(concepts[i])
+        use_identity = float(torch.rand(1, generator=generator)) < identity_prob
+        if use_identity or ci < 0:
+            parts = list(vocabulary.identity_parts(params[i]).items())
+            k = int(torch.randint(len(parts), (1,), generator=generator))
+            cap = _identity_caption_of(*parts[k])
+            if allowed is None or cap in allowed:
+                captions.append(cap)
+                continue
+        if ci < 0:
+            nc = neutral_captions()
+            captions.append(nc[int(torch.randint(len(nc), (1,), generator=generator))])
+        else:
+            ph = vocabulary.CONCEPTS[ci].phrasings
+            captions.append(ph[int(torch.randint(len(ph), (1,), generator=generator))])
+    return captions
+
+
 def make_pairs(n: int, generator: torch.Generator, resolution: int, device, identity_prob: float = 0.3,
                neutral_prob: float = 0.1, jitter: float = 0.15, strength=(0.7, 1.0),
                allowed: Optional[set] = None, concepts_only: bool = False):
@@ -92,23 +122,7 @@ def make_pairs(n: int, generator: torch.Generator, resolution: int, device, iden
     if rows.numel():
         s = strength[0] + (strength[1] - strength[0]) * torch.rand(rows.numel(), generator=generator)
         params[rows] = vocabulary.apply_preset(params[rows], concepts[rows], s)
-    captions: List[str] = []
-    for i in range(n):
-        ci = int(concepts[i])
-        use_identity = float(torch.rand(1, generator=generator)) < identity_prob
-        if use_identity or ci < 0:
-            parts = list(vocabulary.identity_parts(params[i]).items())
-            k = int(torch.randint(len(parts), (1,), generator=generator))
-            cap = _identity_caption_of(*parts[k])
-            if allowed is None or cap in allowed:
-                captions.append(cap)
-                continue
-        if ci < 0:
-            nc = neutral_captions()
-            captions.append(nc[int(torch.randint(len(nc), (1,), generator=generator))])
-        else:
-            ph = vocabulary.CONCEPTS[ci].phrasings
-            captions.append(ph[int(torch.randint(len(ph), (1,), generator=generator))])
+    captions = caption_faces(params, concepts, generator, identity_prob, allowed)
     dev = torch.device(device)
     if dev.type == "cuda":
         params = params.pin_memory().to(dev, non_blocking=True)
