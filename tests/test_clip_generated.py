@@ -22,12 +22,7 @@ from tests.fixtures_stylegan import tiny_generator
 ARCH = dict(image_size=32, patch_size=8, width=32, layers=1, heads=2, embed_dim=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_generator_and_oracle(root) -> tuple[str, str]:
