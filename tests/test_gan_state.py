@@ -12,7 +12,9 @@ import torch
 
 import src.embedded.training.gan as sg
 import src.embedded.training.gan_state as gs
-from tests.test_gan_training import TINY, _detached, _one_thread  # noqa: F401  (the fixture: one thread)
+from tests.test_gan_training import TINY, _detached
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = 64  # tensors above 64 elements get the shipped policy (fp16 weights, bf16 second moment)
 ITERS, MORE = 4, 6
