@@ -54,6 +54,19 @@ def test_text_cache_round_trip(tmp_path):
         cache.lookup(["never seen"])
 
 
+def test_a_half_precision_text_cache_is_half_the_file_and_loads_as_float32(tmp_path):
+    caps = [f"caption {i}" for i in range(64)]
+    emb = F.normalize(torch.randn(64, 384), dim=-1)
+    full = save_text_cache(tmp_path / "full.safetensors", caps, emb)
+    half = save_text_cache(tmp_path / "half.safetensors", caps, emb, dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    cache = TextEmbeddingCache.load(half, expected_hash=caption_hash(caps))
+    assert cache.embeddings.dtype == torch.float32
+    torch.testing.assert_close(cache.embeddings, emb, rtol=0, atol=2 ** -11)  # fp16 rounding of |x| < 1
+    with pytest.raises(ValueError, match="float32 or float16"):
+        save_text_cache(tmp_path / "b.safetensors", caps, emb, dtype=torch.bfloat16)
+
+
 def test_text_cache_hash_mismatch_and_corruption(tmp_path):
     caps = ["a", "b"]
     path = save_text_cache(tmp_path / "c.safetensors", caps, torch.randn(2, 4))
