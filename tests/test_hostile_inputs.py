@@ -347,3 +347,22 @@ def test_text_and_png_writers_check_what_they_wrote(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"s\.png: the written file does not read back"):
         uvideo.write_strip(torch.ones(2, 3, 8, 8), png)
     assert json_file.read_text() == '{"old": 1}' and png.read_bytes() == before and not leftovers(tmp_path)
+
+
+def test_an_atomic_write_leaves_the_mode_a_new_file_gets(tmp_path):
+    """A writer that swaps the temporary for a private file of its own (safetensors writes 0600) must
+    not make the result unreadable to the rest of a shared group."""
+    import stat as stat_mod
+
+    from src.utils import io
+
+    def private_writer(tmp):
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"weights")
+        os.close(fd)
+
+    with io.atomic_write(tmp_path / "w.bin") as tmp:
+        private_writer(tmp)
+    assert stat_mod.S_IMODE((tmp_path / "w.bin").stat().st_mode) == 0o666 & ~io._UMASK
+    assert (tmp_path / "w.bin").read_bytes() == b"weights"

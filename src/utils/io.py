@@ -30,6 +30,8 @@ from src.utils.errors import UserError, first_line
 FOREIGN_TEMP_AGE_S = 3600.0  # another host's temporary is stale after this long unmodified
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 _STEM_CHARS = 100  # of the target's stem in a temporary name (names stay under 255 bytes)
+_UMASK = os.umask(0o022)  # read once (setting it is the only way to read it), then put back
+os.umask(_UMASK)
 _local = threading.local()
 
 
@@ -195,6 +197,8 @@ def _settle(tmp: Path, verify: Optional[Callable[[Path], None]], allow_empty: bo
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
+    # a writer may have replaced the temporary with a private (0600) file of its own (safetensors does)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     if size == 0 and not allow_empty:
         raise OSError(errno.EIO, "the written file is empty (nothing reached the disk)")
     try:
