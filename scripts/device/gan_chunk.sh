@@ -12,8 +12,8 @@
 #   rm -rf .carry/gan_state && mkdir -p .carry/gan_state && cp <files_at>/gan_state/* .carry/gan_state/
 # and run the same command with carry [".carry/site", ".carry/gan_state"]. Keep a copy of each
 # chunk's state outside the repository: it is the run. The tree that travels must stay under
-# 64 MiB: the state is 56.8 MiB, so run from a sparse checkout of the code alone (~1.2 MiB), e.g.
-#   git sparse-checkout set --no-cone '/*.py' '/*.txt' '/src/' '/conf/' '/scripts/'   (then: git sparse-checkout disable)
+# 64 MiB: the state is 56.8 MiB, so run from a checkout of the code alone (~1.3 MiB):
+#   bash scripts/device/travel.sh code   (before the run; `travel.sh all` after it)
 # Without assets/ the validation FD uses the fixed random-feature net (the oracle is not there).
 #
 # Settings (environment): TRAIN_S seconds of training (default 450: with start-up, restore and
