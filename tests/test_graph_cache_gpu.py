@@ -21,6 +21,10 @@ from tests.gpu_helpers import no_tf32, strict_cuda_policy  # noqa: E402,F401  (a
 EMBEDDED = Path(__file__).resolve().parents[1] / "assets" / "animator_synthetic.safetensors"
 # max |graphed - eager| / max |eager|: fp32 (no TF32) and generators with fp16 blocks
 REL_TOL = {False: 1e-5, True: 1e-2}
+# the whole pipeline in fp32: cuBLAS picks its kernels for a captured stream's workspace, so the
+# recurrence's matmuls may sum in another order; 16 recurrent steps and the generator carry that
+# rounding to a few 1e-5 of the frames' range
+PIPELINE_REL_TOL = {False: 1e-4, True: 1e-2}
 
 
 def config_f(res: int, fp16: bool) -> Generator:
@@ -88,14 +92,18 @@ def test_each_batch_size_records_its_own_graph_and_replays_interleave():
 def test_many_batch_sizes_keep_memory_bounded():
     G = config_f(64, fp16=False)
     cache = GraphCache(capacity=2)
-    for n in range(1, 5):
-        cache.run(synthesis(G), latents(G, n, n), state=module_state(G))
-    torch.cuda.synchronize()
-    reserved = torch.cuda.memory_reserved()
-    for n in range(1, 5):  # the same sizes again: recorded again, memory reused, not grown
-        cache.run(synthesis(G), latents(G, n, n), state=module_state(G))
-    torch.cuda.synchronize()
-    assert len(cache) == 2 and torch.cuda.memory_reserved() <= reserved * 1.1 + 2**20
+
+    def cycle():  # four sizes through a cache of two: each one evicted and recorded again
+        for n in range(1, 5):
+            cache.run(synthesis(G), latents(G, n, n), state=module_state(G))
+        torch.cuda.synchronize()
+        return torch.cuda.memory_reserved()
+
+    cycle()
+    settled = cycle()  # the allocator keeps what the first recordings freed; after that, no growth
+    for _ in range(3):
+        assert cycle() <= settled * 1.05 + 2**20
+    assert len(cache) == 2 and cache.recorded == 4 * 5
 
 
 @torch.no_grad()
@@ -106,10 +114,12 @@ def test_random_noise_is_new_on_every_replay():
     frames = [cache.run(synthesis(G, "random"), ws, key="random", state=module_state(G)) for _ in range(3)]
     assert cache.recorded == 1
     const = G.synthesis(ws, noise_mode="const")
+    eager = G.synthesis(ws, noise_mode="random")
     for a, b in zip(frames, frames[1:]):
         assert rel(a, b) > 1e-4  # another draw
-    for f in frames:  # the same face: noise changes details only
-        assert bool(torch.isfinite(f).all()) and rel(f, const) < 0.5
+    for f in frames:  # the same face, as far from the constant-noise one as an eager random draw is
+        assert bool(torch.isfinite(f).all())
+        assert 0.5 <= float((f - const).std() / (eager - const).std()) <= 2.0
 
 
 def test_autograd_runs_eagerly():
@@ -182,11 +192,11 @@ def test_the_pipeline_option_gives_the_eager_frames(fp16):
             ws = eager.sample_latents(seeds=seeds)
             want = eager.animate(ws, prompts, num_frames=16)["frames"]
             got = graphed.animate(ws, prompts, num_frames=16)["frames"]
-            assert rel(got, want) <= REL_TOL[fp16], (seeds, rel(got, want))
+            assert rel(got, want) <= PIPELINE_REL_TOL[fp16], (seeds, rel(got, want))
     # the input faces (batch 2), the recurrence and the frames (batch 32): three graphs, replayed
     # for the second faces
     assert graphed.graphs.recorded == 3 and len(graphed.graphs) == 3
     graphed.to("cpu").to("cuda")  # weights in new memory: recorded again
     with no_tf32():
         again = graphed.animate(ws, prompts, num_frames=16)["frames"]
-    assert rel(again, want) <= REL_TOL[fp16] and graphed.graphs.recorded == 6
+    assert rel(again, want) <= PIPELINE_REL_TOL[fp16] and graphed.graphs.recorded == 6

@@ -26,7 +26,9 @@ What makes a replay compute what an eager call computes:
 
 The function runs eagerly instead where autograd is on, where an input is not on a CUDA device,
 inside another graph's capture, and for a key whose recording failed (one warning for the cache,
-then that key stays eager). At most ``capacity`` keys are kept, the least recently used dropped
+then that key stays eager). The last warm-up call runs with host synchronisation made an error, so
+a function that syncs (``.item()``, a copy to the host) is found before any capture begins: a
+capture that fails midway can leave the CUDA random generator in capture mode. At most ``capacity`` keys are kept, the least recently used dropped
 first. With ``clone=True`` all graphs of a device share one memory pool (their temporaries overlap,
 which is safe because each replay's outputs are cloned before any other replay); replays run on
 the caller's current stream and must not overlap (one stream, or streams synchronised).
@@ -47,6 +49,10 @@ __all__ = ["GraphCache", "module_state", "run_chunked"]
 
 #: a key whose recording failed: it runs eagerly from then on
 _FAILED = object()
+
+
+class _HostSync(RuntimeError):
+    """The function synchronises with the host: it cannot be recorded."""
 
 
 @dataclass
@@ -168,31 +174,49 @@ class GraphCache:
     def _record_or_fail(self, fn: Callable[..., Any], inputs: Sequence[Tensor], full: tuple) -> Any:
         static = [x.detach().clone(memory_format=torch.contiguous_format) for x in inputs]
         device = static[0].device
-        self._warm_up(fn, static, device)  # fn's own errors surface here, as an eager call's would
         try:
-            entry = self._record(fn, static, device)
-        except Exception as err:  # noqa: BLE001 -- any failure to record means: run this key eagerly
-            if not self.warned:
-                self.warned = True
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                warn(f"CUDA graph recording failed, running eagerly instead ({type(err).__name__}: {first[:200]})")
-            entry = _FAILED
+            self._warm_up(fn, static, device)  # fn's own errors surface here, as an eager call's would
+        except _HostSync as err:
+            entry = self._failed(err.__cause__ or err)
         else:
-            self.recorded += 1
+            try:
+                entry = self._record(fn, static, device)
+            except Exception as err:  # noqa: BLE001 -- any failure to record means: run this key eagerly
+                entry = self._failed(err)
+            else:
+                self.recorded += 1
         self._entries[full] = entry
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
         return entry
 
+    def _failed(self, err: BaseException) -> object:
+        if not self.warned:
+            self.warned = True
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            warn(f"CUDA graph recording failed, running eagerly instead ({type(err).__name__}: {first[:200]})")
+        return _FAILED
+
     def _warm_up(self, fn: Callable[..., Any], static: list[Tensor], device: torch.device) -> None:
+        """``warmup`` eager calls on a side stream, the last one with host syncs made errors."""
         if self.warmup == 0:
             return
         main = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):
+            for _ in range(self.warmup - 1):
                 fn(*static)
+            previous = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                fn(*static)
+            except RuntimeError as err:
+                if "synchroniz" not in str(err):
+                    raise
+                raise _HostSync(str(err)) from err
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
         main.wait_stream(side)
 
     def _record(self, fn: Callable[..., Any], static: list[Tensor], device: torch.device) -> Recording:
