@@ -361,6 +361,7 @@ def test_configs_list_every_setting_with_the_dataclass_defaults(tmp_path):
                 assert node[key] == defaults[key], f"model.{name}.{key}"
     shipped = compose_train(["experiment=embedded_stylegan"], tmp_path)
     assert shipped.model.optim.batch_size == 256 and shipped.model.regularization.r1_gamma == 0.1
+    assert shipped.model.precision.cuda_graphs  # on a GPU; a CPU run steps eagerly
     assert shipped.model.validation.oracle_path.endswith("oracle_synthetic.safetensors")
 
 
