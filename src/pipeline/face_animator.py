@@ -37,8 +37,10 @@ from src.utils.errors import UserError
 #: pixels a generator call renders on a CPU without gradients: 4 frames at 128 px (16 at once are
 #: no faster and need about 350 MB more)
 CPU_PIXELS_PER_CALL = 4 * 128 * 128
-#: pixels a CUDA-graph replay renders (see use_cuda_graphs): 16 frames at 1024 px, more at lower ones
-GRAPH_PIXELS_PER_CALL = 16 * 1024 * 1024
+#: pixels a generator call renders on a CUDA device without gradients, eager or a graph replay: 8
+#: frames at 1024 px (peak memory of a 1024 px video about that of 8 frames, whatever the frame and
+#: video count), 512 at 128 px
+GPU_PIXELS_PER_CALL = 8 * 1024 * 1024
 
 
 class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
@@ -177,7 +179,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
 
     def use_cuda_graphs(self, enabled: bool = True, capacity: int = 8) -> "FaceAnimator":
         """Without gradients on a CUDA device, replay CUDA graphs of the generator (one per batch
-        size; frames in replays of GRAPH_PIXELS_PER_CALL pixels) and of the animator's recurrence,
+        size; frames in replays of GPU_PIXELS_PER_CALL pixels) and of the animator's recurrence,
         at most ``capacity`` (src/pipeline/graph_cache.py); elsewhere all runs eagerly. Returns self."""
         self.graphs = GraphCache(capacity) if enabled else None
         return self
@@ -198,20 +200,26 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
         if self.graphs is not None and self.graphs.applies(ws):
             return run_chunked(self.graphs, lambda w: G.synthesis(w, noise_mode=mode, fused_modconv=fused), ws,
                                step, key=("synthesis", mode, fused), state=self.graph_state())
-        parts = [G.synthesis(ws[i:i + step], noise_mode=mode, fused_modconv=fused) for i in range(0, len(ws), step)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if step >= len(ws):
+            return G.synthesis(ws, noise_mode=mode, fused_modconv=fused)
+        out = None  # filled call by call: the frames are held once, not twice
+        for i in range(0, len(ws), step):
+            part = G.synthesis(ws[i:i + step], noise_mode=mode, fused_modconv=fused)
+            if out is None:
+                out = part.new_empty((len(ws), *part.shape[1:]))
+            out[i:i + len(part)] = part
+        return out
 
     def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
         """ws [N,T,L,C] -> frames [N,T,3,H,W], all frames in one batched generator call; without
         gradients on a CPU, in calls of at most CPU_PIXELS_PER_CALL pixels (as fast, a fraction of
-        the memory: 4 frames a call at 128 px), and with CUDA graphs of GRAPH_PIXELS_PER_CALL."""
+        the memory: 4 frames a call at 128 px), on a CUDA device in calls of GPU_PIXELS_PER_CALL."""
         n, t = ws.shape[:2]
         flat = ws.reshape(n * t, *ws.shape[2:])
         step = len(flat)
-        if flat.device.type == "cpu" and not torch.is_grad_enabled():
-            step = CPU_PIXELS_PER_CALL // self.generator.img_resolution ** 2
-        elif self.graphs is not None and self.graphs.applies(flat):
-            step = GRAPH_PIXELS_PER_CALL // self.generator.img_resolution ** 2
+        if not torch.is_grad_enabled():
+            pixels = CPU_PIXELS_PER_CALL if flat.device.type == "cpu" else GPU_PIXELS_PER_CALL
+            step = pixels // self.generator.img_resolution ** 2
         img = self.render_frames(flat, max(1, step))
         return img.reshape(n, t, *img.shape[1:])
 

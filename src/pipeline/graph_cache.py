@@ -243,12 +243,14 @@ def run_chunked(cache: GraphCache, fn: Callable[[Tensor], Tensor], x: Tensor, ro
     of frames)."""
     if len(x) <= rows:
         return cache.run(fn, x, key=key, state=state)
-    parts = []
+    out = None  # filled chunk by chunk: the whole result is held once, not twice
     for i in range(0, len(x), rows):
         chunk = x[i:i + rows]
         short = rows - len(chunk)
         if short:
             chunk = torch.cat([chunk, chunk[-1:].expand(short, *chunk.shape[1:])])
-        out = cache.run(fn, chunk, key=key, state=state)
-        parts.append(out[:rows - short] if short else out)
-    return torch.cat(parts)
+        part = cache.run(fn, chunk, key=key, state=state)
+        if out is None:
+            out = part.new_empty((len(x), *part.shape[1:]))
+        out[i:i + rows - short] = part[:rows - short]
+    return out
