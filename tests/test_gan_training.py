@@ -502,6 +502,24 @@ def test_a_checkpoint_records_the_render_state_before_the_prefetched_reals():
     torch.testing.assert_close(RealPrefetcher(2, 16).take(resumed, torch.device("cpu")), pending, rtol=0, atol=0)
 
 
+def test_the_reals_group_sets_how_often_faces_are_moved():
+    """model.reals reaches the rendered stream: every face active draws the whole pose range."""
+    from src.embedded import PARAM_SPACE, sample_params
+    from src.utils.errors import UserError
+
+    m = _detached(sg.StyleGANModule(**tiny(reals=dict(active_prob=1.0, neutral_prob=0.0))))
+    assert m._reals.draw == dict(active_prob=1.0, neutral_prob=0.0)
+    yaw = PARAM_SPACE.idx("yaw")
+    turned = {}
+    for p, q in ((0.35, 0.3), (1.0, 0.0)):
+        params = sample_params(2048, torch.Generator().manual_seed(0), active_prob=p, neutral_prob=q)
+        half_turned = (2 * PARAM_SPACE.normalize(params)[:, yaw] - 1).abs() > 0.5
+        turned[p] = float(half_turned.float().mean())
+    assert turned[1.0] > 3 * turned[0.35] > 0
+    with pytest.raises(UserError, match="active_prob must be a probability"):
+        sample_params(2, active_prob=1.5)
+
+
 def test_cuda_graphs_stay_off_on_the_cpu_and_with_augmentation():
     m = _detached(sg.StyleGANModule(**tiny(precision=dict(mode="fp32", cuda_graphs=True, graph_warmup=1))))
     for i in range(3):

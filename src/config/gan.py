@@ -1,6 +1,7 @@
 """Typed config groups of StyleGAN2-ADA training (``src/embedded/training/gan.py``): ``model.optim``,
-``model.regularization``, ``model.ema``, ``model.augment``, ``model.precision``, ``model.validation``
-and ``model.output`` of ``conf/task/stylegan.yaml``. The defaults are the official ones."""
+``model.regularization``, ``model.ema``, ``model.augment``, ``model.precision``, ``model.validation``,
+``model.output`` and ``model.reals`` of ``conf/task/stylegan.yaml``. The defaults are the official
+ones; ``reals`` (how the synthetic training faces are drawn) has ``sample_params``' defaults."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,7 +10,8 @@ from typing import Any, Dict, List, Optional
 from src.config.groups import typed_group
 
 __all__ = ["GanOptimConfig", "GanRegularizationConfig", "GanEmaConfig", "GanAugmentConfig", "GanPrecisionConfig",
-           "GanValidationConfig", "GanOutputConfig", "GAN_GROUPS", "gan_groups", "regroup_flat_hparams"]
+           "GanValidationConfig", "GanOutputConfig", "GanRealsConfig", "GAN_GROUPS", "gan_groups",
+           "regroup_flat_hparams"]
 
 PRECISIONS = ("fp16_res", "bf16", "fp32")
 
@@ -79,9 +81,16 @@ class GanOutputConfig:
     export_path: Optional[str] = None  # G_ema saved there (.safetensors + .json) at the end of training
 
 
+@dataclass
+class GanRealsConfig:
+    """How the training stream draws the faces it renders (``sample_params``)."""
+    active_prob: float = 0.35          # each expression/pose parameter uniform over its range in this share
+    neutral_prob: float = 0.3          # ... of the faces that are not neutral (jitter only) by this share
+
+
 GAN_GROUPS = {"optim": GanOptimConfig, "regularization": GanRegularizationConfig, "ema": GanEmaConfig,
               "augment": GanAugmentConfig, "precision": GanPrecisionConfig, "validation": GanValidationConfig,
-              "output": GanOutputConfig}
+              "output": GanOutputConfig, "reals": GanRealsConfig}
 
 
 def gan_groups(**nodes: Any) -> Dict[str, Any]:

@@ -199,6 +199,9 @@ def sample_params(n: int, generator: torch.Generator | None = None, device=None,
     """
     if n < 0:
         raise UserError(f"number of faces must be >= 0, got {n}")
+    for name, p in (("active_prob", active_prob), ("neutral_prob", neutral_prob)):
+        if not 0.0 <= p <= 1.0:
+            raise UserError(f"{name} must be a probability in [0, 1], got {p}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     if g.device.type != "cpu":
         raise UserError("sample_params needs a CPU torch.Generator (results are then device independent)")

@@ -59,12 +59,12 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
                  ema: Optional[Mapping | GanEmaConfig] = None, augment: Optional[Mapping | GanAugmentConfig] = None,
                  precision: Optional[Mapping | GanPrecisionConfig] = None,
                  validation: Optional[Mapping | GanValidationConfig] = None,
-                 output: Optional[Mapping | GanOutputConfig] = None, seed: int = 0):
+                 output: Optional[Mapping | GanOutputConfig] = None, reals: Optional[Mapping] = None, seed: int = 0):
         super().__init__()
         from src.stylegan import Discriminator, Generator
 
         groups = gan_groups(optim=optim, regularization=regularization, ema=ema, augment=augment,
-                            precision=precision, validation=validation, output=output)
+                            precision=precision, validation=validation, output=output, reals=reals)
         self.optim_cfg, self.reg_cfg, self.ema_cfg = groups["optim"], groups["regularization"], groups["ema"]
         self.augment_cfg, self.precision_cfg = groups["augment"], groups["precision"]
         self.validation_cfg, self.output_cfg = groups["validation"], groups["output"]
@@ -107,7 +107,7 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         self.cur_nimg = 0
         self.iteration = 0
         self._gen: Optional[torch.Generator] = None  # CPU generator of the training reals
-        self._reals = RealPrefetcher(batch_size, resolution)
+        self._reals = RealPrefetcher(batch_size, resolution, groups["reals"].active_prob, groups["reals"].neutral_prob)
         self._graphs: Optional[PhaseGraphs] = None  # CUDA graphs of the phases (precision.cuda_graphs)
         self._process_iterations = 0  # iterations run by this process: the graphs' warm-up counts these
         self._init_eval(self.validation_cfg.feature_clip_path, self.validation_cfg.oracle_path)

@@ -10,15 +10,17 @@ from torch import Tensor
 __all__ = ["RealPrefetcher", "render_reals"]
 
 
-def render_reals(n: int, generator: torch.Generator, resolution: int, device: torch.device) -> Tensor:
-    """[n, 3, R, R] in [-1, 1] rendered on ``device`` (on the current stream).
+def render_reals(n: int, generator: torch.Generator, resolution: int, device: torch.device,
+                 active_prob: float = 0.35, neutral_prob: float = 0.3) -> Tensor:
+    """[n, 3, R, R] in [-1, 1] rendered on ``device`` (on the current stream), faces drawn by
+    ``sample_params`` with ``active_prob`` and ``neutral_prob``.
 
     ``sample_params`` draws on a CPU generator; the parameters go to the GPU through pinned
     memory with ``non_blocking=True`` so that the copy does not stall the host.
     """
     from src.embedded import render, sample_params
 
-    params = sample_params(n, generator, "cpu")
+    params = sample_params(n, generator, "cpu", active_prob=active_prob, neutral_prob=neutral_prob)
     if device.type == "cuda":
         params = params.pin_memory().to(device, non_blocking=True)
     # drawn by sample_params: finite by construction, so no host sync for a NaN check
@@ -33,9 +35,10 @@ class RealPrefetcher:
     and its kernels overlap with training. On CPU it simply renders.
     """
 
-    def __init__(self, batch_size: int, resolution: int):
+    def __init__(self, batch_size: int, resolution: int, active_prob: float = 0.35, neutral_prob: float = 0.3):
         self.batch_size = batch_size
         self.resolution = resolution
+        self.draw = dict(active_prob=active_prob, neutral_prob=neutral_prob)
         self._side_stream = None
         self._next_real: Optional[Tensor] = None
         # the render generator's state before the pending prefetch: what a checkpoint must record,
@@ -46,14 +49,14 @@ class RealPrefetcher:
         """Render the next batch now (queued on the side stream on CUDA)."""
         self.state_before_pending = generator.get_state()
         if device.type != "cuda":
-            self._next_real = render_reals(self.batch_size, generator, self.resolution, device)
+            self._next_real = render_reals(self.batch_size, generator, self.resolution, device, **self.draw)
             return
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(device=device)
         # No wait on the main stream: the render reads only fresh pinned parameters, and the
         # result is handed over with wait_stream + record_stream in take().
         with torch.cuda.stream(self._side_stream):
-            self._next_real = render_reals(self.batch_size, generator, self.resolution, device)
+            self._next_real = render_reals(self.batch_size, generator, self.resolution, device, **self.draw)
 
     def take(self, generator: torch.Generator, device: torch.device) -> Tensor:
         """The prefetched reals (rendered now if none are), safe to use on the current stream."""
