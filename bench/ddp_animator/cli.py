@@ -28,6 +28,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5, help="warm-up steps before timing")
     ap.add_argument("--fp32", action="store_true", help="no fp16 layers in the generator (default: top 4 in fp16)")
     ap.add_argument("--no-lpips", action="store_true", help="LPIPS loss weight 0 (no LPIPS network)")
+    ap.add_argument("--checkpoint-res", type=int, default=0,
+                    help="model.train.generator_checkpoint_res: generator blocks at >= this resolution "
+                         "recomputed in the backward (0: off)")
     ap.add_argument("--lpips-dir", default=None, help="LPIPS weights folder (default $LGFA_LPIPS_DIR)")
     ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture of the loss CLIP (random init)")
     ap.add_argument("--input-clip-model", default="same",

@@ -41,6 +41,8 @@ class AnimatorTrainConfig:
     clip_views: int = 0                # extra label-preserving augmented views of the last frame in the CLIP loss
     clip_view_noise: float = 0.0       # Gaussian pixel noise std of those views
     lpips_size: Optional[int] = 224    # LPIPS computed at 224 px (paper)
+    generator_checkpoint_res: int = 0  # the frozen generator's blocks at >= this resolution run again in the
+    #                                    backward instead of keeping their activations (0: off): less memory
     lpips_path: Optional[str] = None   # LPIPS weights file/folder; null: $LGFA_LPIPS_DIR or ~/.cache/lgfa/lpips
     init_checkpoint: Optional[str] = None  # warm start (fine-tuning): an animator file of this architecture
     export_path: Optional[str] = None  # where fit's end writes the file animate.py reads (null: nowhere)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 
 from src.ops import bias_act, upfirdn2d
 from src.stylegan import layers
@@ -211,6 +212,9 @@ class SynthesisNetwork(torch.nn.Module):
             if res == self.img_resolution:
                 self.num_ws += block.num_torgb
             setattr(self, f"b{res}", block)
+        # blocks at >= this resolution keep only their inputs for the backward pass and run again
+        # in it (activation checkpointing; 0: off). Set by training on a frozen generator.
+        self.checkpoint_res = 0
 
     def forward(self, ws, noise_mode="random", force_fp32=False, fused_modconv=None):
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
@@ -225,8 +229,12 @@ class SynthesisNetwork(torch.nn.Module):
             # A torgb shares its w with the next block's conv0, hence the overlapping windows.
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
-            x, img = block(x, img, block_ws, force_fp32=force_fp32, fused_modconv=fused_modconv,
-                           noise_mode=noise_mode)
+            kwargs = dict(force_fp32=force_fp32, fused_modconv=fused_modconv, noise_mode=noise_mode)
+            if self.checkpoint_res and res >= self.checkpoint_res and torch.is_grad_enabled() and ws.requires_grad:
+                # the recomputation draws the same random noise: checkpoint restores the RNG states
+                x, img = torch.utils.checkpoint.checkpoint(block, x, img, block_ws, use_reentrant=False, **kwargs)
+            else:
+                x, img = block(x, img, block_ws, **kwargs)
         return img
 
     def extra_repr(self) -> str:

@@ -109,6 +109,7 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         self.clip_params = pipeline.clip_params
         self.prompt_list, self.noise_mode = pipeline.prompt_list, pipeline.noise_mode
         self.frozen_sources = dict(pipeline.frozen_sources)
+        self._checkpoint_generator(tc.generator_checkpoint_res)
 
         # ---- the CLIP of the loss: the animator's own when it is the same frozen network
         if components.same_clip(domain) and loss_clip is None and tc.clip_finetune == "none":
@@ -150,6 +151,15 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         self.frozen_hashes = {name: components.frozen_record(*self.frozen_sources[name]) for name in self.frozen_sources}
         if tc.init_checkpoint:
             self._warm_start(tc.init_checkpoint)
+
+    def _checkpoint_generator(self, res: int) -> None:
+        """model.train.generator_checkpoint_res: the frozen generator's blocks at >= res recomputed."""
+        synthesis = getattr(self.generator, "synthesis", None)
+        if res and (res < 4 or res & (res - 1) or not hasattr(synthesis, "checkpoint_res")):
+            raise UserError(f"model.train.generator_checkpoint_res must be 0 or a power of two >= 4 on a "
+                            f"StyleGAN2 generator, got {res}")
+        if synthesis is not None and hasattr(synthesis, "checkpoint_res"):
+            synthesis.checkpoint_res = int(res)
 
     def config(self) -> dict[str, Any]:
         """The run's resolved configuration as plain data (what the exported file records)."""
