@@ -5,7 +5,9 @@
 #   PART=tests bash scripts/device/fast_paths.sh   # ~4 min with the first build of our CUDA ops
 #   PART=gan   bash scripts/device/fast_paths.sh   # GAN training: eager, channels-last, + CUDA graphs
 #   PART=infer bash scripts/device/fast_paths.sh   # generator and text -> frames, eager and graphed
-# PART=all (default) runs the three in turn (~10 min: more than one device command allows on a
+#   PART=memory bash scripts/device/fast_paths.sh  # animator training step with and without generator
+#                                                  # checkpointing; a 1024 px video's peak memory
+# PART=all (default) runs the four in turn (~10 min: more than one device command allows on a
 # fresh machine). Everything printed also lands in $OUT/fast_paths_<part>.txt. ITERS (64) sets the
 # GAN bench's timed iterations.
 set -u
@@ -21,7 +23,7 @@ quiet() { grep -vE "^\s*$|UserWarning|_warn_once|warnings.warn"; }
 tests() {
   timeout 420 python -m pytest -m gpu -q -p no:cacheprovider tests/test_channels_last_gpu.py tests/test_ops_gpu.py \
     tests/test_bias_act_epilogue_gpu.py tests/test_stylegan_gpu.py tests/test_graph_cache_gpu.py \
-    tests/test_gan_training.py 2>&1 | grep -E "passed|failed|^E |^FAILED|Error" | head -60
+    tests/test_gan_training.py tests/test_generator_checkpointing.py 2>&1 | grep -E "passed|failed|^E |^FAILED|Error" | head -60
 }
 
 gan() {
@@ -43,8 +45,18 @@ infer() {
     --cuda-graphs 2>&1 | quiet
 }
 
+memory() {
+  for res in 0 512 256 64; do  # model.train.generator_checkpoint_res (0: off); LPIPS needs weights: off
+    echo "== generator blocks >= $res px recomputed (0: none)"
+    timeout 100 python bench/bench_ddp_animator.py --res 1024 --batch 4 --steps 5 --warmup 2 --no-lpips \
+      --checkpoint-res "$res" 2>&1 | grep -E "step ms \(|backward ms|peak memory|rror"
+  done
+  timeout 120 python bench/bench_animate_gpu.py --res 1024 --videos 1 4 --precision fp16 --iters 5 --cuda-graphs \
+    2>&1 | quiet | grep -E "^\||^#"
+}
+
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-for p in tests gan infer; do
+for p in tests gan infer memory; do
   if [ "$PART" = all ] || [ "$PART" = "$p" ]; then
     echo "#### $p"
     $p 2>&1 | tee "$OUT/fast_paths_$p.txt"
