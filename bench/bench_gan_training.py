@@ -119,7 +119,7 @@ def profile_raw(model_kwargs, device, iters=16, top=14):
         m.training_step(i, i)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for i in range(iters):
             m.training_step(i, i)
         torch.cuda.synchronize()
@@ -139,6 +139,14 @@ def profile_raw(model_kwargs, device, iters=16, top=14):
     print("  host time by op: " + ", ".join(f"{e.key[6:]} {e.self_cpu_time_total / 1000 / iters:.1f} ms" for e in host))
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
         print(f"  {e.self_device_time_total / 1000 / iters:7.2f} ms  x{e.count / iters:6.1f}  {e.key[:90]}")
+    # which calls launched that GPU time (eager steps only: a graph replay hides its ops)
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if e.device_type.name == "CPU" and e.key.startswith("aten::") and e.self_device_time_total > 0]
+    if ops:
+        print("  GPU time by op and input shapes:")
+        for e in sorted(ops, key=lambda e: -e.self_device_time_total)[:top]:
+            print(f"  {e.self_device_time_total / 1000 / iters:7.2f} ms  x{e.count / iters:6.1f}  {e.key[6:]} "
+                  f"{str(e.input_shapes)[:110]}")
 
 
 def bench_render(resolution, batch, device, reps=20):

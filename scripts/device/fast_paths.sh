@@ -33,6 +33,10 @@ gan() {
     timeout 170 python bench/bench_gan_training.py --batch 64 256 --precision fp16_res --iters "$ITERS" --warmup 64 \
       --set $setting 2>&1 | quiet | grep -E "^\||device|failed|Error"
   done
+  echo "== profile, channels-last, eager (GPU time by op)"
+  # shellcheck disable=SC2086
+  timeout 120 python bench/bench_gan_training.py --batch 256 --precision fp16_res --iters 8 --warmup 64 --profile \
+    --set precision.cuda_graphs=false $CL 2>&1 | quiet | sed -n '/^profile/,$p' | head -36
   echo "== profile, channels-last + CUDA graphs"
   # shellcheck disable=SC2086
   timeout 120 python bench/bench_gan_training.py --batch 256 --precision fp16_res --iters 16 --warmup 64 --profile \
