@@ -528,3 +528,15 @@ def test_unknown_setting_in_a_group_is_one_line():
     with pytest.raises(UserError, match=r"model.net has no setting 'hiddn'"):
         AnimatorModule(domain=tiny_domain(), loss=PAPER_LOSS, net={"hiddn": 8}, generator=tiny_generator(),
                        clip=tiny_clip_model())
+
+
+@pytest.mark.parametrize("group, values, message", [
+    ("train", {"lr": "fast"}, "model.train.lr must be a number, got 'fast'"),
+    ("train", {"frames": 4.5}, "model.train.frames must be an integer, got 4.5"),
+    ("train", {"clip_finetune": None}, "model.train.clip_finetune must be a string, got null"),
+    ("net", {"hidden": True}, "model.net.hidden must be an integer, got True"),
+])
+def test_a_setting_of_the_wrong_kind_is_one_line(group, values, message):
+    with pytest.raises(UserError, match=message):
+        AnimatorModule(domain=tiny_domain(), loss=PAPER_LOSS, **{group: values}, generator=tiny_generator(),
+                       clip=tiny_clip_model())

@@ -587,3 +587,16 @@ def test_recorded_phases_compute_what_the_eager_phases_compute(precision):
         scale = max(g.abs().max().item() for g in grads_eager)
         for a, b in zip(grads_graph, grads_eager):
             torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3 * scale)
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(reals=dict(active_prob=2.0)), "model.reals.active_prob must be a probability in"),
+    (dict(reals=dict(neutral_prob="abc")), "model.reals.neutral_prob must be a number, got 'abc'"),
+    (dict(optim=dict(batch_size=2.5)), "model.optim.batch_size must be an integer, got 2.5"),
+    (dict(precision=dict(cuda_graphs="yes")), "model.precision.cuda_graphs must be true or false"),
+])
+def test_a_setting_of_the_wrong_kind_is_one_line_at_construction(override, message):
+    from src.utils.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        sg.StyleGANModule(**tiny(**override))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from src.config.groups import typed_group
+from src.utils.errors import UserError
 
 __all__ = ["GanOptimConfig", "GanRegularizationConfig", "GanEmaConfig", "GanAugmentConfig", "GanPrecisionConfig",
            "GanValidationConfig", "GanOutputConfig", "GanRealsConfig", "GAN_GROUPS", "gan_groups",
@@ -86,6 +87,11 @@ class GanRealsConfig:
     """How the training stream draws the faces it renders (``sample_params``)."""
     active_prob: float = 0.35          # each expression/pose parameter uniform over its range in this share
     neutral_prob: float = 0.3          # ... of the faces that are not neutral (jitter only) by this share
+
+    def __post_init__(self):
+        for name in ("active_prob", "neutral_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"model.reals.{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
 
 GAN_GROUPS = {"optim": GanOptimConfig, "regularization": GanRegularizationConfig, "ema": GanEmaConfig,
