@@ -29,6 +29,7 @@ OUT=${OUT:-$RUNS/out}
 NAME=embedded-stylegan
 RUN=$RUNS/stylegan/runs/$NAME
 STATE=src.embedded.training.gan_state
+. scripts/device/timed_train.sh
 start=$(date +%s)
 rm -rf "$RUN" && mkdir -p "$RUN/checkpoints" "$OUT"
 [ "${HW:-gpu}" = gpu ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -43,26 +44,16 @@ fi
 oracle=""
 [ -f assets/oracle_synthetic.safetensors ] || oracle="model.validation.oracle_path=null"
 
-# SIGTERM after TRAIN_S: the run ends the step it is in, saves it as last.ckpt and exits 143
-# (src/systems/signals.py); a run that reaches max_steps first exits 0.
-python train.py experiment=embedded_stylegan name=$NAME paths.log_dir="$RUNS" hardware=${HW:-gpu} \
-  logger=csv test=false model.output.export_path=null $oracle ${EXTRA:-} > "$RUNS/train.log" 2>&1 &
-pid=$!
-t0=$(date +%s)
-( sleep "$TRAIN_S"; kill -TERM $pid 2>/dev/null ) &
-timer=$!
-wait $pid
-rc=$?
-t1=$(date +%s)
-kill $timer 2>/dev/null
-tail -n 3 "$RUNS/train.log"
+# shellcheck disable=SC2086
+timed_train "$TRAIN_S" "$RUNS/train.log" python train.py experiment=embedded_stylegan name=$NAME \
+  paths.log_dir="$RUNS" hardware=${HW:-gpu} logger=csv test=false model.output.export_path=null $oracle ${EXTRA:-}
 if [ $rc -ne 0 ] && [ $rc -ne 143 ]; then
-  echo "training failed (rc=$rc)"; tail -n 30 "$RUNS/train.log"; cp "$RUNS/train.log" "$OUT/chunk.log"; exit 1
+  cp "$RUNS/train.log" "$OUT/chunk.log"; exit 1
 fi
 
 python -m $STATE export "$RUN/checkpoints/last.ckpt" "$OUT/gan_state" || exit 1
 cp "$RUN/csv/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
-python - "$OUT/gan_state/manifest.json" "$kimg0" $((t1 - t0)) $(($(date +%s) - start)) "$OUT/metrics.csv" <<'EOF' | tee "$OUT/chunk.log"
+python - "$OUT/gan_state/manifest.json" "$kimg0" $train_s $(($(date +%s) - start)) "$OUT/metrics.csv" <<'EOF' | tee "$OUT/chunk.log"
 import csv, json, os, sys
 m = json.load(open(sys.argv[1]))
 kimg0, train_s, wall_s = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

@@ -28,6 +28,7 @@ NAME=${NAME:-chunk-run}
 RUNS=${RUNS:-${TMPDIR:-/tmp}/lgfa_chunk}
 OUT=${OUT:-$RUNS/out}
 start=$(date +%s)
+. scripts/device/timed_train.sh
 task=$(sed -n 's#^ *- override /task: *\([a-z_]*\).*#\1#p' "conf/experiment/$EXP.yaml" 2>/dev/null | head -1)
 [ -n "$task" ] || { echo "error: conf/experiment/$EXP.yaml names no task (- override /task: ...)"; exit 2; }
 RUN=$RUNS/$task/runs/$NAME
@@ -47,24 +48,11 @@ else
   echo "no state in $STATE_IN: the first chunk starts from scratch"
 fi
 
-# SIGTERM after TRAIN_S: the run ends the step it is in, saves it as last.ckpt and exits 143
-# (src/systems/signals.py); a run that reaches max_steps first exits 0.
 # shellcheck disable=SC2086
-python train.py experiment="$EXP" name="$NAME" paths.log_dir="$RUNS" hardware="${HW:-gpu}" logger=csv test=false \
-  ${EXTRA:-} > "$RUNS/train.log" 2>&1 &
-pid=$!
-t0=$(date +%s)
-( sleep "$TRAIN_S"; kill -TERM $pid 2>/dev/null ) &
-timer=$!
-wait $pid
-rc=$?
-t1=$(date +%s)
-kill $timer 2>/dev/null
-tail -n 3 "$RUNS/train.log"
+timed_train "$TRAIN_S" "$RUNS/train.log" python train.py experiment="$EXP" name="$NAME" paths.log_dir="$RUNS" \
+  hardware="${HW:-gpu}" logger=csv test=false ${EXTRA:-}
 cp "$RUNS/train.log" "$OUT/chunk.log"
-if [ $rc -ne 0 ] && [ $rc -ne 143 ]; then
-  echo "training failed (rc=$rc)"; tail -n 30 "$RUNS/train.log"; exit 1
-fi
+[ $rc -eq 0 ] || [ $rc -eq 143 ] || exit 1
 ckpt=$RUN/checkpoints/last.ckpt
 [ -f "$ckpt" ] || { echo "error: the run left no $ckpt"; exit 1; }
 split -b 15M -d "$ckpt" "$OUT/run_state/last.ckpt.part-"
@@ -72,7 +60,7 @@ split -b 15M -d "$ckpt" "$OUT/run_state/last.ckpt.part-"
 cp "$RUN/csv/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
 find "$RUN" -maxdepth 1 -name "*.safetensors" -exec cp {} "$OUT/" \;  # the export, once max_steps is reached
 step1=$(step "$ckpt")
-echo "chunk of $EXP: step $step0 -> $step1 (+$((step1 - step0))) in $((t1 - t0)) s of training (start-up" \
+echo "chunk of $EXP: step $step0 -> $step1 (+$((step1 - step0))) in $train_s s of training (start-up" \
   "included), wall $(($(date +%s) - start)) s; rc $rc ($([ $rc -eq 0 ] && echo "max_steps reached" ||
   echo "stopped, resumable")); state $(du -cb "$OUT"/run_state/last.ckpt.part-* | tail -1 | cut -f1) bytes in" \
   "$(ls "$OUT"/run_state/last.ckpt.part-* | wc -l) part(s)" | tee -a "$OUT/chunk.log"
