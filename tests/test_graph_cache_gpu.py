@@ -200,3 +200,23 @@ def test_the_pipeline_option_gives_the_eager_frames(fp16):
     with no_tf32():
         again = graphed.animate(ws, prompts, num_frames=16)["frames"]
     assert rel(again, want) <= PIPELINE_REL_TOL[fp16] and graphed.graphs.recorded == 6
+
+
+def test_gpu_frames_render_in_calls_of_the_pixel_budget(monkeypatch):
+    """Without gradients on a GPU, eager or graphed, frames go through the generator in calls of
+    GPU_PIXELS_PER_CALL pixels and give the frames of one call."""
+    from src.pipeline import FaceAnimator, face_animator
+
+    pipe = FaceAnimator.from_pretrained(EMBEDDED, device="cuda")
+    ws = pipe.sample_latents(seeds=[1, 2])[:, None] + 0.05 * torch.randn(2, 5, 1, 1, device="cuda")  # 10 frames
+    with torch.no_grad(), no_tf32():
+        whole = pipe.synthesize(ws)  # the default budget: all 10 at 128 px in one call
+        monkeypatch.setattr(face_animator, "GPU_PIXELS_PER_CALL", 4 * 128 * 128)
+        calls = []
+        hook = pipe.generator.synthesis.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+        try:
+            chunked = pipe.synthesize(ws)
+        finally:
+            hook.remove()
+    assert calls == [4, 4, 2]
+    assert rel(chunked, whole) <= 1e-5
