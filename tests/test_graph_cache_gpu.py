@@ -219,4 +219,4 @@ def test_gpu_frames_render_in_calls_of_the_pixel_budget(monkeypatch):
         finally:
             hook.remove()
     assert calls == [4, 4, 2]
-    assert rel(chunked, whole) <= 1e-5
+    assert rel(chunked, whole) <= REL_TOL[True]  # the shipped generator's top blocks run in fp16
