@@ -48,7 +48,8 @@ def _checked(value: Any, hint: Any, name: str) -> Any:
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
         value = int(value) if ok else value
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)

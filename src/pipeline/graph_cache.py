@@ -28,8 +28,8 @@ The function runs eagerly instead where autograd is on, where an input is not on
 inside another graph's capture, and for a key whose recording failed (one warning for the cache,
 then that key stays eager). The last warm-up call runs with host synchronisation made an error, so
 a function that syncs (``.item()``, a copy to the host) is found before any capture begins: a
-capture that fails midway can leave the CUDA random generator in capture mode. At most ``capacity`` keys are kept, the least recently used dropped
-first. With ``clone=True`` all graphs of a device share one memory pool (their temporaries overlap,
+capture that fails midway can leave the CUDA random generator in capture mode. At most
+``capacity`` keys are kept, the least recently used dropped first. With ``clone=True`` all graphs of a device share one memory pool (their temporaries overlap,
 which is safe because each replay's outputs are cloned before any other replay); replays run on
 the caller's current stream and must not overlap (one stream, or streams synchronised).
 """
