@@ -29,9 +29,10 @@ inside another graph's capture, and for a key whose recording failed (one warnin
 then that key stays eager). The last warm-up call runs with host synchronisation made an error, so
 a function that syncs (``.item()``, a copy to the host) is found before any capture begins: a
 capture that fails midway can leave the CUDA random generator in capture mode. At most
-``capacity`` keys are kept, the least recently used dropped first. With ``clone=True`` all graphs of a device share one memory pool (their temporaries overlap,
-which is safe because each replay's outputs are cloned before any other replay); replays run on
-the caller's current stream and must not overlap (one stream, or streams synchronised).
+``capacity`` keys are kept, the least recently used dropped first. With ``clone=True`` all graphs
+of a device share one memory pool (their temporaries overlap, which is safe because each replay's
+outputs are cloned before any other replay); replays run on the caller's current stream and must
+not overlap (one stream, or streams synchronised).
 """
 from __future__ import annotations
 
