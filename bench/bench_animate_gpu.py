@@ -17,8 +17,9 @@ face's image, CLIP's text and image embeddings, the recurrent animator and every
   bench/bench_generator.py builds it.
 
 Precision is the generator's: fp32, or fp16 in its top blocks (num_fp16_res 4, conv_clamp 256, as
-NVIDIA's FFHQ pickle); CLIP and the animator run in fp32. A precision the pipeline has no setting
-for (bf16; fp16 on a CPU, whose fp16 blocks compute in fp32) is a row 'n/a'. Timing: CUDA events
+NVIDIA's FFHQ pickle), or those blocks in bf16 (``SynthesisNetwork.set_half_dtype``); CLIP and the
+animator run in fp32. On a CPU, whose half-precision blocks compute in fp32, fp16 and bf16 rows are
+'n/a'. Timing: CUDA events
 around each call after --warmup calls, median of --iters. Peak memory: torch.cuda.max_memory_allocated
 over the row's calls, weights included, reset between rows ('resident' is what the row started with).
 
@@ -106,10 +107,8 @@ def unsupported(precision: str, device: torch.device) -> str | None:
     """Why the pipeline cannot run ``precision`` on ``device`` (None: it can)."""
     from src.stylegan import layers
 
-    if precision == "bf16":
-        return "n/a: the pipeline has no bf16 setting (its generator computes fp32 or fp16 blocks)"
-    if precision == "fp16" and device.type not in layers.FP16_DEVICE_TYPES:
-        return f"n/a: fp16 blocks compute in fp32 on a {device.type}"
+    if precision in ("fp16", "bf16") and device.type not in layers.FP16_DEVICE_TYPES:
+        return f"n/a: {precision} blocks compute in fp32 on a {device.type}"
     return None
 
 
@@ -288,12 +287,14 @@ def run(argv=None) -> None:
                     for graphs in settings:
                         print_row(note_row(res, label, videos, precision, why, graphs))
                 continue
-            fp16 = precision == "fp16"
+            fp16 = precision in ("fp16", "bf16")
             if res == embedded_res:
                 pipe, label = build_embedded(fp16, device)
             else:
                 config = config or paper_config()
                 pipe, label = build_paper(config, res, fp16, device)
+            if precision == "bf16":  # the fp16 blocks computing in bfloat16
+                pipe.generator.synthesis.set_half_dtype(torch.bfloat16)
             for videos in args.videos:
                 for graphs in settings:
                     if graphs == "on" and device.type != "cuda":

@@ -23,7 +23,7 @@ quiet() { grep -vE "^\s*$|UserWarning|_warn_once|warnings.warn"; }
 tests() {
   timeout 420 python -m pytest -m gpu -q -p no:cacheprovider tests/test_channels_last_gpu.py tests/test_ops_gpu.py \
     tests/test_bias_act_epilogue_gpu.py tests/test_stylegan_gpu.py tests/test_graph_cache_gpu.py \
-    tests/test_gan_training.py tests/test_generator_checkpointing.py 2>&1 | grep -E "passed|failed|^E |^FAILED|Error" | head -60
+    tests/test_gan_training.py tests/test_generator_checkpointing.py tests/test_half_dtype.py 2>&1 | grep -E "passed|failed|^E |^FAILED|Error" | head -60
 }
 
 gan() {
@@ -45,7 +45,7 @@ gan() {
 
 infer() {
   timeout 200 python bench/bench_generator.py --res 1024 --batch 1 16 --no-ref --noise const --cuda-graphs 2>&1 | quiet
-  timeout 300 python bench/bench_animate_gpu.py --res 1024 128 --videos 1 4 --precision fp16 fp32 --iters 10 \
+  timeout 300 python bench/bench_animate_gpu.py --res 1024 128 --videos 1 4 --precision fp16 bf16 fp32 --iters 10 \
     --cuda-graphs 2>&1 | quiet
 }
 

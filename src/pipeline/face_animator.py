@@ -186,7 +186,8 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
 
     def graph_state(self) -> tuple:
         """What the recorded graphs depend on beyond their inputs: where the weights live."""
-        return tuple(module_state(m) for m in (self.generator, self.clip, self.animator))
+        half = getattr(getattr(self.generator, "synthesis", None), "half_dtype", None)
+        return tuple(module_state(m) for m in (self.generator, self.clip, self.animator)) + (half,)
 
     def render_image(self, w_input: torch.Tensor) -> torch.Tensor:
         """w_input [N,L,C] -> the input face [N,3,H,W]."""

@@ -123,6 +123,7 @@ class SynthesisBlock(torch.nn.Module):
         self.is_last = is_last
         self.architecture = architecture
         self.use_fp16 = use_fp16
+        self.half_dtype = torch.float16  # what the use_fp16 blocks compute in (SynthesisNetwork.set_half_dtype)
         self.channels_last = use_fp16 and fp16_channels_last
         self.register_buffer("resample_filter", upfirdn2d.setup_filter(list(resample_filter)))
         self.num_conv = 0
@@ -149,7 +150,7 @@ class SynthesisBlock(torch.nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         # fp16 only where it pays (CUDA); on CPU the block runs in fp32 but keeps conv_clamp.
         use_fp16 = self.use_fp16 and not force_fp32 and ws.device.type in layers.FP16_DEVICE_TYPES
-        dtype = torch.float16 if use_fp16 else torch.float32
+        dtype = self.half_dtype if use_fp16 else torch.float32
         memory_format = torch.channels_last if (self.channels_last and use_fp16) else torch.contiguous_format
         n = ws.shape[0]
         if fused_modconv is None:
@@ -215,6 +216,20 @@ class SynthesisNetwork(torch.nn.Module):
         # blocks at >= this resolution keep only their inputs for the backward pass and run again
         # in it (activation checkpointing; 0: off). Set by training on a frozen generator.
         self.checkpoint_res = 0
+
+    @property
+    def half_dtype(self) -> torch.dtype:
+        """What the fp16 blocks (the top ``num_fp16_res`` resolutions) compute in."""
+        return self.b4.half_dtype
+
+    def set_half_dtype(self, dtype: torch.dtype) -> "SynthesisNetwork":
+        """float16 (the official setting, with conv_clamp) or bfloat16 (float32's range) for the fp16
+        blocks; the weights stay as they are. Returns self."""
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise UserError(f"the generator's half-precision blocks compute in float16 or bfloat16, not {dtype}")
+        for res in self.block_resolutions:
+            getattr(self, f"b{res}").half_dtype = dtype
+        return self
 
     def forward(self, ws, noise_mode="random", force_fp32=False, fused_modconv=None):
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
