@@ -7,7 +7,7 @@
 #   PART=infer bash scripts/device/fast_paths.sh   # generator and text -> frames, eager and graphed
 #   PART=memory bash scripts/device/fast_paths.sh  # animator training step with and without generator
 #                                                  # checkpointing; a 1024 px video's peak memory
-# PART=all (default) runs the four in turn (~10 min: more than one device command allows on a
+# PART="tests memory" runs those two in turn; PART=all (default) runs the four (~10 min: more than one device command allows on a
 # fresh machine). Everything printed also lands in $OUT/fast_paths_<part>.txt. ITERS (64) sets the
 # GAN bench's timed iterations.
 set -u
@@ -61,7 +61,7 @@ memory() {
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for p in tests gan infer memory; do
-  if [ "$PART" = all ] || [ "$PART" = "$p" ]; then
+  if [ "$PART" = all ] || [[ " $PART " == *" $p "* ]]; then
     echo "#### $p"
     $p 2>&1 | tee "$OUT/fast_paths_$p.txt"
   fi
