@@ -7,8 +7,8 @@
 #   PART=infer bash scripts/device/fast_paths.sh   # generator and text -> frames, eager and graphed
 #   PART=memory bash scripts/device/fast_paths.sh  # animator training step with and without generator
 #                                                  # checkpointing; a 1024 px video's peak memory
-# PART="tests memory" runs those two in turn; PART=all (default) runs the four (~10 min: more than one device command allows on a
-# fresh machine). Everything printed also lands in $OUT/fast_paths_<part>.txt. ITERS (64) sets the
+# PART="tests memory" runs those two in turn; PART=all (default) runs the four (more than one device
+# command allows on a fresh machine). Everything printed also lands in $OUT/fast_paths_<part>.txt. ITERS (64) sets the
 # GAN bench's timed iterations.
 set -u
 cd "$(dirname "$0")/../.."
