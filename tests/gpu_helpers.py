@@ -30,3 +30,16 @@ def strict_cuda_policy():
     policy.configure(impl="auto", on_build_failure="error")
     yield
     policy.reset()
+
+
+def small_cuda_generator(num_fp16_res: int):
+    """A frozen 128 px generator on the GPU with ``num_fp16_res`` half-precision resolutions, and the
+    W+ latents of 4 seeded faces: (G, ws)."""
+    from src.stylegan import Generator
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=128, img_channels=3, mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=4096, channel_max=128, num_fp16_res=num_fp16_res, conv_clamp=256))
+    G = G.eval().requires_grad_(False).cuda()
+    ws = G.mapping(torch.randn(4, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1)), None)
+    return G, ws

@@ -86,11 +86,9 @@ def test_a_checkpointed_training_step_has_the_same_gradients():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_the_gpu_with_fp16_blocks_and_random_noise():
-    torch.manual_seed(0)
-    G = Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=128, img_channels=3, mapping_kwargs=dict(num_layers=2),
-                  synthesis_kwargs=dict(channel_base=4096, channel_max=128, num_fp16_res=2, conv_clamp=256))
-    G = G.requires_grad_(False).cuda()
-    ws = G.mapping(torch.randn(4, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1)), None)
+    from tests.gpu_helpers import small_cuda_generator
+
+    G, ws = small_cuda_generator(num_fp16_res=2)
     img0, grad0, saved0 = run(G, ws, 0, "random")
     img, grad, saved = run(G, ws, 32, "random")
     assert saved < saved0 / 2

@@ -57,11 +57,9 @@ def test_the_pipeline_graph_state_names_the_half_dtype():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_blocks_on_the_gpu_with_the_cuda_ops():
-    torch.manual_seed(0)
-    G = Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=128, img_channels=3, mapping_kwargs=dict(num_layers=2),
-                  synthesis_kwargs=dict(channel_base=4096, channel_max=128, num_fp16_res=3, conv_clamp=256))
-    G = G.eval().requires_grad_(False).cuda()
-    ws = G.mapping(torch.randn(4, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1)), None)
+    from tests.gpu_helpers import small_cuda_generator
+
+    G, ws = small_cuda_generator(num_fp16_res=3)
     with torch.no_grad():
         ref = G.synthesis(ws, noise_mode="const", force_fp32=True)
         half = G.synthesis(ws, noise_mode="const")
