@@ -105,9 +105,9 @@ def test_text_parameters_are_the_text_tower(enc):
 def test_preprocessing_made_under_inference_mode_still_backpropagates():
     """The channel constants are made once; the first call may come under inference mode
     (validation) and a later one under autograd (training)."""
-    from src.networks.clip_encoder import _channel_constants
+    from src.utils import constants
 
-    _channel_constants.cache_clear()
+    constants.clear_cache()
     with torch.inference_mode():
         first = preprocess_images(torch.zeros(1, 3, 8, 8), 8, CLIP_MEAN, CLIP_STD)
     x = torch.zeros(1, 3, 8, 8, requires_grad=True)

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from src.utils.constants import device_constant
 from src.utils.errors import UserError
 
 
@@ -149,8 +150,11 @@ class ParamSpace:
 
     def clamp(self, params: torch.Tensor) -> torch.Tensor:
         """[..., P] clamped into range (discrete parameters rounded)."""
-        out = torch.maximum(torch.minimum(params, self.high(params.device)), self.low(params.device))
-        disc = torch.tensor([s.discrete for s in self.specs], device=params.device)
+        dev = params.device
+        high = device_constant([s.high for s in self.specs], torch.float32, dev)
+        low = device_constant([s.low for s in self.specs], torch.float32, dev)
+        disc = device_constant([bool(s.discrete) for s in self.specs], torch.bool, dev)
+        out = torch.maximum(torch.minimum(params, high), low)
         return torch.where(disc, out.round(), out)
 
     def check(self, params: torch.Tensor, finite: bool = True) -> None:
@@ -255,7 +259,7 @@ def neutral_params(identity: torch.Tensor) -> torch.Tensor:
 
 def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Vectorised HSV -> RGB: h, s, v [...] in [0, 1] -> [..., 3] in [0, 1]."""
-    k = torch.tensor([5.0, 3.0, 1.0], device=h.device)
+    k = device_constant([5.0, 3.0, 1.0], torch.float32, h.device)
     kk = (k + h.unsqueeze(-1) * 6.0) % 6.0
     f = torch.clamp(torch.minimum(kk, 4.0 - kk), 0.0, 1.0)
     return v.unsqueeze(-1) - v.unsqueeze(-1) * s.unsqueeze(-1) * f

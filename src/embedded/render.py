@@ -25,6 +25,7 @@ from src.embedded.params import (
     palette,
 )
 from src.embedded.shapes import as_color, const_color, coverage, over, sd_box, sd_ellipse, smoothstep
+from src.utils.constants import device_constant
 from src.utils.errors import UserError
 
 # Per hair style (rows follow HAIR_STYLES): back-hair box (width pad, top pad, bottom v, corner
@@ -112,7 +113,7 @@ def _render_chunk(params: torch.Tensor, R: int) -> torch.Tensor:
 
     # ---- hair behind the head ----
     style = p["hair_style"].round().long().clamp(0, len(HAIR_STYLES) - 1).view(n)
-    tab = torch.tensor(_HAIR_TABLE, device=dev)[style].view(n, -1, 1, 1)
+    tab = device_constant(_HAIR_TABLE, torch.float32, dev)[style].view(n, -1, 1, 1)
     w_pad, top_pad, bottom, rad, bumps, has_back = (tab[:, i] for i in range(6))
     cap_pad, hl_c, hl_k, sweep, cap_alpha = (tab[:, i] for i in range(6, 11))
     ub = u + 0.08 * sy  # back hair sits behind the face: it moves against the turn

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from src.utils.constants import device_constant
+
 
 def coverage(d: torch.Tensor, px: float) -> torch.Tensor:
     """Anti-aliased coverage of the region d < 0 (d in image units, px = pixel size)."""
@@ -64,4 +66,4 @@ def as_color(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def const_color(rgb, n: int, ref: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(rgb, dtype=torch.float32, device=ref.device).view(1, 3, 1, 1).expand(n, 3, 1, 1)
+    return device_constant(rgb, torch.float32, ref.device).view(1, 3, 1, 1).expand(n, 3, 1, 1)

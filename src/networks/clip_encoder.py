@@ -15,7 +15,6 @@ mean/std, all with differentiable tensor ops so that losses can back-propagate i
 """
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -25,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.ops.resize import resize
+from src.utils.constants import device_constant
 from src.utils.errors import UserError
 
 # OpenAI CLIP statistics (open_clip's OPENAI_DATASET_MEAN / STD); used when a model carries none.
@@ -77,15 +77,10 @@ def preprocess_images(img: torch.Tensor, size: int, mean: Sequence[float], std: 
     return (x - m) / s
 
 
-@functools.lru_cache(maxsize=16)
 def _channel_constants(mean: tuple, std: tuple, dtype: torch.dtype, device: torch.device):
-    """mean and std as [1,3,1,1] tensors on ``device``, made once: a copy from the host at every call
-    would wait for the GPU and could not be recorded in a CUDA graph."""
-    def make(v):
-        return torch.tensor(v, dtype=dtype, device=device).view(1, 3, 1, 1)
-
-    with torch.inference_mode(False):  # ordinary tensors, usable by autograd later even if made in inference
-        return make(mean), make(std)
+    """mean and std as [1,3,1,1] tensors on ``device``, made once (src/utils/constants.py)."""
+    return (device_constant(mean, dtype, device).view(1, 3, 1, 1),
+            device_constant(std, dtype, device).view(1, 3, 1, 1))
 
 
 class ClipEncoder(nn.Module):
