@@ -43,3 +43,15 @@ def small_cuda_generator(num_fp16_res: int):
     G = G.eval().requires_grad_(False).cuda()
     ws = G.mapping(torch.randn(4, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1)), None)
     return G, ws
+
+
+#: tolerances of a CUDA op against another computation of the same values, per dtype
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2e-2, rtol=2e-2),
+       torch.bfloat16: dict(atol=1e-1, rtol=5e-2), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def close(a, b, dtype, scale=1.0):
+    """assert_close with ``dtype``'s tolerance, its absolute part times ``scale`` (the values' size)."""
+    tol = TOL[dtype]
+    torch.testing.assert_close(a.float(), b.float(), atol=tol["atol"] * scale, rtol=tol["rtol"])

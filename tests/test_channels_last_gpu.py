@@ -11,7 +11,8 @@ import torch
 from src.ops import bias_act as ba
 from src.ops import upfirdn2d as ufd
 from src.stylegan import Discriminator, Generator
-from tests.gpu_helpers import no_tf32, strict_cuda_policy  # noqa: F401  (autouse: a failed build fails)
+from tests.gpu_helpers import DTYPES, no_tf32, strict_cuda_policy  # noqa: F401  (autouse: a failed build fails)
+from tests.gpu_helpers import close as _close
 
 pytestmark = [
     pytest.mark.gpu,
@@ -19,14 +20,6 @@ pytestmark = [
 ]
 
 CL = torch.channels_last
-TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2e-2, rtol=2e-2),
-       torch.bfloat16: dict(atol=1e-1, rtol=5e-2), torch.float64: dict(atol=1e-10, rtol=1e-10)}
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _close(a, b, dtype, scale=1.0):
-    tol = TOL[dtype]
-    torch.testing.assert_close(a.float(), b.float(), atol=tol["atol"] * scale, rtol=tol["rtol"])
 
 
 def _is_cl(t):

@@ -13,17 +13,10 @@ pytestmark = [
 ]
 
 ACTS = list(ba.ACTIVATIONS)
-TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2e-2, rtol=2e-2),
-       torch.bfloat16: dict(atol=1e-1, rtol=5e-2), torch.float64: dict(atol=1e-10, rtol=1e-10)}
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-from tests.gpu_helpers import strict_cuda_policy  # noqa: E402,F401  (autouse: a failed build fails)
-
-
-def _close(a, b, dtype, scale=1.0):
-    tol = TOL[dtype]
-    torch.testing.assert_close(a.float(), b.float(), atol=tol["atol"] * scale, rtol=tol["rtol"])
+from tests.gpu_helpers import DTYPES, strict_cuda_policy  # noqa: E402,F401  (autouse: a failed build fails)
+from tests.gpu_helpers import close as _close  # noqa: E402
 
 
 def test_extension_builds_and_is_used():
