@@ -54,4 +54,4 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 def close(a, b, dtype, scale=1.0):
     """assert_close with ``dtype``'s tolerance, its absolute part times ``scale`` (the values' size)."""
     tol = TOL[dtype]
-    torch.testing.assert_close(a.float(), b.float(), atol=tol["atol"] * scale, rtol=tol["rtol"])
+    torch.testing.assert_close(a.double(), b.double(), atol=tol["atol"] * scale, rtol=tol["rtol"])

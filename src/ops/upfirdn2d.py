@@ -238,9 +238,9 @@ def _grad_params(p: _Params, in_h: int, in_w: int, out_h: int, out_w: int, fw: i
 def _launch(x: torch.Tensor, f: torch.Tensor, p: _Params) -> torch.Tensor:
     """One kernel call: [N, C, H, W] -> [N, C, OH, OW] (no autograd); channels-last in, channels-last out."""
     # The kernel takes a 2D correlation filter; a separable [fw] filter becomes its outer product
-    # (same result; the per-axis gain sqrt(gain) multiplies to gain).
-    f2 = torch.outer(f, f) if f.ndim == 1 else f
-    f2 = f2.to(torch.float64 if x.dtype == torch.float64 else torch.float32) * p.gain
+    # (same result; the per-axis gain sqrt(gain) multiplies to gain), formed in the kernel's precision.
+    f = f.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    f2 = (torch.outer(f, f) if f.ndim == 1 else f) * p.gain
     if not p.flip:
         f2 = f2.flip([0, 1])  # true convolution = correlation with the flipped filter
     x = x.contiguous(memory_format=kernel_format(x))
