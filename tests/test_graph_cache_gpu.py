@@ -23,8 +23,8 @@ EMBEDDED = Path(__file__).resolve().parents[1] / "assets" / "animator_synthetic.
 REL_TOL = {False: 1e-5, True: 1e-2}
 # the whole pipeline in fp32: cuBLAS picks its kernels for a captured stream's workspace, so the
 # recurrence's matmuls may sum in another order; 16 recurrent steps and the generator carry that
-# rounding to a few 1e-5 of the frames' range
-PIPELINE_REL_TOL = {False: 1e-4, True: 1e-2}
+# rounding (fp32's eps 1.2e-7) to 5e-5 - 1.4e-4 of the frames' range, seeds apart, on an H100
+PIPELINE_REL_TOL = {False: 5e-4, True: 1e-2}
 
 
 def config_f(res: int, fp16: bool) -> Generator:
@@ -97,11 +97,11 @@ def test_many_batch_sizes_keep_memory_bounded():
         for n in range(1, 5):
             cache.run(synthesis(G), latents(G, n, n), state=module_state(G))
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # pools of dropped graphs go back to the device
         return torch.cuda.memory_reserved()
 
-    cycle()
-    settled = cycle()  # the allocator keeps what the first recordings freed; after that, no growth
-    for _ in range(3):
+    settled = cycle()
+    for _ in range(4):  # what stays reserved is the two live graphs' pools: no growth per cycle
         assert cycle() <= settled * 1.05 + 2**20
     assert len(cache) == 2 and cache.recorded == 4 * 5
 

@@ -29,10 +29,13 @@ inside another graph's capture, and for a key whose recording failed (one warnin
 then that key stays eager). The last warm-up call runs with host synchronisation made an error, so
 a function that syncs (``.item()``, a copy to the host) is found before any capture begins: a
 capture that fails midway can leave the CUDA random generator in capture mode. At most
-``capacity`` keys are kept, the least recently used dropped first. With ``clone=True`` all graphs
-of a device share one memory pool (their temporaries overlap, which is safe because each replay's
-outputs are cloned before any other replay); replays run on the caller's current stream and must
-not overlap (one stream, or streams synchronised).
+``capacity`` keys are kept, the least recently used dropped first. With ``clone=True`` graphs of a
+device share a memory pool (their temporaries overlap, which is safe because each replay's outputs
+are cloned before any other replay); replays run on the caller's current stream and must not
+overlap (one stream, or streams synchronised). A pool cannot shrink while one of its graphs lives, so
+after a drop the next recordings start a new pool: a pool is given back to PyTorch's allocator when
+its last graph goes (freed to the device by ``torch.cuda.empty_cache()`` or when an allocation would
+otherwise fail), and a cache cycling through many shapes keeps at most ``capacity`` pools.
 """
 from __future__ import annotations
 
@@ -50,6 +53,16 @@ __all__ = ["GraphCache", "module_state", "run_chunked"]
 
 #: a key whose recording failed: it runs eagerly from then on
 _FAILED = object()
+#: one warm-up stream per device for the process: cuBLAS keeps a workspace for every stream it has
+#: run on, so a new stream per recording would grow the reserved memory by one workspace each time
+_WARMUP_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    if device not in _WARMUP_STREAMS:
+        _WARMUP_STREAMS[device] = torch.cuda.Stream(device)
+    return _WARMUP_STREAMS[device]
 
 
 class _HostSync(RuntimeError):
@@ -189,6 +202,7 @@ class GraphCache:
         self._entries[full] = entry
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
+            self._pools.clear()  # the dropped graph's pool is released once its other graphs go
         return entry
 
     def _failed(self, err: BaseException) -> object:
@@ -203,7 +217,7 @@ class GraphCache:
         if self.warmup == 0:
             return
         main = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device)
+        side = _warmup_stream(device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
             for _ in range(self.warmup - 1):
