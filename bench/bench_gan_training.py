@@ -107,8 +107,9 @@ def bench_raw(model_kwargs, device, warmup, iters, fixed_reals=False):
 
 def profile_raw(model_kwargs, device, iters=16, top=14):
     """Where an iteration's time goes: GPU kernel time vs wall time, kernel launches per iteration."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
+    from bench.profiling import activities, print_summary
     from src.embedded.training.gan import StyleGANModule
 
     torch.manual_seed(0)
@@ -119,34 +120,12 @@ def profile_raw(model_kwargs, device, iters=16, top=14):
         m.training_step(i, i)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+    with profile(activities=activities(), record_shapes=True) as prof:
         for i in range(iters):
             m.training_step(i, i)
         torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / iters * 1000
-    avg = prof.key_averages()
-    syncs = sum(e.count for e in avg if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
-                                                   "cudaMemcpyAsync", "aten::item", "aten::_local_scalar_dense"))
-    launches_cpu = sum(e.count for e in avg if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
-    events = [e for e in avg if e.device_type.name == "CUDA"]
-    kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / iters
-    launches = sum(e.count for e in events) / iters
-    print(f"profile (batch {m.batch_size}, {model_kwargs['precision']['mode']}): wall {wall:.1f} ms/iter (profiled), "
-          f"GPU kernels {kernel_ms:.1f} ms/iter ({100 * kernel_ms / wall:.0f}% busy), {launches:.0f} kernels/iter, "
-          f"{launches_cpu / iters:.0f} launch calls/iter, {syncs / iters:.1f} sync/copy/item calls/iter")
-    host = sorted((e for e in avg if e.device_type.name == "CPU" and e.key.startswith("aten::")),
-                  key=lambda e: -e.self_cpu_time_total)[:8]
-    print("  host time by op: " + ", ".join(f"{e.key[6:]} {e.self_cpu_time_total / 1000 / iters:.1f} ms" for e in host))
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
-        print(f"  {e.self_device_time_total / 1000 / iters:7.2f} ms  x{e.count / iters:6.1f}  {e.key[:90]}")
-    # which calls launched that GPU time (eager steps only: a graph replay hides its ops)
-    ops = [e for e in prof.key_averages(group_by_input_shape=True)
-           if e.device_type.name == "CPU" and e.key.startswith("aten::") and e.self_device_time_total > 0]
-    if ops:
-        print("  GPU time by op and input shapes:")
-        for e in sorted(ops, key=lambda e: -e.self_device_time_total)[:top]:
-            print(f"  {e.self_device_time_total / 1000 / iters:7.2f} ms  x{e.count / iters:6.1f}  {e.key[6:]} "
-                  f"{str(e.input_shapes)[:110]}")
+    print_summary(prof, iters, wall, f"batch {m.batch_size}, {model_kwargs['precision']['mode']}", top)
 
 
 def bench_render(resolution, batch, device, reps=20):

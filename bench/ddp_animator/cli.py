@@ -52,6 +52,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="model init seed (the same on every rank)")
     ap.add_argument("--data-seed", type=int, default=1234, help="seed of the global batches")
     ap.add_argument("--allreduce-reps", type=int, default=20)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed steps, N more under torch.profiler: GPU busy share, launches, top kernels")
     ap.add_argument("--json", default=None, help="rank 0 writes the results here")
     ap.add_argument("--baseline-json", default=None, help="JSON of the K=1 run: scaling efficiency")
     ap.add_argument("--check-equivalence", type=int, default=0, metavar="N",
@@ -74,8 +76,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             raise UserError(f"--{name} must be >= 1")
     if args.frames < 2:
         raise UserError("--frames must be >= 2")
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.profile < 0:
+        raise UserError("--steps must be >= 1, --warmup and --profile >= 0")
     if args.check_equivalence < 0:
         raise UserError("--check-equivalence N needs N >= 1")
     if args.check_equivalence and not args.save_weights:

@@ -103,6 +103,19 @@ def run_phase(name: str, n: int, first_step: int, *, model, opt, module, d: Dist
     return wall, vals
 
 
+def profile_phase(n: int, first_step: int, kw: dict) -> None:
+    """n more steps under torch.profiler; rank 0 prints where their time went (bench/profiling.py)."""
+    from torch.profiler import profile
+
+    from bench.profiling import activities, print_summary
+
+    args, d = kw["args"], kw["d"]
+    with profile(activities=activities(), record_shapes=True) as prof:
+        wall, _ = run_phase("profile", n, first_step, sync=True, record=False, **kw)
+    if d.rank == 0:
+        print_summary(prof, n, wall, f"animator step, {args.batch} videos x {args.frames} frames, {args.res} px")
+
+
 def bench_allreduce(numel: int, d: Dist, reps: int, warmup: int = 5) -> dict:
     """One all-reduce (sum) of a flat fp32 buffer of ``numel`` elements: median over reps."""
     buf = torch.zeros(numel, dtype=torch.float32, device=d.device)
@@ -150,6 +163,8 @@ def benchmark(args: argparse.Namespace, d: Dist) -> dict:
     timed = clock.collect()["sync"]
     peak = torch.cuda.max_memory_allocated(d.device) if d.cuda else 0
     peak_reserved = torch.cuda.max_memory_reserved(d.device) if d.cuda else 0
+    if args.profile:
+        profile_phase(args.profile, 20_000, kw)
     nosync = None
     if is_ddp:
         run_phase("nosync-warmup", min(2, args.warmup), 10_000, sync=False, record=False, **kw)
