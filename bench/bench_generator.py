@@ -13,7 +13,7 @@ Config f: channel_base 32768, channel_max 512, 8 mapping layers, z/w 512.
                                     [--channel-base 32768] [--channels-last] [--cudnn-benchmark]
                                     [--noise random|const] [--cuda-graphs]
 With --cuda-graphs every cuda-ops row is followed by the same call replayed as a CUDA graph
-(src/pipeline/graph_cache.py; recorded during the warm-up, its memory pool counted in the peak).
+(src/ops/graph_cache.py; recorded during the warm-up, its memory pool counted in the peak).
 The last columns: the peak of all memory allocated (weights included), and at 1024 px with batch 1
 or 16 our ms/image over the anchors of issue #25 (ours / theirs, below 1: faster): NVIDIA's official
 code in the row's precision, rosinality's (fp32 only) and the goal. The anchors were timed with
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import src.ops  # noqa: E402
-from src.pipeline.graph_cache import GraphCache, module_state  # noqa: E402
+from src.ops.graph_cache import GraphCache, module_state  # noqa: E402
 from src.stylegan import Generator  # noqa: E402
 from src.utils.errors import UserError, exit_code  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.pipeline.graph_cache import GraphCache, Recording, module_state, run_chunked
+from src.ops.graph_cache import GraphCache, Recording, module_state, run_chunked
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "assets" / "animator_synthetic.safetensors"

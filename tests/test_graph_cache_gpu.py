@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.pipeline.graph_cache import GraphCache, module_state, run_chunked
+from src.ops.graph_cache import GraphCache, module_state, run_chunked
 from src.stylegan import Generator
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -220,3 +220,20 @@ def test_gpu_frames_render_in_calls_of_the_pixel_budget(monkeypatch):
             hook.remove()
     assert calls == [4, 4, 2]
     assert rel(chunked, whole) <= REL_TOL[True]  # the shipped generator's top blocks run in fp16
+
+
+def test_gan_reals_replayed_as_a_graph_are_the_eager_renders():
+    """precision.cuda_graphs also replays the reals' render: the same images as the eager render of
+    the same parameters, one recording for all batches, no fallback warning."""
+    from src.embedded.training.gan_reals import RealPrefetcher
+
+    device = torch.device("cuda")
+    eager, graphed = RealPrefetcher(8, 64), RealPrefetcher(8, 64, cuda_graphs=True)
+    g_eager, g_graphed = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(4):
+        want = eager.take(g_eager, device)
+        got = graphed.take(g_graphed, device)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        graphed.prefetch(g_graphed, device)
+        eager.prefetch(g_eager, device)
+    assert graphed.graphs.recorded == 1 and not graphed.graphs.warned

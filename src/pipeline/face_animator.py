@@ -28,7 +28,7 @@ from src.networks.animator import (DECAYS, MOTION_TOTALS, RecurrentAnimator, res
 from src.pipeline import components
 from src.pipeline.animator_file import read_animator_file, write_animator_file
 from src.pipeline.faces import FaceInputs
-from src.pipeline.graph_cache import GraphCache, module_state, run_chunked
+from src.ops.graph_cache import GraphCache, module_state, run_chunked
 from src.pipeline.identity_projection import IdentityProjection
 from src.pipeline.text import prompt_segments
 from src.utils.config import flatten, get_dotted, plain, set_dotted
@@ -180,7 +180,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
     def use_cuda_graphs(self, enabled: bool = True, capacity: int = 8) -> "FaceAnimator":
         """Without gradients on a CUDA device, replay CUDA graphs of the generator (one per batch
         size; frames in replays of GPU_PIXELS_PER_CALL pixels) and of the animator's recurrence,
-        at most ``capacity`` (src/pipeline/graph_cache.py); elsewhere all runs eagerly. Returns self."""
+        at most ``capacity`` (src/ops/graph_cache.py); elsewhere all runs eagerly. Returns self."""
         self.graphs = GraphCache(capacity) if enabled else None
         return self
 

@@ -46,7 +46,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from src.ops import get_config as ops_config
+from src.ops.policy import get_config as ops_config
 from src.utils.log import warn
 
 __all__ = ["GraphCache", "module_state", "run_chunked"]
