@@ -502,6 +502,17 @@ def test_a_checkpoint_records_the_render_state_before_the_prefetched_reals():
     torch.testing.assert_close(RealPrefetcher(2, 16).take(resumed, torch.device("cpu")), pending, rtol=0, atol=0)
 
 
+def test_the_graphed_reals_option_renders_eagerly_on_a_cpu():
+    """precision.cuda_graphs replays the reals' render on a GPU only: on a CPU the same images, no graph."""
+    from src.embedded.training.gan_reals import RealPrefetcher
+
+    cpu = torch.device("cpu")
+    graphed = RealPrefetcher(2, 16, cuda_graphs=True)
+    got = graphed.take(torch.Generator().manual_seed(5), cpu)
+    torch.testing.assert_close(got, RealPrefetcher(2, 16).take(torch.Generator().manual_seed(5), cpu), rtol=0, atol=0)
+    assert graphed.graphs.recorded == 0 and len(graphed.graphs) == 0
+
+
 def test_the_reals_group_sets_how_often_faces_are_moved():
     """model.reals reaches the rendered stream: every face active draws the whole pose range."""
     from src.embedded import PARAM_SPACE, sample_params

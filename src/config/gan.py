@@ -63,7 +63,7 @@ class GanPrecisionConfig:
     """Numerics of G and D (``model.precision``); the Lightning trainer stays at 32-true."""
     mode: str = "fp16_res"             # fp16_res (official: top blocks fp16 + conv_clamp) | bf16 (autocast) | fp32
     allow_tf32: bool = True            # TF32 matmuls/convs on CUDA
-    cuda_graphs: bool = False          # record each phase of the step as a CUDA graph (gan_graphs.py)
+    cuda_graphs: bool = False          # record each phase of the step and the reals' render as CUDA graphs
     graph_warmup: int = 32             # eager iterations (in this process) before recording
 
 

@@ -267,7 +267,7 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 def palette(t: torch.Tensor, colors: Sequence[Sequence[float]]) -> torch.Tensor:
     """Piecewise-linear colour ramp: t [...] in [0, 1] -> [..., 3]."""
-    pal = torch.tensor(colors, dtype=torch.float32, device=t.device)
+    pal = device_constant(colors, torch.float32, t.device)
     m = pal.shape[0] - 1
     x = t.clamp(0, 1) * m
     i0 = x.floor().clamp(max=m - 1).long()

@@ -8,7 +8,8 @@ penalty (lazy regularisation); D: logistic loss on fakes and on reals rendered o
 with ramp-up) and optional ADA. No device value is read on the host in the step; metrics are logged
 as tensors. ``precision.mode``: 'fp16_res' (official: top blocks fp16 with conv_clamp, gradients
 through nan_to_num), 'bf16' (autocast) or 'fp32'; the trainer runs at 32-true.
-``precision.cuda_graphs`` replays the recorded G and D phases (``gan_graphs``). Validation metrics:
+``precision.cuda_graphs`` replays the recorded G and D phases (``gan_graphs``) and the render of the
+reals (``gan_reals``). Validation metrics:
 ``gan_metrics``.
 """
 from __future__ import annotations
@@ -107,7 +108,8 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         self.cur_nimg = 0
         self.iteration = 0
         self._gen: Optional[torch.Generator] = None  # CPU generator of the training reals
-        self._reals = RealPrefetcher(batch_size, resolution, groups["reals"].active_prob, groups["reals"].neutral_prob)
+        self._reals = RealPrefetcher(batch_size, resolution, groups["reals"].active_prob, groups["reals"].neutral_prob,
+                                     cuda_graphs=self.precision_cfg.cuda_graphs)
         self._graphs: Optional[PhaseGraphs] = None  # CUDA graphs of the phases (precision.cuda_graphs)
         self._process_iterations = 0  # iterations run by this process: the graphs' warm-up counts these
         self._init_eval(self.validation_cfg.feature_clip_path, self.validation_cfg.oracle_path)
