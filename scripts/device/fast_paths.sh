@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine: the GPU tests and benchmarks of the fast paths (channels-last ops, CUDA graphs of
 # the GAN training phases and of inference), as a device run from the repository root with
-# carry [".carry/site"]:
+# carry [".whl"] (scripts/device/site.sh):
 #   PART=tests bash scripts/device/fast_paths.sh   # ~4 min with the first build of our CUDA ops
 #   PART=gan   bash scripts/device/fast_paths.sh   # GAN training: eager, channels-last, + CUDA graphs
 #   PART=infer bash scripts/device/fast_paths.sh   # generator and text -> frames, eager and graphed
@@ -12,7 +12,7 @@
 # GAN bench's timed iterations.
 set -u
 cd "$(dirname "$0")/../.."
-export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
+. scripts/device/site.sh
 OUT=${OUT:-${TMPDIR:-/tmp}/lgfa_fast}
 mkdir -p "$OUT"
 PART=${PART:-all}
@@ -55,8 +55,13 @@ memory() {
     timeout 100 python bench/bench_ddp_animator.py --res 1024 --batch 4 --steps 5 --warmup 2 --no-lpips \
       --checkpoint-res "$res" 2>&1 | grep -E "step ms \(|backward ms|peak memory|rror"
   done
+  echo "== generator blocks >= 256 px recomputed, fp16 blocks channels-last, profiled"
+  timeout 100 python bench/bench_ddp_animator.py --res 1024 --batch 4 --steps 5 --warmup 2 --no-lpips \
+    --checkpoint-res 256 --channels-last --profile 2 2>&1 | grep -E "step ms \(|backward ms|peak memory|^profile|rror"
   timeout 120 python bench/bench_animate_gpu.py --res 1024 --videos 1 4 --precision fp16 --iters 5 --cuda-graphs \
     2>&1 | quiet | grep -E "^\||^#"
+  timeout 120 python bench/bench_animate_gpu.py --res 1024 --videos 1 4 --precision fp16 --iters 5 --cuda-graphs \
+    --channels-last 2>&1 | quiet | grep -E "^\| 1024"
 }
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

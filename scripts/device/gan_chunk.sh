@@ -7,10 +7,10 @@
 # (7 files in all).
 #
 # First chunk (no state yet), as a device run from the repository root, timeout_s 600:
-#   bash scripts/device/gan_chunk.sh                                  carry [".carry/site"]
+#   bash scripts/device/gan_chunk.sh                                  carry [".whl"] (scripts/device/site.sh)
 # Every next chunk: put the files that came back from the last one into .carry/gan_state here,
 #   rm -rf .carry/gan_state && mkdir -p .carry/gan_state && cp <files_at>/gan_state/* .carry/gan_state/
-# and run the same command with carry [".carry/site", ".carry/gan_state"]. Keep a copy of each
+# and run the same command with carry [".whl", ".carry/gan_state"]. Keep a copy of each
 # chunk's state outside the repository: it is the run. The tree that travels must stay under
 # 64 MiB: the state is 56.8 MiB, so run from a checkout of the code alone (~1.3 MiB):
 #   bash scripts/device/travel.sh code   (before the run; `travel.sh all` after it)
@@ -21,7 +21,7 @@
 # HW=gpu, RUNS (work folder, default $TMPDIR/lgfa_gan). A CPU smoke run: HW=cpu TRAIN_S=30 EXTRA="..."
 set -u
 cd "$(dirname "$0")/../.."
-export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
+. scripts/device/site.sh
 TRAIN_S=${TRAIN_S:-450}
 STATE_IN=${STATE_IN:-.carry/gan_state}
 RUNS=${RUNS:-${TMPDIR:-/tmp}/lgfa_gan}

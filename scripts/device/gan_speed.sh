@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine: the GAN training step's correctness checks and its throughput, in one command
 # (about 6 min on one H100 including the first build of our CUDA ops):
-#   bash scripts/device/gan_speed.sh          as a device run from the repository root, carry [".carry/site"]
+#   bash scripts/device/gan_speed.sh          as a device run from the repository root, carry [".whl"] (scripts/device/site.sh)
 # 1. the GPU tests of the step: CUDA-graph phases equal to eager ones, sync-free steps, and the
 #    GPU resume parity of the animator (deterministic, bit-identical);
 # 2. bench/bench_gan_training.py at batch 64 and 256 (fp16_res), eager and with
@@ -11,7 +11,7 @@
 # SKIP_TESTS=1 to bench only, GRAPHS ("false true") the settings benched.
 set -u
 cd "$(dirname "$0")/../.."
-export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
+. scripts/device/site.sh
 OUT=${OUT:-${TMPDIR:-/tmp}/lgfa_speed}
 mkdir -p "$OUT"
 BATCH=${BATCH:-64 256}

@@ -7,11 +7,11 @@
 # checkpoint is 172 MiB, has its compact state: scripts/device/gan_chunk.sh.
 #
 # First chunk, as a device run from the repository root (timeout_s 600):
-#   EXP=embedded_animator bash scripts/device/train_chunk.sh            carry [".carry/site"]
+#   EXP=embedded_animator bash scripts/device/train_chunk.sh            carry [".whl"] (scripts/device/site.sh)
 # Every next chunk: put what came back into .carry/run_state here,
 #   rm -rf .carry/run_state && mkdir -p .carry/run_state && cp <files_at>/run_state/* .carry/run_state/
-# and run the same command with carry [".carry/site", ".carry/run_state"]. Keep a copy of each chunk's
-# parts outside the repository: they are the run. `bash scripts/device/travel.sh size .carry/site
+# and run the same command with carry [".whl", ".carry/run_state"]. Keep a copy of each chunk's
+# parts outside the repository: they are the run. `bash scripts/device/travel.sh size .whl
 # .carry/run_state` tells whether the tree still fits 64 MiB; if not, run from `travel.sh code` plus the
 # assets the experiment reads (e.g. travel.sh code assets/stylegan2_synthetic128.safetensors ...).
 #
@@ -20,7 +20,7 @@
 # folder). A CPU smoke run: HW=cpu TRAIN_S=40 EXP=embedded_animator EXTRA="data.batch_size=2"
 set -u
 cd "$(dirname "$0")/../.."
-export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
+. scripts/device/site.sh
 EXP=${EXP:?EXP=<experiment> is required, e.g. EXP=embedded_animator}
 TRAIN_S=${TRAIN_S:-450}
 STATE_IN=${STATE_IN:-.carry/run_state}
