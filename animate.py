@@ -32,7 +32,8 @@ def run(cfg) -> Path:
         check_diverse(cfg)
     overrides = {"inference.projection_reader": cfg.projection_reader} if cfg.get("projection_reader") else None
     animator = FaceAnimator.from_pretrained(cfg.checkpoint, device=device, overrides=overrides,
-                                            cuda_graphs=bool(cfg.cuda_graphs) and device.type == "cuda")
+                                            cuda_graphs=bool(cfg.cuda_graphs) and device.type == "cuda",
+                                            channels_last=bool(cfg.get("channels_last")))
     motion = dict(frames=cfg.frames, strength=cfg.strength, decay=cfg.decay, check_latent=False,
                   motion_total=cfg.get("motion_total"), identity_projection=cfg.get("identity_projection"))
     if cfg.get("diverse") is not None:

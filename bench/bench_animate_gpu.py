@@ -2,6 +2,7 @@
 
     python bench/bench_animate_gpu.py [--res 1024 256 128] [--videos 1 4] [--precision fp32 fp16 bf16]
         [--frames 16] [--iters 20] [--warmup 3] [--identity-projection P] [--device cuda] [--cuda-graphs]
+        [--channels-last]
     python bench/bench_animate_gpu.py --device cpu --res 128 --iters 1      # a smoke run on a CPU
 
 Every row times ``FaceAnimator.animate(ws, prompts, num_frames)``, what a user calls: the input
@@ -25,7 +26,9 @@ over the row's calls, weights included, reset between rows ('resident' is what t
 
 --cuda-graphs: every row is timed twice, eagerly (graphs off) and with the pipeline's CUDA graphs
 (``FaceAnimator.use_cuda_graphs``: the generator's calls replayed; recorded during the warm-up, so
-their memory pools count in the peak), one after the other on the same pipeline.
+their memory pools count in the peak), one after the other on the same pipeline. --channels-last:
+the fp16 and bf16 rows run the generator's fp16 blocks channels-last (``FaceAnimator.use_channels_last``),
+labelled 'fp16 NHWC'.
 """
 from __future__ import annotations
 
@@ -77,6 +80,8 @@ def parse_args(argv):
     ap.add_argument("--identity-projection", type=float, default=None,
                     help="0..1 (default: each animator's recorded setting)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="fp16/bf16 rows with the generator's fp16 blocks channels-last (use_channels_last)")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="also time every row with the pipeline's CUDA graphs (use_cuda_graphs), beside the eager row")
     args = ap.parse_args(argv)
@@ -295,17 +300,21 @@ def run(argv=None) -> None:
                 pipe, label = build_paper(config, res, fp16, device)
             if precision == "bf16":  # the fp16 blocks computing in bfloat16
                 pipe.generator.synthesis.set_half_dtype(torch.bfloat16)
+            shown = precision
+            if args.channels_last and fp16:
+                pipe.use_channels_last(True)
+                shown = f"{precision} NHWC"
             for videos in args.videos:
                 for graphs in settings:
                     if graphs == "on" and device.type != "cuda":
-                        print_row(note_row(res, label, videos, precision, "n/a: CUDA graphs run on CUDA only", graphs))
+                        print_row(note_row(res, label, videos, shown, "n/a: CUDA graphs run on CUDA only", graphs))
                         continue
                     pipe.use_cuda_graphs(graphs == "on")
                     try:
                         r = time_row(pipe, videos, args)
-                        cells = row_cells(res, label, videos, precision, r, args.frames, graphs)
+                        cells = row_cells(res, label, videos, shown, r, args.frames, graphs)
                     except torch.cuda.OutOfMemoryError:
-                        cells = note_row(res, label, videos, precision, "out of GPU memory", graphs)
+                        cells = note_row(res, label, videos, shown, "out of GPU memory", graphs)
                     pipe.use_cuda_graphs(False)  # the row's graphs go with it
                     print_row(cells)
                     free(device)

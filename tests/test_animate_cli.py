@@ -91,6 +91,7 @@ def test_animate_mp4_and_latent_input(exported, tmp_path, capsys):
     (["text="], "text"),
     (["seed=-1"], "seed"),
     (["cuda_graphs=maybe"], "cuda_graphs"),
+    (["channels_last=maybe"], "channels_last"),
 ])
 def test_bad_arguments_one_line(exported, args, needle, tmp_path, capsys):
     base = [f"checkpoint={exported['path']}", f"output={tmp_path / 'o.mp4'}"]
@@ -253,7 +254,7 @@ def test_help_shows_every_key_and_list_prompts_the_trained_concepts(exported, ca
     assert animate.main(["--help"]) == 0
     shown = capsys.readouterr().out
     for key in ("text=", "frames=16", "seed=null", "strength=1.0", "decay=linear", "output=animation.mp4",
-                "list_prompts=false", "identity_projection=null", "cuda_graphs=false"):
+                "list_prompts=false", "identity_projection=null", "cuda_graphs=false", "channels_last=false"):
         assert key in shown, key
     assert "frames per motion" in shown and "GPU only" in shown  # the meaning, not only the default
     assert animate.main([f"checkpoint={exported['path']}", "list_prompts=true"]) == 0
@@ -273,14 +274,17 @@ def test_cuda_graphs_reach_the_pipeline_on_a_gpu_only(exported, tmp_path, monkey
     assert compose_config("animate", args).cuda_graphs is bool(args)
     seen = {}
 
-    def spy(path, device=None, cuda_graphs=None, **kwargs):
-        seen.update(device=device, cuda_graphs=cuda_graphs)
+    def spy(path, device=None, cuda_graphs=None, channels_last=None, **kwargs):
+        seen.update(device=device, cuda_graphs=cuda_graphs, channels_last=channels_last)
         raise UserError("stopped after from_pretrained")
 
     monkeypatch.setattr(cli, "parse_device", torch.device)
     monkeypatch.setattr(FaceAnimator, "from_pretrained", spy)
     rc = animate.main([f"checkpoint={exported['path']}", f"device={device}", f"output={tmp_path / 'o.gif'}", *args])
-    assert rc == 2 and seen == {"device": torch.device(device), "cuda_graphs": graphs}
+    assert rc == 2 and seen == {"device": torch.device(device), "cuda_graphs": graphs, "channels_last": False}
+    rc = animate.main([f"checkpoint={exported['path']}", f"device={device}", f"output={tmp_path / 'o.gif'}",
+                       "channels_last=true"])
+    assert rc == 2 and seen["channels_last"] is True  # the pipeline applies it to CUDA tensors only
 
 
 def test_a_latent_far_from_the_generator_gets_one_warning_line(exported, tmp_path, capsys):

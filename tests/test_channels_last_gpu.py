@@ -222,6 +222,37 @@ def test_generator_fp16_channels_last_same_images_and_grads():
         assert float((a - b).abs().max()) <= 2e-2 * (1 + float(a.abs().max()))
 
 
+def test_the_run_time_switch_gives_what_the_built_in_layout_gives():
+    """SynthesisNetwork.set_channels_last on an NCHW-built generator (weights left NCHW): the images
+    and gradients of one built channels-last, and the pipeline's frames within fp16 rounding."""
+    from pathlib import Path
+
+    from src.pipeline import FaceAnimator
+
+    G0, G1 = _g(False), _g(True)
+    G1.load_state_dict(G0.state_dict())
+    G0.synthesis.set_channels_last()
+    assert G0.synthesis.b64.channels_last and not G0.synthesis.b4.channels_last
+    z = torch.randn(8, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(5))
+    out = {}
+    with no_tf32():
+        for name, G in (("switched", G0), ("built", G1)):
+            ws = G.mapping(z, None).detach().requires_grad_()
+            img = G.synthesis(ws, noise_mode="const")
+            (gw,) = torch.autograd.grad((img * img.detach()).mean(), ws)
+            out[name] = (img.detach(), gw)
+    for a, b in zip(out["switched"], out["built"]):
+        assert torch.isfinite(a).all() and float((a - b).abs().max()) <= 2e-2 * (1 + float(a.abs().max()))
+    embedded = Path(__file__).resolve().parents[1] / "assets" / "animator_synthetic.safetensors"
+    plain = FaceAnimator.from_pretrained(embedded, device="cuda")
+    nhwc = FaceAnimator.from_pretrained(embedded, device="cuda", channels_last=True)
+    ws = plain.sample_latents(seeds=[1, 2])
+    with torch.no_grad(), no_tf32():
+        a = plain.animate(ws, ["The person is smiling.", "The person is winking."], num_frames=8)["frames"]
+        b = nhwc.animate(ws, ["The person is smiling.", "The person is winking."], num_frames=8)["frames"]
+    assert float((a - b).abs().max()) <= 2e-2  # frames in [-1, 1]; the shipped top blocks run in fp16
+
+
 @pytest.mark.parametrize("architecture", ["resnet", "skip"])
 def test_discriminator_fp16_channels_last_same_logits_and_r1(architecture):
     D0, D1 = _d(False, architecture), _d(True, architecture)

@@ -60,7 +60,7 @@ def config_info(args: argparse.Namespace, d: Dist, is_ddp: bool) -> dict:
             "precision": "fp32" if args.fp32 else ("fp16 top 4 res (conv_clamp 256)" if d.cuda
                                                    else "fp16 top 4 res requested; fp32 on CPU"),
             "lpips": not args.no_lpips, "clip_model": "tiny" if args.tiny else args.clip_model,
-            "generator_checkpoint_res": args.checkpoint_res,
+            "generator_checkpoint_res": args.checkpoint_res, "generator_channels_last": args.channels_last,
             "input_clip_model": ("tiny (separate)" if args.tiny and args.input_clip_model != "same"
                                  else args.input_clip_model), "text_lr": args.text_lr, "tiny": args.tiny,
             "ddp": is_ddp, "broadcast_buffers": bool(args.broadcast_buffers), "bucket_cap_mb": args.bucket_cap_mb,
@@ -112,6 +112,7 @@ def print_table(res: dict) -> None:
         ("resolution / precision", f"{c['res']} / {c['precision']}"),
         ("generator blocks recomputed in the backward", f">= {c['generator_checkpoint_res']} px"
          if c.get("generator_checkpoint_res") else "none"),
+        ("generator's fp16 blocks channels-last", str(bool(c.get("generator_channels_last")))),
         ("videos per GPU x frames", f"{c['batch_per_gpu']} x {c['frames']} (global batch {c['global_batch']})"),
         ("LPIPS / loss CLIP / input CLIP", f"{c['lpips']} / {c['clip_model']} / {c['input_clip_model']}"),
         ("DDP", f"{c['ddp']} (broadcast_buffers {c['broadcast_buffers']}, bucket {c['bucket_cap_mb']} MB)"),
