@@ -12,17 +12,11 @@ import pytest
 import torch
 
 from src.stylegan import Generator, layers
+from tests.test_half_dtype import generator  # 32 px, its top two resolutions in half precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EMBEDDED = Path(__file__).resolve().parents[1] / "assets" / "animator_synthetic.safetensors"
 CL = torch.channels_last
-
-
-def generator() -> Generator:
-    torch.manual_seed(0)
-    G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
-                  synthesis_kwargs=dict(channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256))
-    return G.eval().requires_grad_(False)
 
 
 def test_the_switch_reaches_the_half_blocks_only_and_runs_them_nhwc(monkeypatch):
