@@ -45,6 +45,7 @@ gan() {
 
 infer() {
   timeout 200 python bench/bench_generator.py --res 1024 --batch 1 16 --no-ref --noise const --cuda-graphs 2>&1 | quiet
+  timeout 90 python bench/profile_generator.py --res 1024 --batch 16 --channels-last --cuda-graphs --rows 12 2>&1 | quiet
   timeout 300 python bench/bench_animate_gpu.py --res 1024 128 --videos 1 4 --precision fp16 bf16 fp32 --iters 10 \
     --cuda-graphs 2>&1 | quiet
 }
