@@ -4,8 +4,8 @@ launched the most GPU time. Shared by the training benches' ``--profile`` option
 from __future__ import annotations
 
 _LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
-_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync", "aten::item",
-          "aten::_local_scalar_dense")
+_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+_COPIES = ("cudaMemcpyAsync",)
 
 
 def activities() -> list:
@@ -18,14 +18,15 @@ def print_summary(prof, iters: int, wall_ms: float, label: str, top: int = 14) -
     """Print the summary of ``prof`` (a finished ``torch.profiler.profile`` over ``iters`` iterations
     that took ``wall_ms`` each) and return its figures per iteration."""
     avg = prof.key_averages()
-    syncs = sum(e.count for e in avg if e.key in _SYNCS) / iters
+    syncs = sum(e.count for e in avg if e.key in _SYNCS) / iters  # the host waits for the GPU
+    copies = sum(e.count for e in avg if e.key in _COPIES) / iters  # any direction; from pageable memory they wait too
     launch_calls = sum(e.count for e in avg if e.key in _LAUNCHES) / iters
     events = [e for e in avg if e.device_type.name == "CUDA"]
     kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / iters
     kernels = sum(e.count for e in events) / iters
     print(f"profile ({label}): wall {wall_ms:.1f} ms/iter (profiled), GPU kernels {kernel_ms:.1f} ms/iter "
           f"({100 * kernel_ms / wall_ms:.0f}% busy), {kernels:.0f} kernels/iter, {launch_calls:.0f} launch calls/iter, "
-          f"{syncs:.1f} sync/copy/item calls/iter")
+          f"{syncs:.1f} host syncs/iter (synchronize, item), {copies:.1f} memory copies/iter")
     host = sorted((e for e in avg if e.device_type.name == "CPU" and e.key.startswith("aten::")),
                   key=lambda e: -e.self_cpu_time_total)[:8]
     print("  host time by op: " + ", ".join(f"{e.key[6:]} {e.self_cpu_time_total / 1000 / iters:.1f} ms" for e in host))
@@ -40,4 +41,4 @@ def print_summary(prof, iters: int, wall_ms: float, label: str, top: int = 14) -
             print(f"  {e.self_device_time_total / 1000 / iters:7.2f} ms  x{e.count / iters:6.1f}  {e.key[6:]} "
                   f"{str(e.input_shapes)[:110]}")
     return {"wall_ms": wall_ms, "kernel_ms": kernel_ms, "kernels": kernels, "launch_calls": launch_calls,
-            "syncs": syncs}
+            "syncs": syncs, "copies": copies}
