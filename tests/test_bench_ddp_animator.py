@@ -57,6 +57,7 @@ def test_single_process_benchmark_json(bench, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| step ms (median / mean; max over ranks) |" in table
     assert "| device | cpu |" in table  # the GPU's name on CUDA
+    assert "authors' 393 ms, 12.2 GiB; goal 80 ms, 12 GiB) | - (the anchors: 1024 px" in table  # not the anchor's shape
 
     # the combined table of several runs, efficiency 1 for the baseline itself
     assert bench.main(["--summarize", str(out)]) == 0
@@ -97,3 +98,16 @@ def test_clear_errors(bench, capsys):
     assert "distinct prompts" in capsys.readouterr().err
     assert bench.main(["--check-equivalence", "2"]) == 2
     assert "--save-weights" in capsys.readouterr().err
+
+
+def test_the_anchor_rows_are_ratios_for_the_anchor_shape_only():
+    from bench.ddp_animator.report import anchor_rows
+
+    run = {"world_size": 1, "config": {"res": 1024, "batch_per_gpu": 4, "frames": 4, "lpips": True},
+           "step_ms": {"median": 196.5}, "memory": {"peak_allocated_GiB": [6.1]}}
+    (ms_row, ms), (peak_row, peak) = anchor_rows(run)
+    assert ms == "0.50 / 2.46" and peak == "0.50 / 0.51" and "393" in ms_row and "12.2 GiB" in peak_row
+    run["config"]["lpips"] = False
+    assert "without LPIPS" in anchor_rows(run)[0][1]
+    for change in ({"world_size": 2}, {"config": {**run["config"], "frames": 8}}):
+        assert anchor_rows({**run, **change})[0][1].startswith("- ")

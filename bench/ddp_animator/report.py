@@ -17,6 +17,27 @@ from bench.ddp_animator.distributed import Dist
 from src.utils.errors import UserError
 
 RESULT_FORMAT = "lgfa-ddp-animator-bench-1"
+#: the anchor of one animator training step (issue #25): the authors' code on one H100, 1024 px config-f,
+#: 4 videos x 4 frames, their losses with LPIPS; and the goal set against it
+ANCHOR = {"res": 1024, "batch_per_gpu": 4, "frames": 4}
+AUTHORS_STEP_MS, AUTHORS_PEAK_GIB = 393.0, 12.2
+GOAL_STEP_MS, GOAL_PEAK_GIB = 80.0, 12.0
+
+
+def anchor_rows(res: dict) -> list[tuple[str, str]]:
+    """Ours against the authors' step and the goal, as ratios (below 1: faster, smaller); '-' unless
+    the run has the anchor's shape on one process."""
+    c = res["config"]
+    label = (f"authors' {AUTHORS_STEP_MS:g} ms, {AUTHORS_PEAK_GIB:g} GiB; goal {GOAL_STEP_MS:g} ms, "
+             f"{GOAL_PEAK_GIB:g} GiB")
+    if res["world_size"] != 1 or any(c.get(k) != v for k, v in ANCHOR.items()):
+        return [(f"step ms and peak ÷ anchors ({label})", "- (the anchors: 1024 px, 4 x 4 frames, one GPU)")]
+    ms, peak = res["step_ms"]["median"], max(res["memory"]["peak_allocated_GiB"])
+    note = "" if c.get("lpips") else " (this run without LPIPS; the authors' step has it)"
+    return [(f"step ms ÷ authors' {AUTHORS_STEP_MS:g} / ÷ goal {GOAL_STEP_MS:g}",
+             f"{ms / AUTHORS_STEP_MS:.2f} / {ms / GOAL_STEP_MS:.2f}{note}"),
+            (f"peak memory ÷ authors' {AUTHORS_PEAK_GIB:g} GiB / ÷ goal {GOAL_PEAK_GIB:g} GiB",
+             f"{peak / AUTHORS_PEAK_GIB:.2f} / {peak / GOAL_PEAK_GIB:.2f}")]
 
 
 def env_info(d: Dist) -> dict:
@@ -134,6 +155,7 @@ def print_table(res: dict) -> None:
          f"{fmt(s['allreduce']['ms_median'], 3)} / {s['allreduce']['bytes'] / 1e6:.1f}"),
         ("trainable params", f"{res['model']['trainable_params']:,}"),
         ("peak memory GiB per rank", ", ".join(fmt(x) for x in res["memory"]["peak_allocated_GiB"])),
+        *anchor_rows(res),
     ]
     print("| metric | value |\n|---|---|")
     for k, v in rows:
