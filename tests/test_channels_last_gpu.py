@@ -201,25 +201,32 @@ def _d(channels_last, architecture):
                          block_kwargs=dict(fp16_channels_last=channels_last)).cuda()
 
 
+def _images_and_grads(G, z):
+    """G's images of z, the latents' gradient under a loss of a GAN loss's scale, and the images of
+    the eval path (the fused epilogue, no grad)."""
+    with no_tf32():
+        ws = G.mapping(z, None).detach().requires_grad_()
+        img = G.synthesis(ws, noise_mode="const")
+        (gw,) = torch.autograd.grad((img * img.detach()).mean(), ws)
+        with torch.no_grad():
+            G.eval()
+            img_eval = G.synthesis(ws, noise_mode="const")
+            G.train()
+    return img.detach(), gw, img_eval
+
+
+def _assert_fp16_close(got, want):
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all() and torch.isfinite(b).all()
+        assert float((a - b).abs().max()) <= 2e-2 * (1 + float(a.abs().max()))
+
+
 def test_generator_fp16_channels_last_same_images_and_grads():
     G0, G1 = _g(False), _g(True)
     G1.load_state_dict(G0.state_dict())
     assert G1.synthesis.b64.channels_last and not G0.synthesis.b64.channels_last
     z = torch.randn(8, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
-    out = {}
-    with no_tf32():
-        for name, G in (("nchw", G0), ("nhwc", G1)):
-            ws = G.mapping(z, None).detach().requires_grad_()
-            img = G.synthesis(ws, noise_mode="const")
-            (gw,) = torch.autograd.grad((img * img.detach()).mean(), ws)  # a loss of a GAN loss's scale
-            with torch.no_grad():
-                G.eval()
-                img_eval = G.synthesis(ws, noise_mode="const")  # the fused epilogue (no grad)
-                G.train()
-            out[name] = (img.detach(), gw, img_eval)
-    for a, b in zip(out["nchw"], out["nhwc"]):
-        assert torch.isfinite(a).all() and torch.isfinite(b).all()
-        assert float((a - b).abs().max()) <= 2e-2 * (1 + float(a.abs().max()))
+    _assert_fp16_close(_images_and_grads(G0, z), _images_and_grads(G1, z))
 
 
 def test_the_run_time_switch_gives_what_the_built_in_layout_gives():
@@ -234,15 +241,7 @@ def test_the_run_time_switch_gives_what_the_built_in_layout_gives():
     G0.synthesis.set_channels_last()
     assert G0.synthesis.b64.channels_last and not G0.synthesis.b4.channels_last
     z = torch.randn(8, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(5))
-    out = {}
-    with no_tf32():
-        for name, G in (("switched", G0), ("built", G1)):
-            ws = G.mapping(z, None).detach().requires_grad_()
-            img = G.synthesis(ws, noise_mode="const")
-            (gw,) = torch.autograd.grad((img * img.detach()).mean(), ws)
-            out[name] = (img.detach(), gw)
-    for a, b in zip(out["switched"], out["built"]):
-        assert torch.isfinite(a).all() and float((a - b).abs().max()) <= 2e-2 * (1 + float(a.abs().max()))
+    _assert_fp16_close(_images_and_grads(G0, z), _images_and_grads(G1, z))
     embedded = Path(__file__).resolve().parents[1] / "assets" / "animator_synthetic.safetensors"
     plain = FaceAnimator.from_pretrained(embedded, device="cuda")
     nhwc = FaceAnimator.from_pretrained(embedded, device="cuda", channels_last=True)
