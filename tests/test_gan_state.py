@@ -12,7 +12,7 @@ import torch
 
 import src.embedded.training.gan as sg
 import src.embedded.training.gan_state as gs
-from tests.test_gan_training import TINY, _detached
+from tests.test_gan_training import TINY, _detached, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,3 +218,32 @@ def test_a_run_resumes_from_an_imported_state_bit_for_bit(tmp_path, capsys):
     _assert_bit_identical(a["state_dict"], b["state_dict"], "state_dict")
     _assert_bit_identical(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
     _assert_bit_identical(a["stylegan_progress"], b["stylegan_progress"], "stylegan_progress")
+
+
+def test_a_channels_last_run_exports_and_its_moments_take_the_layout_back(tmp_path):
+    """experiment=embedded_stylegan builds its fp16 blocks channels-last: their weights and Adam moments
+    are not in the plain layout, which safetensors refuses. They are stored plainly, and on resume each
+    moment takes its parameter's layout again (a fused Adam indexes them alike)."""
+    kw = tiny(precision=dict(mode="fp16_res"))
+    kw["G_kwargs"]["synthesis_kwargs"].update(num_fp16_res=2, conv_clamp=256, fp16_channels_last=True)
+    kw["D_kwargs"].update(num_fp16_res=2, conv_clamp=256, block_kwargs=dict(fp16_channels_last=True))
+    torch.manual_seed(0)
+    m = _detached(sg.StyleGANModule(**kw))
+    _run(m, 0, 2, [])
+    ckpt = _ckpt(m)
+    assert any(t.dim() == 4 and not t.is_contiguous() for t in ckpt["state_dict"].values())
+    gs.write_state(ckpt, tmp_path / "state", exact_up_to=10**9)  # exact: the values must come back as they were
+    back = gs.read_state(tmp_path / "state")
+    torch.manual_seed(0)
+    r = _detached(sg.StyleGANModule(**kw))
+    r.on_load_checkpoint(back)
+    r.load_state_dict(back["state_dict"])
+    for opt, saved, state in zip(r.optimizers(), m.optimizers(), back["optimizer_states"]):
+        opt.load_state_dict(state)
+        gs.align_state_layouts(opt)
+        pairs = [(p, v, q) for (p, s), (q, s0) in zip(opt.state.items(), saved.state.items())
+                 for k, v in s.items() if torch.is_tensor(v) and v.shape == p.shape and k == "exp_avg_sq"]
+        assert pairs and any(not p.is_contiguous() for p, _, _ in pairs)
+        for p, v, q in pairs:
+            assert v.stride() == p.stride()
+            torch.testing.assert_close(v, saved.state[q]["exp_avg_sq"], rtol=0, atol=0)

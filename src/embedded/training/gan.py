@@ -34,7 +34,7 @@ from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nons
 from src.embedded.training.gan_graphs import PhaseGraphs
 from src.embedded.training.gan_metrics import GanEvalHooks
 from src.embedded.training.gan_reals import RealPrefetcher
-from src.embedded.training.gan_state import EVAL_NETWORKS
+from src.embedded.training.gan_state import EVAL_NETWORKS, align_state_layouts
 from src.utils.config import plain
 from src.utils.errors import UserError
 
@@ -168,6 +168,10 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         opt_g = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=g_betas, eps=1e-8, **kw)
         opt_d = torch.optim.Adam(self.D.parameters(), lr=d_lr, betas=d_betas, eps=1e-8, **kw)
         return [opt_g, opt_d]
+
+    def on_train_start(self) -> None:
+        for opt in self.trainer.optimizers:  # after a resume from the compact state (gan_state)
+            align_state_layouts(opt)
 
     def on_fit_start(self) -> None:
         prec = str(self.trainer.precision)

@@ -41,7 +41,8 @@ from src.embedded.training.gan_state_check import (DTYPES, FORMAT, MANIFEST, MOM
 from src.utils.errors import UserError, exit_code
 from src.utils.io import atomic_write, atomic_write_text, together
 
-__all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "state_summary", "main"]
+__all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "state_summary", "align_state_layouts",
+           "main"]
 
 SHARD_MIB = 16
 EXACT_UP_TO = 4096              # tensors up to this many elements are kept exactly
@@ -134,7 +135,8 @@ def write_state(ckpt: Mapping[str, Any], out_dir: str | Path, shard_mib: float =
                 entry["same_as"] = seen[key]
             else:
                 seen.setdefault(key, path)
-                stored[path] = s.clone() if s is t else s.contiguous()  # no shared storage in a shard
+                # no shared storage in a shard; channels-last tensors stored in the plain layout
+                stored[path] = s.clone(memory_format=torch.contiguous_format) if s is t else s.contiguous()
         table[path] = entry
         return path
 
@@ -214,6 +216,16 @@ def read_state(folder: str | Path) -> dict:
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"manifest: the checkpoint does not decode ({type(e).__name__}: {e})") from None
     return ckpt
+
+
+def align_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor of a parameter's shape that parameter's memory layout. A state
+    comes back from the shards in the plain layout; channels-last parameters (fp16_channels_last)
+    would then meet moments laid out otherwise, and a fused optimizer indexes them alike."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def state_summary(folder: str | Path) -> str:
