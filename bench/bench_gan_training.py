@@ -72,11 +72,13 @@ class FixedReals:
         return self.batch
 
 
-def bench_raw(model_kwargs, device, warmup, iters, fixed_reals=False):
+def bench_raw(model_kwargs, device, warmup, iters, fixed_reals=False, eager_render=False):
     from src.embedded.training.gan import StyleGANModule
 
     torch.manual_seed(0)
     m = StyleGANModule(**model_kwargs).to(device)
+    if eager_render:  # precision.cuda_graphs without its graph of the reals' render
+        m._reals.graphs = None
     if fixed_reals:
         m._ensure_generator()
         m._reals = FixedReals(m._reals, m._gen, device)
@@ -180,6 +182,8 @@ def main():
     ap.add_argument("--lightning", action="store_true", help="also time trainer.fit (incl. Lightning overhead)")
     ap.add_argument("--fixed-reals", action="store_true", help="also time each row with one fixed real batch "
                     "(the training step without the renderer)")
+    ap.add_argument("--eager-render", action="store_true", help="also time each row with the reals rendered "
+                    "eagerly (precision.cuda_graphs records the render as a graph too): that graph's gain")
     ap.add_argument("--profile", action="store_true", help="also profile the first precision at each batch")
     ap.add_argument("--set", nargs="*", default=[], help="model overrides, e.g. G_kwargs.w_dim=512 regularization.r1_gamma=0.1")
     args = ap.parse_args()
@@ -205,6 +209,9 @@ def main():
                 if args.fixed_reals:
                     r = bench_raw(kw, device, args.warmup, args.iters, fixed_reals=True)
                     print(table_row(f"{prec}, fixed reals", b, r), flush=True)
+                if args.eager_render:
+                    r = bench_raw(kw, device, args.warmup, args.iters, eager_render=True)
+                    print(table_row(f"{prec}, eager render", b, r), flush=True)
             except Exception as e:  # report and go on with the next configuration
                 print(f"| {prec} | {b} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | | |",
                       flush=True)
