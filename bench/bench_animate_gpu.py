@@ -2,7 +2,7 @@
 
     python bench/bench_animate_gpu.py [--res 1024 256 128] [--videos 1 4] [--precision fp32 fp16 bf16]
         [--frames 16] [--iters 20] [--warmup 3] [--identity-projection P] [--device cuda] [--cuda-graphs]
-        [--channels-last]
+        [--nchw]
     python bench/bench_animate_gpu.py --device cpu --res 128 --iters 1      # a smoke run on a CPU
 
 Every row times ``FaceAnimator.animate(ws, prompts, num_frames)``, what a user calls: the input
@@ -26,9 +26,9 @@ over the row's calls, weights included, reset between rows ('resident' is what t
 
 --cuda-graphs: every row is timed twice, eagerly (graphs off) and with the pipeline's CUDA graphs
 (``FaceAnimator.use_cuda_graphs``: the generator's calls replayed; recorded during the warm-up, so
-their memory pools count in the peak), one after the other on the same pipeline. --channels-last:
-the fp16 and bf16 rows run the generator's fp16 blocks channels-last (``FaceAnimator.use_channels_last``),
-labelled 'fp16 NHWC'.
+their memory pools count in the peak), one after the other on the same pipeline. The fp16 and bf16 rows run the generator's fp16
+blocks channels-last, as the pipeline does by default (``FaceAnimator.use_channels_last``), labelled
+'fp16 NHWC'; --nchw runs them with NCHW activations instead (labelled 'fp16').
 """
 from __future__ import annotations
 
@@ -80,8 +80,9 @@ def parse_args(argv):
     ap.add_argument("--identity-projection", type=float, default=None,
                     help="0..1 (default: each animator's recorded setting)")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="fp16/bf16 rows with the generator's fp16 blocks channels-last (use_channels_last)")
+    ap.add_argument("--nchw", action="store_true",
+                    help="fp16/bf16 rows with NCHW activations in the generator's fp16 blocks (default: "
+                         "channels-last, as the pipeline runs them)")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="also time every row with the pipeline's CUDA graphs (use_cuda_graphs), beside the eager row")
     args = ap.parse_args(argv)
@@ -300,10 +301,9 @@ def run(argv=None) -> None:
                 pipe, label = build_paper(config, res, fp16, device)
             if precision == "bf16":  # the fp16 blocks computing in bfloat16
                 pipe.generator.synthesis.set_half_dtype(torch.bfloat16)
-            shown = precision
-            if args.channels_last and fp16:
-                pipe.use_channels_last(True)
-                shown = f"{precision} NHWC"
+            nhwc = fp16 and not args.nchw
+            pipe.use_channels_last(nhwc)
+            shown = f"{precision} NHWC" if nhwc else precision
             for videos in args.videos:
                 for graphs in settings:
                     if graphs == "on" and device.type != "cuda":

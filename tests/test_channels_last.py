@@ -85,6 +85,41 @@ def test_bias_act_ref_channels_last(act):
         torch.testing.assert_close(y, y0)
 
 
+def test_torgb_reads_channels_last_in_place():
+    """The 1x1 modulated conv (ToRGB) of an NHWC x is one batched GEMM over its [N, H*W, I] rows:
+    the NCHW result (same arithmetic), with gradients, and no x * styles pass over the activations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passes(TorchDispatchMode):
+        def __init__(self, numel):
+            super().__init__()
+            self.numel, self.ops = numel, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == self.numel and func._schema.name != "aten::view" \
+                    and not func.is_view:
+                self.ops.append(func._schema.name)
+            return out
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 8, 5, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(3, 8, 1, 1, generator=g, dtype=torch.float64)
+    styles = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    y0 = layers.modulated_conv2d(x, weight, styles, demodulate=False)
+    xc = x.to(memory_format=CL).requires_grad_()
+    mode = Passes(x.numel())
+    with mode:
+        y = layers.modulated_conv2d(xc, weight, styles, demodulate=False)
+    assert mode.ops == [], mode.ops  # the GEMM reads x once; nothing else touches a tensor of its size
+    assert _is_cl(y) and y.shape == y0.shape
+    torch.testing.assert_close(y, y0)
+    (dx,) = torch.autograd.grad(y.square().sum(), xc)
+    (dx0,) = torch.autograd.grad(layers.modulated_conv2d(x.requires_grad_(), weight, styles, demodulate=False)
+                                 .square().sum(), x)
+    torch.testing.assert_close(dx, dx0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The CUDA autograd wiring with a fake plugin that checks the layouts it is handed
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_fp32_generators_and_cpus_are_untouched():
 def test_the_pipeline_option_keeps_cpu_frames_and_names_the_layout_to_its_graphs():
     from src.pipeline import FaceAnimator
 
-    plain = FaceAnimator.from_pretrained(EMBEDDED)
+    plain = FaceAnimator.from_pretrained(EMBEDDED, channels_last=False)
     nhwc = FaceAnimator.from_pretrained(EMBEDDED, channels_last=True)
     assert nhwc.generator.synthesis.channels_last and not plain.generator.synthesis.channels_last
     state = nhwc.graph_state()
@@ -78,4 +78,5 @@ def test_the_training_setting_reaches_the_frozen_generator():
                   synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=1, conv_clamp=256)).eval()
 
     assert build("ours", generator=half_generator(), generator_channels_last=True).generator.synthesis.channels_last
-    assert not build("ours", generator=half_generator()).generator.synthesis.channels_last
+    assert build("ours", generator=half_generator()).generator.synthesis.channels_last  # the default
+    assert not build("ours", generator=half_generator(), generator_channels_last=False).generator.synthesis.channels_last

@@ -31,8 +31,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--checkpoint-res", type=int, default=0,
                     help="model.train.generator_checkpoint_res: generator blocks at >= this resolution "
                          "recomputed in the backward (0: off)")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="model.train.generator_channels_last: NHWC activations in the generator's fp16 blocks")
+    ap.add_argument("--nchw", action="store_true",
+                    help="model.train.generator_channels_last=false: NCHW activations in the generator's fp16 "
+                         "blocks (default: channels-last, as training runs them)")
     ap.add_argument("--lpips-dir", default=None, help="LPIPS weights folder (default $LGFA_LPIPS_DIR)")
     ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture of the loss CLIP (random init)")
     ap.add_argument("--input-clip-model", default="same",

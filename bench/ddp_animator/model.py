@@ -120,7 +120,7 @@ def build_module(args: argparse.Namespace):
                                        "clip_lr": args.text_lr or 1e-5, "clip_views": 0,
                                        "lpips_size": 64 if args.tiny else 224, "lpips_path": lpips_dir,
                                        "generator_checkpoint_res": args.checkpoint_res,
-                                       "generator_channels_last": args.channels_last},
+                                       "generator_channels_last": not args.nchw},
                                 validation={"video_every_n_steps": 0}, hash_check="off",
                                 generator=generator, clip=input_enc, loss_clip=loss_arg)
     except UserError as e:

@@ -81,7 +81,7 @@ def config_info(args: argparse.Namespace, d: Dist, is_ddp: bool) -> dict:
             "precision": "fp32" if args.fp32 else ("fp16 top 4 res (conv_clamp 256)" if d.cuda
                                                    else "fp16 top 4 res requested; fp32 on CPU"),
             "lpips": not args.no_lpips, "clip_model": "tiny" if args.tiny else args.clip_model,
-            "generator_checkpoint_res": args.checkpoint_res, "generator_channels_last": args.channels_last,
+            "generator_checkpoint_res": args.checkpoint_res, "generator_channels_last": not args.nchw,
             "input_clip_model": ("tiny (separate)" if args.tiny and args.input_clip_model != "same"
                                  else args.input_clip_model), "text_lr": args.text_lr, "tiny": args.tiny,
             "ddp": is_ddp, "broadcast_buffers": bool(args.broadcast_buffers), "bucket_cap_mb": args.bucket_cap_mb,

@@ -58,13 +58,13 @@ memory() {
     timeout 100 python bench/bench_ddp_animator.py --res 1024 --batch 4 --steps 5 --warmup 2 --no-lpips \
       --checkpoint-res "$res" 2>&1 | grep -E "step ms \(|backward ms|peak memory|rror"
   done
-  echo "== generator blocks >= 256 px recomputed, fp16 blocks channels-last, profiled"
+  echo "== generator blocks >= 256 px recomputed, fp16 blocks NCHW, profiled"
   timeout 100 python bench/bench_ddp_animator.py --res 1024 --batch 4 --steps 5 --warmup 2 --no-lpips \
-    --checkpoint-res 256 --channels-last --profile 2 2>&1 | grep -E "step ms \(|backward ms|peak memory|^profile|rror"
+    --checkpoint-res 256 --nchw --profile 2 2>&1 | grep -E "step ms \(|backward ms|peak memory|^profile|rror"
   timeout 120 python bench/bench_animate_gpu.py --res 1024 --videos 1 4 --precision fp16 --iters 5 --cuda-graphs \
     2>&1 | quiet | grep -E "^\||^#"
   timeout 120 python bench/bench_animate_gpu.py --res 1024 --videos 1 4 --precision fp16 --iters 5 --cuda-graphs \
-    --channels-last 2>&1 | quiet | grep -E "^\| 1024"
+    --nchw 2>&1 | quiet | grep -E "^\| 1024"
 }
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

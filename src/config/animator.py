@@ -43,7 +43,7 @@ class AnimatorTrainConfig:
     lpips_size: Optional[int] = 224    # LPIPS computed at 224 px (paper)
     generator_checkpoint_res: int = 0  # the frozen generator's blocks at >= this resolution run again in the
     #                                    backward instead of keeping their activations (0: off): less memory
-    generator_channels_last: bool = False  # GPU: channels-last activations in the generator's fp16 blocks
+    generator_channels_last: bool = True   # GPU: channels-last activations in the generator's fp16 blocks
     lpips_path: Optional[str] = None   # LPIPS weights file/folder; null: $LGFA_LPIPS_DIR or ~/.cache/lgfa/lpips
     init_checkpoint: Optional[str] = None  # warm start (fine-tuning): an animator file of this architecture
     export_path: Optional[str] = None  # where fit's end writes the file animate.py reads (null: nowhere)

@@ -90,7 +90,7 @@ class AnimateConfig:
     projection_steps: int = 300
     device: str = "cpu"
     cuda_graphs: bool = False         # GPU only: replay CUDA graphs of the generator and the recurrence
-    channels_last: bool = False       # GPU only: channels-last activations in the generator's fp16 blocks
+    channels_last: bool = True        # GPU only: channels-last activations in the generator's fp16 blocks
     save_latent: Optional[str] = None  # also save the face's W+ latent (.npy)
     diverse: Optional[int] = None     # animate this many new faces near the average face: a grid video + sheet
     list_prompts: bool = False        # print the checkpoint's concepts and exit

@@ -100,7 +100,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         overrides: Optional[Mapping[str, Any]] = None, hash_check: Optional[str] = None,
-                        cuda_graphs: bool = False, channels_last: bool = False,
+                        cuda_graphs: bool = False, channels_last: bool = True,
                         **modules: nn.Module) -> "FaceAnimator":
         """Build from an animator file (an export or a training checkpoint).
 

@@ -188,13 +188,21 @@ def modulated_conv2d_deferred(x: torch.Tensor, weight: torch.Tensor, styles: tor
         # sum_{i,k} (w s)^2 = (s^2) @ (sum_k w^2)^T: no [N, O, I, k, k] tensor needed. fp32 always.
         dcoefs = (styles.float().square() @ weight.float().square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
 
-    if kh == 1 and kw == 1 and up == 1 and padding == 0 and x.is_contiguous():
-        # 1x1 (ToRGB): per-sample weights [N, O, I] and one batched GEMM, a single pass over x.
+    if kh == 1 and kw == 1 and up == 1 and padding == 0:
+        # 1x1 (ToRGB): per-sample weights [N, O, I] and one batched GEMM, a single pass over x
+        # (no x * styles pass); a channels-last x is read in place as [N, H*W, I] rows.
         w = weight[:, :, 0, 0].unsqueeze(0) * styles.reshape(n, 1, -1)
         if dcoefs is not None:
             w = w * dcoefs.reshape(n, -1, 1)
-        y = torch.bmm(w.to(x.dtype), x.reshape(n, in_ch, -1)).reshape(n, out_ch, *x.shape[2:])
-        return (y + noise.to(x.dtype) if noise is not None else y), None, None
+        w = w.to(x.dtype)
+        height, width = x.shape[2:]
+        if x.is_contiguous():
+            y = torch.bmm(w, x.reshape(n, in_ch, -1)).reshape(n, out_ch, height, width)
+            return (y + noise.to(x.dtype) if noise is not None else y), None, None
+        if x.is_contiguous(memory_format=torch.channels_last):
+            rows = x.permute(0, 2, 3, 1).reshape(n, height * width, in_ch)
+            y = torch.bmm(rows, w.transpose(1, 2)).reshape(n, height, width, out_ch).permute(0, 3, 1, 2)
+            return (y + noise.to(x.dtype) if noise is not None else y), None, None
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
