@@ -254,7 +254,7 @@ def test_help_shows_every_key_and_list_prompts_the_trained_concepts(exported, ca
     assert animate.main(["--help"]) == 0
     shown = capsys.readouterr().out
     for key in ("text=", "frames=16", "seed=null", "strength=1.0", "decay=linear", "output=animation.mp4",
-                "list_prompts=false", "identity_projection=null", "cuda_graphs=false", "channels_last=false"):
+                "list_prompts=false", "identity_projection=null", "cuda_graphs=false", "channels_last=true"):
         assert key in shown, key
     assert "frames per motion" in shown and "GPU only" in shown  # the meaning, not only the default
     assert animate.main([f"checkpoint={exported['path']}", "list_prompts=true"]) == 0
