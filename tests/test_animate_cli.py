@@ -281,10 +281,10 @@ def test_cuda_graphs_reach_the_pipeline_on_a_gpu_only(exported, tmp_path, monkey
     monkeypatch.setattr(cli, "parse_device", torch.device)
     monkeypatch.setattr(FaceAnimator, "from_pretrained", spy)
     rc = animate.main([f"checkpoint={exported['path']}", f"device={device}", f"output={tmp_path / 'o.gif'}", *args])
-    assert rc == 2 and seen == {"device": torch.device(device), "cuda_graphs": graphs, "channels_last": False}
+    assert rc == 2 and seen == {"device": torch.device(device), "cuda_graphs": graphs, "channels_last": True}
     rc = animate.main([f"checkpoint={exported['path']}", f"device={device}", f"output={tmp_path / 'o.gif'}",
-                       "channels_last=true"])
-    assert rc == 2 and seen["channels_last"] is True  # the pipeline applies it to CUDA tensors only
+                       "channels_last=false"])
+    assert rc == 2 and seen["channels_last"] is False  # the default (True) applies to CUDA tensors only
 
 
 def test_a_latent_far_from_the_generator_gets_one_warning_line(exported, tmp_path, capsys):
