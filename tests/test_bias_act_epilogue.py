@@ -136,21 +136,20 @@ def test_bad_epilogue_inputs():
 # ---------------------------------------------------------------------------------------------
 
 class _FakeEpiloguePlugin:
-    """bias_act_epilogue(x, b, s, a, q, act, alpha, gain, clamp) as the C++ entry checks and computes it
+    """bias_act_epilogue(x, b, s, a, act, alpha, gain, clamp) as the C++ entry checks and computes it
     (in float64, as a stand-in for the kernel's op-math); bias_act(...) order 0 only."""
 
     def __init__(self):
         self.calls = []
 
-    def bias_act_epilogue(self, x, b, s, a, q, act_idx, alpha, gain, clamp):
-        self.calls.append("epilogue" if q.numel() == 0 else "epilogue+post")
+    def bias_act_epilogue(self, x, b, s, a, act_idx, alpha, gain, clamp):
+        self.calls.append("epilogue")
         n, c = x.shape[:2]
         inner = x[0, 0].numel()
         nhwc = is_channels_last(x)  # the kernel's contract: NCHW rows, or channels-last with any addend strides
         assert x.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-        for t in (b, s, a, q):
+        for t in (b, s, a):
             assert t.dtype == x.dtype and (t.is_contiguous() or (nhwc and t is a))
-        assert q.numel() == 0 or (nhwc and tuple(q.shape) == (n, c))  # the multiplier: channels-last only
         assert b.numel() == 0 or tuple(b.shape) == (c,)
         assert s.numel() == 0 or tuple(s.shape) == (n, c)
         assert a.numel() == 0 or (a.ndim == 3 and a.shape[0] in (1, n) and a.shape[1] in (1, c)
@@ -165,8 +164,6 @@ class _FakeEpiloguePlugin:
         act = next(k for k, v in ba.ACTIVATIONS.items() if v.cuda_idx == act_idx)
         out = ba._act_ref(z, act, alpha) * gain
         out = out.clamp(-clamp, clamp) if clamp >= 0 else out
-        if q.numel():
-            out = out * q.double()[:, :, None]
         return out.reshape(x.shape).to(x.dtype, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
     def bias_act(self, x, b, g, dim, act_idx, order, alpha, gain, clamp):
@@ -231,57 +228,6 @@ def test_cuda_path_under_grad_falls_back_to_addcmul_then_bias_act(fake_plugin, n
     ref = ba.bias_act(inputs["x"], inputs["b"], act="lrelu", scale=inputs["scale"], addend=inputs["addend"],
                       impl="ref")
     torch.testing.assert_close(y, ref)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_post_multiplier_goes_to_the_kernel_for_channels_last_only(fake_plugin, dtype):
-    """post (the next layer's styles): one fused call for a channels-last x; an NCHW x gets the
-    epilogue kernel, then y * post; under grad the ref's formula; all equal the reference."""
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 8, 4, 3, generator=g).to(dtype)
-    b, s, q, a = torch.randn(8, generator=g), torch.rand(2, 8, generator=g) + 0.5, torch.randn(2, 8, generator=g), \
-        torch.randn(4, 3, generator=g)
-    ref = ba.bias_act(x, b, act="lrelu", clamp=0.7, scale=s, addend=a, impl="ref") * q.to(dtype)[:, :, None, None]
-    tol = dict(atol=4e-3, rtol=4e-3) if dtype == torch.float16 else {}
-    for xx, calls in ((x.to(memory_format=torch.channels_last), ["epilogue+post"]), (x, ["epilogue"])):
-        fake_plugin.calls.clear()
-        with torch.no_grad():
-            y = ba.bias_act(xx, b, act="lrelu", clamp=0.7, scale=s, addend=a, post=q)
-        assert fake_plugin.calls == calls
-        torch.testing.assert_close(y, ref, **tol)
-    fake_plugin.calls.clear()
-    qg = q.clone().requires_grad_()
-    y = ba.bias_act(x.to(memory_format=torch.channels_last), b, act="lrelu", clamp=0.7, scale=s, addend=a, post=qg)
-    assert [c[:2] for c in fake_plugin.calls] == [("bias_act", 0)] and y.requires_grad
-    torch.testing.assert_close(y.detach(), ref, **tol)
-    with pytest.raises(UserError, match="post must be a floating-point tensor of shape"):
-        ba.bias_act(x, b, post=torch.ones(8))
-
-
-@pytest.mark.parametrize("fp16", [False, True])
-def test_folded_styles_give_the_official_images(monkeypatch, fp16):
-    """conv0 scaling its output by conv1's input styles (what the GPU's no-grad channels-last path
-    does, forced here on a CPU) gives the images of the unfolded layers exactly: the same products
-    in the same dtype."""
-    import src.stylegan.synthesis as synthesis
-
-    if fp16:
-        monkeypatch.setattr(layers, "FP16_DEVICE_TYPES", {"cuda", "cpu"})
-    G = tiny_generator(res=16, num_fp16_res=2 if fp16 else 0, conv_clamp=256 if fp16 else None)
-    ws = G.mapping(torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(8)), None).detach()
-    posts = []
-    hook = G.synthesis.b16.conv0.register_forward_pre_hook(
-        lambda m, args, kwargs: posts.append(kwargs.get("post")), with_kwargs=True)
-    with torch.no_grad():
-        plain = _synth(G, ws, "const", False)
-        monkeypatch.setattr(synthesis, "fold_styles", lambda x, fused: not fused)
-        folded = _synth(G, ws, "const", False)
-        fused = _synth(G, ws, "const", True)  # the grouped conv path never folds
-    hook.remove()
-    assert posts[0] is None and posts[1] is not None and tuple(posts[1].shape) == (3, G.synthesis.b16.conv1.in_channels)
-    assert posts[2] is None
-    assert torch.equal(folded, plain)
-    assert not torch.equal(fused, torch.zeros_like(fused))
 
 
 # ---------------------------------------------------------------------------------------------

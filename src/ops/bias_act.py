@@ -4,17 +4,14 @@
 
 or, with the optional modulated-conv epilogue (x [N, C, *spatial], dim=1):
 
-    y = clamp(act(x * scale[n, c] + addend + b) * gain, -clamp, clamp) * post[n, c]
-
-(``post``: the next modulated conv's styles, which would otherwise scale y in a pass of their own).
+    y = clamp(act(x * scale[n, c] + addend + b) * gain, -clamp, clamp)
 
 ``b`` (shape [x.shape[dim]]) is broadcast along ``dim``. ``gain=None`` uses the activation's
 default gain, ``alpha=None`` its default alpha (only lrelu uses alpha). ``clamp=None`` or a
 negative value disables clamping. Both implementations support autograd incl. double backward
 (R1 / path-length regularisation); the CUDA one supports at most second order. With ``scale`` /
 ``addend`` the CUDA path fuses them into one forward kernel when no gradient is needed, and
-otherwise applies them with ``torch.addcmul`` before the differentiable fused kernel (and ``post``
-after it); the fused kernel takes ``post`` for a channels-last x.
+otherwise applies them with ``torch.addcmul`` before the differentiable fused kernel.
 
 Memory format: a channels-last (NHWC) 4-D x with ``dim=1`` is read in place by the CUDA kernels,
 and y and the gradients keep that format (the reference keeps it through its elementwise ops).
@@ -86,22 +83,20 @@ def _describe(t) -> str:
     return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _check_epilogue(x, dim, scale, addend, post=None) -> None:
-    """UserError unless scale, post [N, C] / addend ([*spatial], [1|N, 1|C, *spatial]) fit x [N, C, *spatial]."""
-    if scale is None and addend is None and post is None:
+def _check_epilogue(x, dim, scale, addend) -> None:
+    """UserError unless scale [N, C] / addend ([*spatial], [1|N, 1|C, *spatial]) fit x [N, C, *spatial]."""
+    if scale is None and addend is None:
         return
     if x.ndim < 2 or dim != 1:
-        raise UserError(f"bias_act: scale/addend/post need x of shape [N, C, *spatial] with dim=1, got x "
+        raise UserError(f"bias_act: scale/addend need x of shape [N, C, *spatial] with dim=1, got x "
                         f"{tuple(x.shape)} and dim={dim}")
     n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
-    for name, t in (("scale", scale), ("post", post)):
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != (n, c):
-            raise UserError(f"bias_act: {name} must be a floating-point tensor of shape [{n}, {c}] (x.shape[:2]), "
-                            f"got {_describe(t)}")
-        if t.device != x.device:
-            raise UserError(f"bias_act: {name} is on {t.device} but x is on {x.device}")
+    if scale is not None:
+        if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() or tuple(scale.shape) != (n, c):
+            raise UserError(f"bias_act: scale must be a floating-point tensor of shape [{n}, {c}] (x.shape[:2]), "
+                            f"got {_describe(scale)}")
+        if scale.device != x.device:
+            raise UserError(f"bias_act: scale is on {scale.device} but x is on {x.device}")
     if addend is not None:
         ok = isinstance(addend, torch.Tensor) and addend.is_floating_point() and (
             tuple(addend.shape) == spatial
@@ -127,13 +122,6 @@ def _apply_epilogue_ref(x, scale, addend):
     if addend is not None:
         return x + addend.to(x.dtype)
     return x
-
-
-def _apply_post(y, post):
-    """y * post[n, c] in y.dtype, as the next modulated conv scales its input. y [N, C, *spatial]."""
-    if post is None:
-        return y
-    return y * post.to(y.dtype).reshape(*post.shape, *([1] * (y.ndim - 2)))
 
 
 def _act_ref(z: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
@@ -175,9 +163,8 @@ def _bias_act_ref(x, b, dim, act, alpha, gain, clamp):
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = "linear",
              alpha: Optional[float] = None, gain: Optional[float] = None,
              clamp: Optional[float] = None, impl: str = "auto", *,
-             scale: Optional[torch.Tensor] = None, addend: Optional[torch.Tensor] = None,
-             post: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Fused ``clamp(act(x * scale + addend + b) * gain) * post`` (scale / addend / post optional).
+             scale: Optional[torch.Tensor] = None, addend: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused ``clamp(act(x * scale + addend + b) * gain)`` (scale / addend optional).
 
     Args:
         x: [..., C, ...] floating tensor (any rank); ``C = x.shape[dim]``.
@@ -193,29 +180,23 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
         addend: optional [*spatial], [1|N, 1|C, *spatial] tensor added after scaling and before
             the bias (the per-pixel noise). Both are cast to x.dtype, as ``torch.addcmul(addend,
             x, scale)`` in x.dtype would be.
-        post: optional per-sample, per-channel multiplier [N, C] of the result (cast to x.dtype),
-            applied last: the styles of the modulated conv that reads y next.
     Returns:
         y with the shape and dtype of x.
     """
     dim, spec, alpha, gain, clamp = _resolve_params(x, b, dim, act, alpha, gain, clamp)
-    _check_epilogue(x, dim, scale, addend, post)
-    plugin = policy.resolve(impl, x, b, scale, addend, post)
+    _check_epilogue(x, dim, scale, addend)
+    plugin = policy.resolve(impl, x, b, scale, addend)
     if plugin is None or x.dtype not in _CUDA_DTYPES or x.numel() == 0:
-        return _apply_post(_bias_act_ref(_apply_epilogue_ref(x, scale, addend), b, dim, act, alpha, gain, clamp), post)
-    if scale is None and addend is None and post is None:
+        return _bias_act_ref(_apply_epilogue_ref(x, scale, addend), b, dim, act, alpha, gain, clamp)
+    if scale is None and addend is None:
         return _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp)
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, b, scale, addend, post))
+        t is not None and t.requires_grad for t in (x, b, scale, addend))
     if needs_grad:
         # Training / regularisation: the autograd graph of the unfused formula (addcmul, then the
-        # differentiable bias_act kernel, then y * post), so backward and double backward are the ref's.
-        y = _bias_act_cuda(plugin, _apply_epilogue_ref(x, scale, addend), b, dim, spec, alpha, gain, clamp)
-        return _apply_post(y, post)
-    if post is not None and _kernel_format(x, 1) != torch.channels_last:
-        # the kernel multiplies by post in its channels-last form only
-        return _apply_post(_bias_act_epilogue_cuda(plugin, x, b, scale, addend, None, spec, alpha, gain, clamp), post)
-    return _bias_act_epilogue_cuda(plugin, x, b, scale, addend, post, spec, alpha, gain, clamp)
+        # differentiable bias_act kernel), so backward and double backward are those of the ref.
+        return _bias_act_cuda(plugin, _apply_epilogue_ref(x, scale, addend), b, dim, spec, alpha, gain, clamp)
+    return _bias_act_epilogue_cuda(plugin, x, b, scale, addend, spec, alpha, gain, clamp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,10 +300,10 @@ def _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp):
     return _BiasActCuda.apply(x, b, c)
 
 
-def _bias_act_epilogue_cuda(plugin, x, b, scale, addend, post, spec, alpha, gain, clamp):
+def _bias_act_epilogue_cuda(plugin, x, b, scale, addend, spec, alpha, gain, clamp):
     """Forward-only fused kernel: x [N, C, *spatial], scale [N, C] or None, addend [*spatial] or
-    [1|N, 1|C, *spatial] or None, post [N, C] or None (channels-last x only) -> y [N, C, *spatial]
-    (x.dtype, contiguous or channels-last as x). No autograd graph."""
+    [1|N, 1|C, *spatial] or None -> y [N, C, *spatial] (x.dtype, contiguous or channels-last as x).
+    No autograd graph."""
     if b is not None and b.dtype not in _CUDA_DTYPES:
         raise UserError(f"bias_act: unsupported bias dtype {b.dtype}")
     fmt = _kernel_format(x, 1)
@@ -334,11 +315,10 @@ def _bias_act_epilogue_cuda(plugin, x, b, scale, addend, post, spec, alpha, gain
     shape_addend = (lambda t: t) if fmt == torch.channels_last else (lambda t: t.contiguous())
     bb = b.to(x.dtype).contiguous() if b is not None else empty
     ss = scale.to(x.dtype).contiguous() if scale is not None else empty
-    qq = post.to(x.dtype).contiguous() if post is not None else empty
     if addend is None:
         aa = empty
     elif addend.ndim == x.ndim:
         aa = shape_addend(addend.to(x.dtype).reshape(addend.shape[0], addend.shape[1], -1))
     else:  # [*spatial]: one map for every sample and channel
         aa = shape_addend(addend.to(x.dtype).reshape(1, 1, -1))
-    return plugin.bias_act_epilogue(x, bb, ss, aa, qq, spec.cuda_idx, alpha, gain, clamp)
+    return plugin.bias_act_epilogue(x, bb, ss, aa, spec.cuda_idx, alpha, gain, clamp)

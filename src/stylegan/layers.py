@@ -159,28 +159,17 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     return x
 
 
-def modulation_styles(styles: torch.Tensor, dtype: torch.dtype, demodulate: bool = True) -> torch.Tensor:
-    """The styles [N, I] a modulated conv scales an input of ``dtype`` by: in fp16 with demodulation,
-    divided by their largest magnitude per sample (demodulation cancels the factor; the activations
-    stay in fp16's range). Applying it twice changes nothing, so a caller may scale x by them
-    beforehand (``modulated_conv2d_deferred(..., prescaled=True)``)."""
-    if dtype == torch.float16 and demodulate:
-        return styles / styles.abs().amax(dim=1, keepdim=True)
-    return styles
-
-
 def modulated_conv2d_deferred(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
                               noise: Optional[torch.Tensor] = None, up: int = 1, padding: int = 0,
                               resample_filter: Optional[torch.Tensor] = None, demodulate: bool = True,
-                              fused_modconv: bool = False, prescaled: bool = False):
+                              fused_modconv: bool = False):
     """``modulated_conv2d`` with the epilogue of the non-fused demodulated path left undone.
 
     That path's last step, ``addcmul(noise, y, dcoefs)``, would read and write the largest
     activations once more; returning its operands lets SynthesisLayer hand them to bias_act,
     whose CUDA kernel applies them in the same pass as bias + lrelu + clamp.
 
-    Args: as modulated_conv2d; prescaled: x already holds x * modulation_styles(styles, x.dtype)
-        (the previous layer's epilogue applied them), so the non-fused path skips that pass.
+    Args: as modulated_conv2d.
     Returns:
         (y, dcoefs, noise): y [N, O, H*up, W*up] in x.dtype; dcoefs [N, O] fp32 and noise (as given)
         are None when already applied to y (fused and 1x1 paths, no demodulation) or absent. The
@@ -189,13 +178,11 @@ def modulated_conv2d_deferred(x: torch.Tensor, weight: torch.Tensor, styles: tor
     """
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
-    if prescaled and (fused_modconv or (kh == 1 and kw == 1 and up == 1 and padding == 0)):
-        raise ValueError("modulated_conv2d_deferred: prescaled applies to the non-fused 3x3 path only")
     if x.dtype == torch.float16 and demodulate:
         # fp16: bring weights and styles to O(1) before they meet the activations; demodulation is
         # invariant to both scalings (up to eps), so only overflow is avoided.
         weight = weight * (1.0 / math.sqrt(in_ch * kh * kw)) / weight.abs().amax(dim=[1, 2, 3], keepdim=True)
-    styles = modulation_styles(styles, x.dtype, demodulate)
+        styles = styles / styles.abs().amax(dim=1, keepdim=True)
     dcoefs = None
     if demodulate:
         # sum_{i,k} (w s)^2 = (s^2) @ (sum_k w^2)^T: no [N, O, I, k, k] tensor needed. fp32 always.
@@ -218,8 +205,7 @@ def modulated_conv2d_deferred(x: torch.Tensor, weight: torch.Tensor, styles: tor
             return (y + noise.to(x.dtype) if noise is not None else y), None, None
 
     if not fused_modconv:
-        if not prescaled:
-            x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+        x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up=up, padding=padding)
         if dcoefs is not None:
             return x, dcoefs, noise  # the caller applies them (modulated_conv2d / bias_act)

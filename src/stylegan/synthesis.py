@@ -19,18 +19,10 @@ from src.ops import bias_act, upfirdn2d
 from src.stylegan import layers
 from src.stylegan.layers import (ACT_GAIN, Conv2dLayer, FullyConnectedLayer, check_activation, check_choice,
                                  check_keys, log2_resolution, modulated_conv2d, modulated_conv2d_deferred,
-                                 modulation_styles, positive_int)
+                                 positive_int)
 from src.utils.errors import UserError
 
 NOISE_MODES = ("random", "const", "none")
-
-
-def fold_styles(x: torch.Tensor, fused_modconv: bool) -> bool:
-    """Whether a block's conv0 scales its output by conv1's input styles in its own epilogue: where
-    bias_act's fused channels-last kernel takes them (CUDA, no autograd graph), saving conv1 a pass
-    over its input; elsewhere the layers run as the official ones (the same values either way)."""
-    return (not fused_modconv and x.is_cuda and not torch.is_grad_enabled()
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 G_ARCHITECTURES = ("orig", "skip", "resnet")
 
 
@@ -66,15 +58,8 @@ class SynthesisLayer(torch.nn.Module):
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
 
-    def input_styles(self, w, dtype):
-        """[N, I]: what this layer's non-fused path scales its input of ``dtype`` by."""
-        return modulation_styles(self.affine(w), dtype)
-
-    def forward(self, x, w, noise_mode="random", fused_modconv=False, gain=1, styles=None, post=None):
-        """styles: ``input_styles(w, x.dtype)`` already applied to x (by the previous layer's
-        ``post``); post [N, out]: multiply the output by the next layer's input styles."""
-        prescaled = styles is not None
-        styles = self.affine(w) if styles is None else styles
+    def forward(self, x, w, noise_mode="random", fused_modconv=False, gain=1):
+        styles = self.affine(w)
         noise = None
         if self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) \
@@ -85,10 +70,10 @@ class SynthesisLayer(torch.nn.Module):
         # epilogue (one pass over the conv output instead of two), with the maths of modulated_conv2d.
         x, dcoefs, noise = modulated_conv2d_deferred(
             x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-            resample_filter=self.resample_filter, demodulate=True, fused_modconv=fused_modconv, prescaled=prescaled)
+            resample_filter=self.resample_filter, demodulate=True, fused_modconv=fused_modconv)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain,
-                                 clamp=act_clamp, scale=dcoefs, addend=noise, post=post)
+                                 clamp=act_clamp, scale=dcoefs, addend=noise)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, resolution={self.resolution}, "
@@ -174,16 +159,16 @@ class SynthesisBlock(torch.nn.Module):
         if self.in_channels == 0:
             x = self.const.to(dtype=dtype).unsqueeze(0).expand(n, -1, -1, -1).contiguous(memory_format=memory_format)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+        elif self.architecture == "resnet":
+            x = x.to(dtype=dtype, memory_format=memory_format)
+            y = self.skip(x, gain=math.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv, gain=math.sqrt(0.5))
+            x = y.add_(x)
         else:
             x = x.to(dtype=dtype, memory_format=memory_format)
-            y = self.skip(x, gain=math.sqrt(0.5)) if self.architecture == "resnet" else None
-            w0, w1 = next(w_iter), next(w_iter)
-            s1 = self.conv1.input_styles(w1, dtype) if fold_styles(x, fused_modconv) else None
-            x = self.conv0(x, w0, noise_mode=noise_mode, fused_modconv=fused_modconv,
-                           **({} if s1 is None else {"post": s1}))
-            x = self.conv1(x, w1, noise_mode=noise_mode, fused_modconv=fused_modconv,
-                           gain=math.sqrt(0.5) if y is not None else 1, **({} if s1 is None else {"styles": s1}))
-            x = y.add_(x) if y is not None else x
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
         if img is not None:
             img = upfirdn2d.upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":

@@ -9,9 +9,7 @@
 // Forward-only epilogue variant (bias_act_epilogue_cuda, used by the generator's modulated conv
 // under no_grad): z = x * s[n, c] + a[n?, c?, j] + b[c] for x [N, C, *spatial], so the
 // demodulation scale and the noise are applied in the same pass over x as the bias and activation
-// (a separate addcmul would read and write the largest activations once more). For a channels-last
-// x it can also multiply the result by q[n, c], the next modulated conv's styles (y * q would be
-// another pass over the same activations).
+// (a separate addcmul would read and write the largest activations once more).
 //
 // A channels-last 4-D x with the bias along dim 1 goes to bias_act_nhwc.cu (same maths, layout
 // kept), any other x to bias_act_nchw.cu. This file checks the arguments and picks between them.
@@ -53,8 +51,8 @@ void bias_act_epilogue_nchw_cuda(const at::Tensor& x, const at::Tensor& b, at::T
                                  const at::Tensor& a, int64_t a_sn, int64_t a_sc, int64_t C, int64_t inner,
                                  int64_t act, double alpha, double gain, double clamp);
 void bias_act_nhwc_cuda(const at::Tensor& x, const at::Tensor& b, const at::Tensor& g, at::Tensor& y,
-                        const at::Tensor& s, const at::Tensor& a, const at::Tensor& q, int64_t act,
-                        int64_t order, double alpha, double gain, double clamp);
+                        const at::Tensor& s, const at::Tensor& a, int64_t act, int64_t order,
+                        double alpha, double gain, double clamp);
 
 at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
                             int64_t act, int64_t order, double alpha, double gain, double clamp) {
@@ -78,8 +76,7 @@ at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
   at::Tensor y = at::empty_like(x);  // keeps x's memory format
   if (x.numel() == 0) return y;
   if (nhwc) {
-    bias_act_nhwc_cuda(x, has_b ? b : at::Tensor(), g, y, at::Tensor(), at::Tensor(), at::Tensor(), act, order,
-                       alpha, gain, clamp);
+    bias_act_nhwc_cuda(x, has_b ? b : at::Tensor(), g, y, at::Tensor(), at::Tensor(), act, order, alpha, gain, clamp);
     return y;
   }
   int64_t inner = 1;
@@ -88,7 +85,7 @@ at::Tensor bias_act_cuda(at::Tensor x, at::Tensor b, at::Tensor g, int64_t dim,
   return y;
 }
 
-at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::Tensor a, at::Tensor q,
+at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::Tensor a,
                                   int64_t act, double alpha, double gain, double clamp) {
   TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
   const bool nhwc = channels_last_4d(x);
@@ -102,7 +99,6 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
   const bool has_b = b.defined() && b.numel() > 0;
   const bool has_s = s.defined() && s.numel() > 0;
   const bool has_a = a.defined() && a.numel() > 0;
-  const bool has_q = q.defined() && q.numel() > 0;
   if (has_b) check_bias(x, b, C);
   int64_t a_sn = 0, a_sc = 0;  // elements between the addend's samples / channels (0: broadcast)
   if (has_s) {
@@ -111,14 +107,6 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
                 "bias_act: scale must have shape [N, C] = x.shape[:2]");
     TORCH_CHECK(s.scalar_type() == x.scalar_type(), "bias_act: scale must have x's dtype");
     TORCH_CHECK(s.is_contiguous(), "bias_act: scale must be contiguous");
-  }
-  if (has_q) {
-    TORCH_CHECK(nhwc, "bias_act: the output multiplier needs a channels-last x");
-    TORCH_CHECK(q.is_cuda() && q.device() == x.device(), "bias_act: the output multiplier must be on x's device");
-    TORCH_CHECK(q.dim() == 2 && q.size(0) == N && q.size(1) == C,
-                "bias_act: the output multiplier must have shape [N, C] = x.shape[:2]");
-    TORCH_CHECK(q.scalar_type() == x.scalar_type(), "bias_act: the output multiplier must have x's dtype");
-    TORCH_CHECK(q.is_contiguous(), "bias_act: the output multiplier must be contiguous");
   }
   if (has_a) {
     TORCH_CHECK(a.is_cuda() && a.device() == x.device(), "bias_act: addend must be on x's device");
@@ -135,7 +123,7 @@ at::Tensor bias_act_epilogue_cuda(at::Tensor x, at::Tensor b, at::Tensor s, at::
   if (x.numel() == 0) return y;
   if (nhwc) {
     bias_act_nhwc_cuda(x, has_b ? b : at::Tensor(), at::Tensor(), y, has_s ? s : at::Tensor(),
-                       has_a ? a : at::Tensor(), has_q ? q : at::Tensor(), act, 0, alpha, gain, clamp);
+                       has_a ? a : at::Tensor(), act, 0, alpha, gain, clamp);
     return y;
   }
   bias_act_epilogue_nchw_cuda(x, has_b ? b : at::Tensor(), y, has_s ? s : at::Tensor(), has_a ? a : at::Tensor(),

@@ -10,8 +10,6 @@
 // Epilogue operands: scale s [N, C] (contiguous, read as one vector per pixel and group) and the
 // addend a viewed as [1|N, 1|C, H*W] with element strides (a_sn, a_sc, a_sp), 0 over broadcast
 // dimensions; an addend broadcast over channels (the generator's noise) is one load per vector.
-// The epilogue may also multiply the result by q [N, C] (the next modulated conv's styles, read as
-// s is): y = clamp(act(x * s + a + b) * gain) * q, so that layer needs no pass of its own.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -34,7 +32,6 @@ struct NhwcArgs {
   T* y;
   const T* s;   // [N, C] or nullptr (EPI)
   const T* a;   // addend base or nullptr (EPI)
-  const T* q;   // [N, C] output multiplier or nullptr (EPI)
   int64_t a_sn, a_sc, a_sp;
   int64_t P;    // pixels N * H * W
   int C;
@@ -76,12 +73,11 @@ __global__ void __launch_bounds__(kThreads) bias_act_nhwc_kernel(
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t px = p0 + u * sweep;
       if (px >= p.P) break;
-      A scale[V], add[V], post[V];
+      A scale[V], add[V];
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         scale[k] = A(1);
         add[k] = A(0);
-        post[k] = A(1);
       }
       if constexpr (EPI) {
         const unsigned n = (unsigned)px / p.HW, pix = (unsigned)px - n * p.HW;
@@ -89,11 +85,6 @@ __global__ void __launch_bounds__(kThreads) bias_act_nhwc_kernel(
           const Vec sv = *reinterpret_cast<const Vec*>(p.s + (int64_t)n * p.C + c0);
 #pragma unroll
           for (int k = 0; k < V; ++k) scale[k] = static_cast<A>(sv.v[k]);
-        }
-        if (p.q != nullptr) {
-          const Vec qv = *reinterpret_cast<const Vec*>(p.q + (int64_t)n * p.C + c0);
-#pragma unroll
-          for (int k = 0; k < V; ++k) post[k] = static_cast<A>(qv.v[k]);
         }
         if (p.a != nullptr) {
           const T* ap = p.a + n * p.a_sn + pix * p.a_sp;
@@ -113,9 +104,7 @@ __global__ void __launch_bounds__(kThreads) bias_act_nhwc_kernel(
         A z = static_cast<A>(xin[u].v[k]);
         if constexpr (EPI) z = z * scale[k] + add[k];  // the NCHW kernel's order: scale, addend, bias
         const A gk = ORDER > 0 ? static_cast<A>(gin[u].v[k]) : A(0);
-        A v = bias_act_elem<ACT, ORDER, A>(z + bias[k], gk, alpha, gain, clamp);
-        if constexpr (EPI) v = v * post[k];
-        out.v[k] = static_cast<T>(v);
+        out.v[k] = static_cast<T>(bias_act_elem<ACT, ORDER, A>(z + bias[k], gk, alpha, gain, clamp));
       }
       *reinterpret_cast<Vec*>(p.y + px * p.C + c0) = out;
     }
@@ -129,7 +118,7 @@ void launch_nhwc(const NhwcArgs<T>& args, int device, double alpha, double gain,
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   const bool vec = args.C % V == 0 && aligned(args.x) && aligned(args.y) &&
                    (ORDER == 0 || aligned(args.g)) && (args.b == nullptr || aligned(args.b)) &&
-                   (!EPI || args.s == nullptr || aligned(args.s)) && (!EPI || args.q == nullptr || aligned(args.q));
+                   (!EPI || args.s == nullptr || aligned(args.s));
   const int v = vec ? V : 1;
   const int groups = args.C / v;
   int sms = 0;
@@ -153,7 +142,7 @@ template <typename T, int ACT>
 void dispatch_order_nhwc(int64_t order, bool epi, const NhwcArgs<T>& args, int device, double alpha,
                          double gain, double clamp) {
   if (epi) {
-    TORCH_CHECK(order == 0, "bias_act: the scale/addend/post epilogue is forward-only (order 0)");
+    TORCH_CHECK(order == 0, "bias_act: the scale/addend epilogue is forward-only (order 0)");
     launch_nhwc<T, ACT, 0, true>(args, device, alpha, gain, clamp);
   } else if (order == 0) {
     launch_nhwc<T, ACT, 0, false>(args, device, alpha, gain, clamp);
@@ -191,14 +180,14 @@ void dispatch_act_nhwc(int64_t act, int64_t order, bool epi, const NhwcArgs<T>& 
 }  // namespace
 
 // x, g (order > 0) and y: dense channels-last [N, C, H, W] of one dtype; b [C] contiguous or
-// undefined; s and q [N, C] contiguous or undefined; a [1|N, 1|C, H*W] (any strides) or undefined.
-// s, a or q defined selects the forward-only epilogue (order must be 0). Checked by the caller.
+// undefined; s [N, C] contiguous or undefined; a [1|N, 1|C, H*W] (any strides) or undefined.
+// s or a defined selects the forward-only epilogue (order must be 0). Checked by the caller.
 void bias_act_nhwc_cuda(const at::Tensor& x, const at::Tensor& b, const at::Tensor& g, at::Tensor& y,
-                        const at::Tensor& s, const at::Tensor& a, const at::Tensor& q, int64_t act,
-                        int64_t order, double alpha, double gain, double clamp) {
+                        const at::Tensor& s, const at::Tensor& a, int64_t act, int64_t order,
+                        double alpha, double gain, double clamp) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   TORCH_CHECK(N * HW < (1LL << 32) && C < (1LL << 30), "bias_act: tensor too large for the channels-last kernel");
-  const bool epi = s.defined() || a.defined() || q.defined();
+  const bool epi = s.defined() || a.defined();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_nhwc_cuda", [&] {
     NhwcArgs<scalar_t> args;
     args.x = x.data_ptr<scalar_t>();
@@ -207,7 +196,6 @@ void bias_act_nhwc_cuda(const at::Tensor& x, const at::Tensor& b, const at::Tens
     args.y = y.data_ptr<scalar_t>();
     args.s = s.defined() ? s.data_ptr<scalar_t>() : nullptr;
     args.a = a.defined() ? a.data_ptr<scalar_t>() : nullptr;
-    args.q = q.defined() ? q.data_ptr<scalar_t>() : nullptr;
     args.a_sn = a.defined() && a.size(0) > 1 ? a.stride(0) : 0;
     args.a_sc = a.defined() && a.size(1) > 1 ? a.stride(1) : 0;
     args.a_sp = a.defined() && a.size(2) > 1 ? a.stride(2) : 0;
