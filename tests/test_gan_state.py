@@ -247,3 +247,22 @@ def test_a_channels_last_run_exports_and_its_moments_take_the_layout_back(tmp_pa
         for p, v, q in pairs:
             assert v.stride() == p.stride()
             torch.testing.assert_close(v, saved.state[q]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_keep_replaces_the_kept_state_only_with_a_checked_one(runs, tmp_path, capsys):
+    came_back, kept = tmp_path / "came_back", tmp_path / "runs" / "gan"
+    manifest = _state(runs, came_back)
+    (came_back / "chunk.log").write_text("not part of the state")
+    assert gs.main(["keep", str(came_back), str(kept)]) == 0
+    assert "kept in" in capsys.readouterr().out
+    assert sorted(p.name for p in kept.iterdir()) == sorted([gs.MANIFEST] + [s["file"] for s in manifest["shards"]])
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    path = came_back / manifest["shards"][0]["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert gs.main(["keep", str(came_back), str(kept)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "corrupt shard" in err
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before  # the good state stays
+    assert not any(p.name.endswith((".new", ".old")) for p in kept.parent.iterdir())

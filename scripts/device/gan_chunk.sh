@@ -6,18 +6,20 @@
 # Prints the chunk's kimg, img/s and wall time; $OUT/chunk.log and $OUT/metrics.csv come back too
 # (7 files in all).
 #
-# First chunk (no state yet), as a device run from the repository root, timeout_s 600:
-#   bash scripts/device/gan_chunk.sh                                  carry [".whl"] (scripts/device/site.sh)
-# Every next chunk: put the files that came back from the last one into .carry/gan_state here,
-#   rm -rf .carry/gan_state && mkdir -p .carry/gan_state && cp <files_at>/gan_state/* .carry/gan_state/
-# and run the same command with carry [".whl", ".carry/gan_state"]. Keep a copy of each
-# chunk's state outside the repository: it is the run. The tree that travels must stay under
-# 64 MiB: the state is 56.8 MiB, so run from a checkout of the code alone (~1.3 MiB):
-#   bash scripts/device/travel.sh code   (before the run; `travel.sh all` after it)
+# The run's state lives in the repository, in runs/embedded_stylegan/ (the machines keep nothing, and
+# only what is committed outlasts a working session). First chunk (no state yet), as a device run
+# from the repository root, timeout_s 600, carry [".whl"] (scripts/device/site.sh):
+#   bash scripts/device/gan_chunk.sh
+# Keep what came back (checked first; a bad copy never replaces a good state), then commit it:
+#   python -m src.embedded.training.gan_state keep <files_at>/gan_state runs/embedded_stylegan
+# Every next chunk: the tree that travels must stay under 64 MiB and the state is 56.8 MiB, so send
+# the code alone (~1.3 MiB) with the state, and the same command reading it:
+#   bash scripts/device/travel.sh code runs/embedded_stylegan    (`travel.sh all` after the run)
+#   STATE_IN=runs/embedded_stylegan bash scripts/device/gan_chunk.sh
 # Without assets/ the validation FD uses the fixed random-feature net (the oracle is not there).
 #
 # Settings (environment): TRAIN_S seconds of training (default 450: with start-up, restore and
-# export the command ends within ~8.5 min), STATE_IN (.carry/gan_state), EXTRA= more overrides,
+# export the command ends within ~8.5 min), STATE_IN (default .carry/gan_state), EXTRA= more overrides,
 # HW=gpu, RUNS (work folder, default $TMPDIR/lgfa_gan). A CPU smoke run: HW=cpu TRAIN_S=30 EXTRA="..."
 set -u
 cd "$(dirname "$0")/../.."

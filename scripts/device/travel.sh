@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What a device run sends: the checkout's working tree (tracked and untracked-not-ignored files) plus
 # the carried paths, 64 MiB in all. The embedded assets alone are ~51 MiB, so a run that carries a
-# large state (a GAN chunk's 56.8 MiB, a text cache) needs a checkout of the code alone.
+# large state (a GAN chunk's 56.8 MiB, a text cache) needs a checkout of the code alone; the training
+# state kept in runs/ (docs/results/gan_training.md, "Training in chunks") never travels with the assets.
 #   bash scripts/device/travel.sh size [CARRY...]   MiB that would travel now, with these carried paths
 #   bash scripts/device/travel.sh code [PATH...]    sparse checkout: entry points, src/, conf/, scripts/,
-#                                                   bench/ and the extra PATHs (e.g. assets/oracle_synthetic.safetensors)
-#   bash scripts/device/travel.sh all               the whole checkout again
+#                                                   bench/ and the extra PATHs (e.g. runs/embedded_stylegan)
+#   bash scripts/device/travel.sh all               the whole checkout but runs/ (what every other run needs)
 # Run it from the checkout the device sends, with no edits in flight: `code` hides assets/, docs/ and
 # tests/ from the working tree (git keeps them; `all` brings them back).
 set -eu
@@ -30,7 +31,7 @@ case "${1:-size}" in
     git sparse-checkout set --no-cone '/*.py' '/*.txt' '/*.ini' '/*.md' '/src/' '/conf/' '/scripts/' '/bench/' "$@"
     size || true ;;
   all)
-    git sparse-checkout disable
+    git sparse-checkout set --no-cone '/*' '!/runs/'
     size || true ;;
   *) echo "usage: bash scripts/device/travel.sh size [CARRY...] | code [PATH...] | all" >&2; exit 2 ;;
 esac

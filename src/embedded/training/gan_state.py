@@ -5,7 +5,10 @@
     python -m src.embedded.training.gan_state export RUN/checkpoints/last.ckpt STATE_DIR [--shard-mib 16]
     python -m src.embedded.training.gan_state import STATE_DIR RUN/checkpoints/last.ckpt
     python -m src.embedded.training.gan_state info STATE_DIR
+    python -m src.embedded.training.gan_state keep STATE_DIR RUN_STATE_DIR   # checked, then replaces it
 
+``keep`` checks a state that came back from a chunk (every shard read and decoded) and only then
+replaces the run's kept state with it, whole: a bad copy never overwrites a good one.
 ``import`` writes a normal checkpoint: placed as a run folder's ``checkpoints/last.ckpt``, it is resumed
 by train.py with the same name= (src/systems/resume.py), counters, render stream and loader position
 included. Precision (the tensor's own dtype where a rule says "exact"):
@@ -41,8 +44,8 @@ from src.embedded.training.gan_state_check import (DTYPES, FORMAT, MANIFEST, MOM
 from src.utils.errors import UserError, exit_code
 from src.utils.io import atomic_write, atomic_write_text, together
 
-__all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "state_summary", "align_state_layouts",
-           "main"]
+__all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "keep_state", "state_summary",
+           "align_state_layouts", "main"]
 
 SHARD_MIB = 16
 EXACT_UP_TO = 4096              # tensors up to this many elements are kept exactly
@@ -256,6 +259,30 @@ def import_checkpoint(folder: str | Path, ckpt_path: str | Path) -> Path:
     return Path(ckpt_path)
 
 
+def keep_state(folder: str | Path, kept: str | Path) -> Path:
+    """Replace the state folder ``kept`` with the state in ``folder`` (its manifest and shards only),
+    after reading and decoding all of it; ``kept`` is swapped in whole (a copy beside it, renamed)."""
+    import shutil
+
+    folder, kept = Path(folder), Path(kept)
+    if folder.resolve() == kept.resolve():
+        raise UserError(f"{folder}: already the kept state")
+    read_state(folder)  # every shard's size, sha256, header and tensors
+    names = [MANIFEST] + [s["file"] for s in load_manifest(folder)["shards"]]
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    new, old = kept.with_name(kept.name + ".new"), kept.with_name(kept.name + ".old")
+    for stale in (new, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    new.mkdir()
+    for name in names:
+        shutil.copyfile(folder / name, new / name)
+    if kept.exists():
+        kept.rename(old)
+    new.rename(kept)
+    shutil.rmtree(old, ignore_errors=True)
+    return kept
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.embedded.training.gan_state", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,6 +295,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     im.add_argument("state_dir")
     im.add_argument("checkpoint")
     sub.add_parser("info", help="what a state folder holds (checked)").add_argument("state_dir")
+    kp = sub.add_parser("keep", help="check a state folder, then make it the run's kept state")
+    kp.add_argument("state_dir")
+    kp.add_argument("kept_dir")
     args = parser.parse_args(argv)
 
     def command() -> None:
@@ -275,6 +305,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             export_checkpoint(args.checkpoint, args.state_dir, args.shard_mib)
         elif args.cmd == "import":
             print(f"wrote {import_checkpoint(args.state_dir, args.checkpoint)}")
+        elif args.cmd == "keep":
+            print(f"kept in {keep_state(args.state_dir, args.kept_dir)}")
         else:
             read_state(args.state_dir)
         print(state_summary(args.state_dir))
