@@ -457,6 +457,34 @@ def test_build_lock_serialises_and_cleans_up(monkeypatch):
     assert not stale_baton.exists()  # torch's stale baton removed while we hold our lock
 
 
+def test_a_module_built_under_the_key_is_imported_without_compiling(monkeypatch):
+    """A copied cache (another machine of the same kind) skips the compile; a file that does not
+    import is built again."""
+    name = f"lgfa_ops_{build.build_key('90')}"
+    built = build.cache_dir() / name / f"{name}.so"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"\x7fELF")
+    sentinel, imported = object(), []
+
+    def fake_import(n, path):
+        imported.append((n, path))
+        return sentinel
+
+    monkeypatch.setattr(build, "_import_built", fake_import)
+    monkeypatch.setattr(build, "_compile", lambda *a: pytest.fail("must not compile a built module"))
+    assert build.build_extension(arch="90", lock_timeout=1) is sentinel
+    assert imported == [(name, built)]
+
+    def broken(n, path):
+        raise ImportError("undefined symbol")
+
+    monkeypatch.setattr(build, "_import_built", broken)
+    monkeypatch.setattr(build, "_compile", lambda n, d, a, v: ("compiled", n))
+    assert build.build_extension(arch="90", lock_timeout=1) == ("compiled", name)
+    real = build._load_built
+    assert real(name, built.parent / "elsewhere") is None  # nothing built there
+
+
 def test_build_error_is_one_line(monkeypatch):
     def boom(*a):
         raise RuntimeError("Error building extension 'x': [1/3] nvcc ...\nfoo.cu(3): error: bad thing\nmore")

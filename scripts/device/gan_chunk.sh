@@ -3,8 +3,8 @@
 # that starts bare: restore the compact state (src/embedded/training/gan_state.py) from STATE_IN if it
 # is there, train for TRAIN_S seconds of wall clock, stop with SIGTERM (the run saves that exact step),
 # and export the compact state into $OUT/gan_state (manifest.json + 4 shards of <= 16 MiB, 56.8 MiB).
-# Prints the chunk's kimg, img/s and wall time; $OUT/chunk.log and $OUT/metrics.csv come back too
-# (7 files in all).
+# Prints the chunk's kimg, img/s and wall time; $OUT/chunk.log, $OUT/metrics.csv and the built CUDA
+# ops, packed (lgfa_ops_<key>.so.xz, 2.5 MiB), come back too (8 files in all).
 #
 # The run's state lives in the repository, in runs/embedded_stylegan/ (the machines keep nothing, and
 # only what is committed outlasts a working session). First chunk (no state yet), as a device run
@@ -16,6 +16,8 @@
 # the code alone (~1.3 MiB) with the state, and the same command reading it:
 #   bash scripts/device/travel.sh code runs/embedded_stylegan    (`travel.sh all` after the run)
 #   STATE_IN=runs/embedded_stylegan bash scripts/device/gan_chunk.sh
+# with carry [".whl", ".carry/ops"], after `mkdir -p .carry/ops && cp <files_at>/lgfa_ops_*.so.xz .carry/ops/`
+# (the ops the last chunk built: no compile; code 1.3 + state 56.8 + wheels 2.7 + ops 2.5 = 63.3 MiB).
 # Without assets/ the validation FD uses the fixed random-feature net (the oracle is not there).
 #
 # Settings (environment): TRAIN_S seconds of training (default 450: with start-up, restore and
@@ -69,4 +71,5 @@ print(f"chunk: kimg {kimg0:.1f} -> {m['kimg']:.1f} (+{done:.1f}), {done * 1000 /
       f"iteration {m['iteration']}; state {sum(s['bytes'] for s in m['shards']) / 2**20:.1f} MiB")
 EOF
 tail -c 4000000 "$RUNS/train.log" >> "$OUT/chunk.log"
+send_built_ops "$OUT"   # the 8th file: next chunks skip the compile (header of site.sh)
 ls -la "$OUT" "$OUT/gan_state"

@@ -12,3 +12,26 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     || { echo "error: the wheels in .whl did not install" >&2; exit 2; }
 fi
 export PYTHONPATH=$PWD/.carry/site:$PWD PYTHONUNBUFFERED=1
+
+# The CUDA ops build cache (src/ops/build.py) lives in .carry/lgfa_cache. A build an earlier run sent
+# back (send_built_ops) travels packed as .carry/ops/lgfa_ops_<key>.so.xz (~2.5 MiB; it fits beside a
+# GAN chunk's state) and is unpacked here, so the run skips the compile; a module that does not
+# import is built again.
+export LGFA_CACHE_DIR=${LGFA_CACHE_DIR:-$PWD/.carry/lgfa_cache}
+for packed in .carry/ops/lgfa_ops_*.so.xz; do
+  [ -f "$packed" ] || continue
+  name=$(basename "$packed" .so.xz)
+  mkdir -p "$LGFA_CACHE_DIR/$name"
+  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+    "$packed" "$LGFA_CACHE_DIR/$name/$name.so" || echo "note: $packed did not unpack; the ops will be built" >&2
+done
+
+# send_built_ops DIR: the newest built ops module, packed, into DIR (one file); keep it as
+#   mkdir -p .carry/ops && cp <files_at>/lgfa_ops_*.so.xz .carry/ops/     and carry ".carry/ops".
+send_built_ops() {
+  local so
+  so=$(ls -t "$LGFA_CACHE_DIR"/lgfa_ops_*/lgfa_ops_*.so 2>/dev/null | head -1)
+  [ -n "$so" ] || return 0
+  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(open(sys.argv[1], 'rb'), lzma.open(sys.argv[2], 'wb', preset=9))" \
+    "$so" "$1/$(basename "$so").xz"
+}

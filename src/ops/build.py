@@ -2,8 +2,11 @@
 
 * Built with ``torch.utils.cpp_extension.load`` (ninja) on FIRST USE, never at import.
 * Build directory: ``$LGFA_CACHE_DIR`` (default ``~/.cache/lgfa/torch_extensions``) /
-  ``lgfa_ops_<key>``, where key = sha256 of the sources and headers + torch version + CUDA
-  version + the target compute capability, so a changed source/toolchain/GPU gets a fresh build.
+  ``lgfa_ops_<key>``, where key = sha256 of the sources and headers + torch, CUDA and Python
+  versions + the target compute capability, so a changed source/toolchain/GPU gets a fresh build.
+  A module already built under that key is imported as it is, without asking ninja (whose
+  timestamps a copied cache or a fresh checkout does not keep): a cache folder copied to another
+  machine of the same kind skips the compile. A file that does not import is built again.
 * An own inter-process lock file (``O_CREAT|O_EXCL``) next to the build dir: with several DDP
   ranks starting at once one builds, the others wait. A lock left by a killed build makes the
   waiters time out (``lock_timeout`` seconds) with a one-line message naming the file to delete.
@@ -14,8 +17,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -65,7 +70,8 @@ def build_key(arch: str) -> str:
     for name in SOURCES + HEADERS:
         h.update(name.encode())
         h.update((CSRC_DIR / name).read_bytes())
-    for part in (torch.__version__, str(torch.version.cuda), arch, *_NVCC_FLAGS, *_CXX_FLAGS):
+    python = f"py{sys.version_info[0]}.{sys.version_info[1]}"
+    for part in (torch.__version__, str(torch.version.cuda), python, arch, *_NVCC_FLAGS, *_CXX_FLAGS):
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:16]
 
@@ -108,6 +114,28 @@ class _BuildLock:
         return False
 
 
+def _import_built(name: str, path: Path):
+    """Import the extension module file ``path`` as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not an importable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_built(name: str, build_dir: Path):
+    """The module a finished build left in ``build_dir`` (its key names the sources and the
+    toolchain), or None when there is none or it does not import."""
+    path = build_dir / f"{name}.so"
+    if not path.is_file():
+        return None
+    try:
+        return _import_built(name, path)
+    except Exception:  # a truncated copy, another ABI: build it again
+        return None
+
+
 def _compile(name: str, build_dir: Path, arch: str, verbose: bool):
     """Run torch.utils.cpp_extension.load; returns the imported module."""
     from torch.utils import cpp_extension
@@ -141,6 +169,9 @@ def build_extension(arch: Optional[str] = None, lock_timeout: float = 600.0, ver
         stale = build_dir / "lock"
         if stale.exists():
             stale.unlink()
+        built = _load_built(name, build_dir)
+        if built is not None:
+            return built
         try:
             return _compile(name, build_dir, arch, verbose)
         except Exception as exc:  # compiler errors, missing nvcc/ninja, import errors
