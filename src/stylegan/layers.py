@@ -196,12 +196,13 @@ def modulated_conv2d_deferred(x: torch.Tensor, weight: torch.Tensor, styles: tor
             w = w * dcoefs.reshape(n, -1, 1)
         w = w.to(x.dtype)
         height, width = x.shape[2:]
+        y = None
         if x.is_contiguous():
             y = torch.bmm(w, x.reshape(n, in_ch, -1)).reshape(n, out_ch, height, width)
-            return (y + noise.to(x.dtype) if noise is not None else y), None, None
-        if x.is_contiguous(memory_format=torch.channels_last):
+        elif x.is_contiguous(memory_format=torch.channels_last):
             rows = x.permute(0, 2, 3, 1).reshape(n, height * width, in_ch)
             y = torch.bmm(rows, w.transpose(1, 2)).reshape(n, height, width, out_ch).permute(0, 3, 1, 2)
+        if y is not None:
             return (y + noise.to(x.dtype) if noise is not None else y), None, None
 
     if not fused_modconv:

@@ -110,8 +110,8 @@ class AnimatorModule(AnimatorObjective, AnimatorEvaluation, pl.LightningModule):
         self.prompt_list, self.noise_mode = pipeline.prompt_list, pipeline.noise_mode
         self.frozen_sources = dict(pipeline.frozen_sources)
         self._checkpoint_generator(tc.generator_checkpoint_res)
-        if tc.generator_channels_last and hasattr(getattr(self.generator, "synthesis", None), "set_channels_last"):
-            self.generator.synthesis.set_channels_last(True)
+        if tc.generator_channels_last:
+            pipeline.use_channels_last()
 
         # ---- the CLIP of the loss: the animator's own when it is the same frozen network
         if components.same_clip(domain) and loss_clip is None and tc.clip_finetune == "none":
