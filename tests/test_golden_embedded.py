@@ -22,9 +22,14 @@ CASES = (  # seed, prompts, frames, decay, strength, identity projection (None: 
     dict(seed=5, text=["The person is smiling.", "The person is closing eyes."], frames=4, decay="linear",
          strength=1.0, identity_projection=None),
 )
-# float32 through ~20 layers of the generator: other CPUs' kernels sum in other orders, so allow
-# 128 units in the last place of 1.0 (the frames lie in [-1, 1]; latents are scaled by their size)
+# float32 through ~20 layers of the generator: other CPUs' kernels (and other torch releases) sum in
+# other orders, so the latents may differ by 128 units in the last place of their size
 TOL = 128 * torch.finfo(torch.float32).eps
+# the frames follow the latents through the identity projection, which amplifies a rounding-sized
+# change of a face's latents up to ~50x (2e-6 of noise on w: frames move 9.6e-5 with projection 0.5,
+# 8.8e-6 without), and a chained segment starts from the previous one's rounded latents: a
+# thousandth of the [-1, 1] range (a quarter of an 8-bit level), far below any change of the method
+TOL_FRAMES = 1e-3
 
 
 def render_cases() -> dict[str, torch.Tensor]:
@@ -56,6 +61,6 @@ def test_embedded_default_renders_the_recorded_frames():
     want = load_file(str(GOLDEN))
     assert got.keys() == want.keys()
     for key, expected in want.items():
-        scale = max(1.0, expected.abs().max().item())
+        tol = TOL_FRAMES if key.endswith(".frames") else TOL * max(1.0, expected.abs().max().item())
         diff = (got[key] - expected).abs().max().item()
-        assert diff <= TOL * scale, f"{key}: max |diff| {diff:.3g} > {TOL * scale:.3g}"
+        assert diff <= tol, f"{key}: max |diff| {diff:.3g} > {tol:.3g}"
