@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.utils.errors import UserError  # noqa: E402
+from src.utils.errors import exit_code  # noqa: E402
 
 PROBES = [("turning head right", "yaw", 1), ("turning head left", "yaw", -1), ("smiling", "smile", 1),
           ("opening mouth", "mouth_open", 1), ("tilting head", "roll", 1), ("looking right", "gaze_x", 1)]
@@ -41,13 +41,18 @@ def main(argv=None) -> int:
     from src.embedded.oracle import load_oracle
     from src.networks.small_clip import load_small_clip
     from src.pipeline import FaceAnimator
-    try:
+
+    module = oracle = clip = None
+
+    def load() -> None:
+        nonlocal module, oracle, clip
         module = FaceAnimator.from_pretrained(args.animator)
         oracle = load_oracle(args.oracle)
         clip = load_small_clip(args.clip) if args.clip else module.clip
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    status = exit_code(load)
+    if status:
+        return status
     torch.manual_seed(0)
     n = len(PROBES)
     with torch.no_grad():

@@ -16,8 +16,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.embedded import neutral_params, render, sample_params, vocabulary  # noqa: E402
-from src.utils.errors import UserError  # noqa: E402
+from src.utils.errors import UserError, exit_code  # noqa: E402
 from src.utils.video import write_contact_sheet  # noqa: E402
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.rows < 1 or args.cols < 1:
+        raise UserError("--rows and --cols must be >= 1")
+    g = torch.Generator().manual_seed(args.seed)
+    row_labels, column_labels = None, []
+    if args.concepts:
+        concepts = vocabulary.CONCEPTS[: args.rows]
+        base = neutral_params(sample_params(args.cols, g))
+        params = torch.cat([vocabulary.apply_preset(base, c, 1.0) for c in concepts])
+        row_labels, column_labels = [c.name for c in concepts], [f"face {i}" for i in range(args.cols)]
+        for c in concepts:
+            print(c.name)
+    else:
+        params = sample_params(args.rows * args.cols, g)
+        if args.neutral:
+            params = neutral_params(params)
+    images = render(params, args.resolution)
+    # a row of the sheet is a "video" of --cols faces: one home for labelled grids of frames
+    write_contact_sheet(images.reshape(len(images) // args.cols, args.cols, *images.shape[1:]), args.out,
+                        row_labels=row_labels, column_labels=column_labels)
+    print(args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,31 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="rows = concepts (first --rows of them), columns = faces with the preset at full strength")
     ap.add_argument("--neutral", action="store_true", help="neutral expressions only")
     args = ap.parse_args(argv)
-    try:
-        if args.rows < 1 or args.cols < 1:
-            raise UserError("--rows and --cols must be >= 1")
-        g = torch.Generator().manual_seed(args.seed)
-        row_labels, column_labels = None, []
-        if args.concepts:
-            concepts = vocabulary.CONCEPTS[: args.rows]
-            base = neutral_params(sample_params(args.cols, g))
-            params = torch.cat([vocabulary.apply_preset(base, c, 1.0) for c in concepts])
-            row_labels, column_labels = [c.name for c in concepts], [f"face {i}" for i in range(args.cols)]
-            for c in concepts:
-                print(c.name)
-        else:
-            params = sample_params(args.rows * args.cols, g)
-            if args.neutral:
-                params = neutral_params(params)
-        images = render(params, args.resolution)
-        # a row of the sheet is a "video" of --cols faces: one home for labelled grids of frames
-        write_contact_sheet(images.reshape(len(images) // args.cols, args.cols, *images.shape[1:]), args.out,
-                            row_labels=row_labels, column_labels=column_labels)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(args.out)
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,40 @@ def copy_with_sidecars(src: Path, out_dir: Path, stem: str) -> Path:
     return out_dir / f"{stem}.safetensors"
 
 
-def main(argv=None) -> int:
+def run(args: argparse.Namespace) -> None:
+    from src.pipeline import FaceAnimator
     from src.utils.errors import UserError
+
+    if args.face_id and args.identity_reader:
+        raise UserError("an animator has one identity-loss network: pass --face-id or --identity-reader")
+    if args.identity_projection is not None:
+        if not 0 <= args.identity_projection <= 1:
+            raise UserError("--identity-projection must be in [0, 1]")
+        if args.identity_projection > 0 and not args.identity_reader:
+            raise UserError("--identity-projection needs --identity-reader (the projection's reader)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {key: copy_with_sidecars(Path(getattr(args, key)), out, stem) for key, stem in NAMES.items()
+             if getattr(args, key) is not None}
+    overrides = {"domain.generator.checkpoint": str(paths["generator"]), "domain.clip.checkpoint": str(paths["clip"]),
+                 "domain.loss_clip.checkpoint": str(paths["clip"]), "validation.identity_metric_path": str(paths["oracle"])}
+    for key in ("face_id", "identity_reader"):
+        if key in paths:
+            overrides["domain.identity_loss.checkpoint"] = str(paths[key])
+    if args.identity_projection is not None:
+        overrides["inference.identity_projection"] = args.identity_projection
+        overrides["inference.projection_reader"] = str(paths["identity_reader"]) if args.identity_projection > 0 else None
+    if args.started_from is not None:
+        overrides["train.init_checkpoint"] = args.started_from
+    module = FaceAnimator.from_pretrained(args.animator_ckpt, overrides=overrides)
+    dst = module.save_pretrained(out / "animator_synthetic.safetensors", relative_to=out)
+    for f in sorted(out.iterdir()):
+        print(f"{f.stat().st_size / 1e6:8.2f} MB  {f}")
+    print(f"exported {dst}")
+
+
+def main(argv=None) -> int:
+    from src.utils.errors import exit_code
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--animator-ckpt", required=True)
@@ -57,39 +89,7 @@ def main(argv=None) -> int:
                     help="recorded as model.train.init_checkpoint: where a fine-tuned animator started, portably")
     ap.add_argument("--out", default=str(ROOT / "assets"))
     args = ap.parse_args(argv)
-    try:
-        from src.pipeline import FaceAnimator
-
-        if args.face_id and args.identity_reader:
-            raise UserError("an animator has one identity-loss network: pass --face-id or --identity-reader")
-        if args.identity_projection is not None:
-            if not 0 <= args.identity_projection <= 1:
-                raise UserError("--identity-projection must be in [0, 1]")
-            if args.identity_projection > 0 and not args.identity_reader:
-                raise UserError("--identity-projection needs --identity-reader (the projection's reader)")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {key: copy_with_sidecars(Path(getattr(args, key)), out, stem) for key, stem in NAMES.items()
-                 if getattr(args, key) is not None}
-        overrides = {"domain.generator.checkpoint": str(paths["generator"]), "domain.clip.checkpoint": str(paths["clip"]),
-                     "domain.loss_clip.checkpoint": str(paths["clip"]), "validation.identity_metric_path": str(paths["oracle"])}
-        for key in ("face_id", "identity_reader"):
-            if key in paths:
-                overrides["domain.identity_loss.checkpoint"] = str(paths[key])
-        if args.identity_projection is not None:
-            overrides["inference.identity_projection"] = args.identity_projection
-            overrides["inference.projection_reader"] = str(paths["identity_reader"]) if args.identity_projection > 0 else None
-        if args.started_from is not None:
-            overrides["train.init_checkpoint"] = args.started_from
-        module = FaceAnimator.from_pretrained(args.animator_ckpt, overrides=overrides)
-        dst = module.save_pretrained(out / "animator_synthetic.safetensors", relative_to=out)
-        for f in sorted(out.iterdir()):
-            print(f"{f.stat().st_size / 1e6:8.2f} MB  {f}")
-        print(f"exported {dst}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.utils.errors import UserError  # noqa: E402
+from src.utils.errors import UserError, exit_code  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     from src.config.gan import regroup_flat_hparams
     from src.embedded.training.gan import StyleGANModule
     from src.systems.checkpoint_io import AtomicCheckpointIO
-    try:
+
+    def command() -> None:
         ckpt = AtomicCheckpointIO().load_checkpoint(argv[0])
         if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
             raise UserError(f"{argv[0]}: not a Lightning checkpoint (no hyper_parameters/state_dict)")
@@ -33,11 +34,9 @@ def main(argv=None) -> int:
         module = StyleGANModule(**hp)
         module.load_state_dict(ckpt["state_dict"], strict=False)
         out = module.export_generator(argv[1])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported G_ema of step {ckpt.get('global_step')} to {out}")
-    return 0
+        print(f"exported G_ema of step {ckpt.get('global_step')} to {out}")
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

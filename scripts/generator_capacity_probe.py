@@ -32,7 +32,7 @@ from src.embedded import PARAM_SPACE  # noqa: E402
 from src.embedded.vocabulary import apply_preset, get  # noqa: E402
 from src.embedded.oracle import oracle_scores  # noqa: E402
 from src.stylegan import seeded_ws  # noqa: E402
-from src.utils.errors import UserError  # noqa: E402
+from src.utils.errors import UserError, exit_code  # noqa: E402
 
 FIT_SEED, TEST_SEED = 100_000, 10_000
 RIDGE_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # last-20 % R² picks one
@@ -152,6 +152,55 @@ def print_table(per_concept: dict, means: dict) -> None:
         print(f"{concept:<18} {row['r2_target']:5.2f} | {'':13}{cells[0]} | {'':15}{cells[1]}")
 
 
+def run(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    from src.embedded.oracle import load_oracle
+    from src.stylegan import load_generator
+
+    if args.fit_faces < 50 or args.faces < 1 or args.frames < 2 or args.batch < 1:
+        raise UserError("--fit-faces must be >= 50, --faces and --batch >= 1, --frames >= 2")
+    domain = OmegaConf.load(args.domain)
+    psi, noise_mode = float(domain.generator.truncation_psi), str(domain.generator.noise_mode)
+    concepts = list(args.concepts or domain.prompts.concepts)
+    G = load_generator(args.generator, device=args.device).eval()
+    oracle = load_oracle(args.oracle, device=args.device).eval()
+    start = time.time()
+    with torch.no_grad():
+        w_fit, reads_fit = read_faces(G, oracle, list(range(FIT_SEED, FIT_SEED + args.fit_faces)), psi,
+                                      noise_mode, args.batch)
+        a, fit = fit_attributes(w_fit, reads_fit)
+        fit["seconds"] = time.time() - start
+        print(f"fit: {args.fit_faces} faces in {fit['seconds']:.0f} s, ridge {fit['ridge']:g}, held-out R² "
+              f"expression {fit['r2_expression_mean']:.3f}, identity {fit['r2_identity_mean']:.3f}, "
+              f"mean |w - mean w| {fit['w_spread']:.2f}", file=sys.stderr)
+        w = sample_w(G, list(range(TEST_SEED, TEST_SEED + args.faces)), psi)
+        first_img = torch.cat([render(G, w[i:i + args.batch], noise_mode) for i in range(0, len(w), args.batch)])
+        first_read = torch.cat([oracle(first_img[i:i + args.batch]).float() for i in range(0, len(w), args.batch)])
+        per_concept = {}
+        for concept in concepts:
+            t0 = time.time()
+            per_concept[concept] = score_concept(G, oracle, w, first_img, first_read, a, concept, args.frames,
+                                                 noise_mode, args.batch)
+            per_concept[concept]["r2_target"] = sum(fit["r2_by_attribute"][n] for n in get(concept).preset) \
+                / len(get(concept).preset)
+            print(f"{concept}: {time.time() - t0:.0f} s", file=sys.stderr)
+    means = {v: {k: sum(r[v][k] for r in per_concept.values()) / len(per_concept) for k in METRICS}
+             for v in VARIANTS}
+    means["r2_target"] = sum(r["r2_target"] for r in per_concept.values()) / len(per_concept)
+    print_table(per_concept, means)
+    print(f"held-out R² (last 20 % of fit faces): expression {fit['r2_expression_mean']:.3f}, identity "
+          f"{fit['r2_identity_mean']:.3f}; mean |w - mean w| {fit['w_spread']:.2f}; "
+          f"total {time.time() - start:.0f} s")
+    if args.out:
+        result = {"settings": {**vars(args), "psi": psi, "noise_mode": noise_mode, "concepts": concepts,
+                               "fit_seed": FIT_SEED, "test_seed": TEST_SEED},
+                  "fit": fit, "per_concept": per_concept, "summary": means, "seconds": time.time() - start}
+        from src.utils.io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generator", default=str(ROOT / "assets/stylegan2_synthetic128.safetensors"))
@@ -166,57 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    try:
-        from omegaconf import OmegaConf
-
-        from src.embedded.oracle import load_oracle
-        from src.stylegan import load_generator
-
-        if args.fit_faces < 50 or args.faces < 1 or args.frames < 2 or args.batch < 1:
-            raise UserError("--fit-faces must be >= 50, --faces and --batch >= 1, --frames >= 2")
-        domain = OmegaConf.load(args.domain)
-        psi, noise_mode = float(domain.generator.truncation_psi), str(domain.generator.noise_mode)
-        concepts = list(args.concepts or domain.prompts.concepts)
-        G = load_generator(args.generator, device=args.device).eval()
-        oracle = load_oracle(args.oracle, device=args.device).eval()
-        start = time.time()
-        with torch.no_grad():
-            w_fit, reads_fit = read_faces(G, oracle, list(range(FIT_SEED, FIT_SEED + args.fit_faces)), psi,
-                                          noise_mode, args.batch)
-            a, fit = fit_attributes(w_fit, reads_fit)
-            fit["seconds"] = time.time() - start
-            print(f"fit: {args.fit_faces} faces in {fit['seconds']:.0f} s, ridge {fit['ridge']:g}, held-out R² "
-                  f"expression {fit['r2_expression_mean']:.3f}, identity {fit['r2_identity_mean']:.3f}, "
-                  f"mean |w - mean w| {fit['w_spread']:.2f}", file=sys.stderr)
-            w = sample_w(G, list(range(TEST_SEED, TEST_SEED + args.faces)), psi)
-            first_img = torch.cat([render(G, w[i:i + args.batch], noise_mode) for i in range(0, len(w), args.batch)])
-            first_read = torch.cat([oracle(first_img[i:i + args.batch]).float() for i in range(0, len(w), args.batch)])
-            per_concept = {}
-            for concept in concepts:
-                t0 = time.time()
-                per_concept[concept] = score_concept(G, oracle, w, first_img, first_read, a, concept, args.frames,
-                                                     noise_mode, args.batch)
-                per_concept[concept]["r2_target"] = sum(fit["r2_by_attribute"][n] for n in get(concept).preset) \
-                    / len(get(concept).preset)
-                print(f"{concept}: {time.time() - t0:.0f} s", file=sys.stderr)
-        means = {v: {k: sum(r[v][k] for r in per_concept.values()) / len(per_concept) for k in METRICS}
-                 for v in VARIANTS}
-        means["r2_target"] = sum(r["r2_target"] for r in per_concept.values()) / len(per_concept)
-        print_table(per_concept, means)
-        print(f"held-out R² (last 20 % of fit faces): expression {fit['r2_expression_mean']:.3f}, identity "
-              f"{fit['r2_identity_mean']:.3f}; mean |w - mean w| {fit['w_spread']:.2f}; "
-              f"total {time.time() - start:.0f} s")
-        if args.out:
-            result = {"settings": {**vars(args), "psi": psi, "noise_mode": noise_mode, "concepts": concepts,
-                                   "fit_seed": FIT_SEED, "test_seed": TEST_SEED},
-                      "fit": fit, "per_concept": per_concept, "summary": means, "seconds": time.time() - start}
-            from src.utils.io import atomic_write_text
-
-            atomic_write_text(args.out, json.dumps(result, indent=2))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

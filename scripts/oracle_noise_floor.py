@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from src.embedded import PARAM_SPACE  # noqa: E402
 from src.embedded.oracle import oracle_scores  # noqa: E402
-from src.utils.errors import UserError  # noqa: E402
+from src.utils.errors import UserError, exit_code  # noqa: E402
 
 
 @torch.no_grad()
@@ -65,13 +65,17 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    try:
+    result = None
+
+    def measure() -> None:
+        nonlocal result
         if args.faces < 1 or args.frames < 2 or args.batch < 1:
             raise UserError("--faces and --batch must be >= 1 and --frames >= 2")
         result = noise_floor(args.animator, args.oracle, args.faces, args.frames, args.batch, args.device)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    status = exit_code(measure)
+    if status:
+        return status
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

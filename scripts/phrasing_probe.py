@@ -112,9 +112,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures and failures to this file")
     ap.add_argument("--renders", type=int, default=0, help="also the zero-shot top-1 on this many renders")
     args = ap.parse_args(argv)
-    from src.utils.errors import UserError
+    from src.utils.errors import exit_code
 
-    try:
+    names = result = None
+
+    def measure() -> None:
+        nonlocal names, result
         import torch
 
         from src.embedded import vocabulary
@@ -134,13 +137,16 @@ def main(argv=None) -> int:
         if args.renders > 0:
             result["zero_shot_renders"] = args.renders
             result["zero_shot_top1"], result["zero_shot_top1_heldout"] = zero_shot(args.clip, args.renders)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    status = exit_code(measure)
+    if status:
+        return status
     print(f"{Path(args.clip).name}: {len(names)} concepts; held-out sentences whose nearest training phrasing / "
           f"nearest concept centroid is their concept")
     print(report(result))
     if args.renders > 0:
+        from src.embedded import vocabulary
+
         print(f"zero-shot top-1 on {max(1, args.renders // 256) * 256} held-out renders, {len(vocabulary.CONCEPTS)} "
               f"concepts: {result['zero_shot_top1']:.3f} (training phrasings), {result['zero_shot_top1_heldout']:.3f} "
               f"(held-out sentences)")

@@ -26,7 +26,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.utils.errors import UserError  # noqa: E402
+from src.utils.errors import UserError, exit_code  # noqa: E402
 
 KEYS = ("text_top1", "oracle_right_way", "oracle_reach", "oracle_identity_drift", "oracle_identity_drift_raw")
 
@@ -81,16 +81,20 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    try:
+    result = None
+
+    def measure() -> None:
+        nonlocal result
         if args.faces < 1 or args.frames < 2:
             raise UserError("--faces must be >= 1 and --frames >= 2")
         if not all(0 < p <= 1 for p in args.projections):
             raise UserError("--projections must be in (0, 1]")
         result = bound(args.animator, args.oracle, args.reader, args.faces, args.frames, args.projections,
                        args.device, args.concepts)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    status = exit_code(measure)
+    if status:
+        return status
     print(f"{'projection':<12} " + " ".join(f"{k.replace('oracle_', ''):>22}" for k in KEYS))
     for name, row in result["rows"].items():
         print(f"{name:<12} " + " ".join(f"{row[k]:>22.3f}" for k in KEYS))

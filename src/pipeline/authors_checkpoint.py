@@ -45,7 +45,7 @@ import torch
 from src.config.animator import AnimatorInferenceConfig, AnimatorNetConfig, AnimatorTrainConfig, typed_group
 from src.pipeline.animator_file import write_animator_file
 from src.utils.config import plain
-from src.utils.errors import UserError, first_line
+from src.utils.errors import UserError, exit_code, first_line
 from src.utils.io import sha256_files
 
 EXPERIMENTS = ("human_paper", "metfaces_paper")
@@ -244,13 +244,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="overrides of the train config, e.g. domain.generator.checkpoint=/data/G.pkl")
     args = parser.parse_intermixed_args(argv)
-    try:
+
+    def command() -> None:
         done = convert(args.input, args.output, args.experiment, args.overrides)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(done["summary"])
-    return 0
+        print(done["summary"])
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

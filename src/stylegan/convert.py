@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from src.utils.errors import UserError
+from src.utils.errors import UserError, exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -22,7 +22,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("output", help="output path ending in .safetensors (a .json sidecar is written next to it)")
     parser.add_argument("--fp16", action="store_true", help="store float parameters as fp16 (buffers stay fp32)")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         from src.stylegan import load_generator, save_generator
 
         out = Path(args.output)
@@ -30,14 +31,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"{out}: output must end in .safetensors")
         G = load_generator(args.input, device="cpu")
         st_path = save_generator(G, out, fp16=args.fp16)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    n_params = sum(p.numel() for p in G.parameters())
-    print(f"wrote {st_path} (+ {st_path.with_suffix('.json').name}): {G.img_resolution}px, z_dim {G.z_dim}, "
-          f"w_dim {G.w_dim}, num_ws {G.num_ws}, c_dim {G.c_dim}, {n_params / 1e6:.2f}M parameters"
-          f"{', fp16' if args.fp16 else ''}")
-    return 0
+        n_params = sum(p.numel() for p in G.parameters())
+        print(f"wrote {st_path} (+ {st_path.with_suffix('.json').name}): {G.img_resolution}px, z_dim {G.z_dim}, "
+              f"w_dim {G.w_dim}, num_ws {G.num_ws}, c_dim {G.c_dim}, {n_params / 1e6:.2f}M parameters"
+              f"{', fp16' if args.fp16 else ''}")
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

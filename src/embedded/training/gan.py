@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from dataclasses import asdict
@@ -329,28 +328,15 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
             self._gen.set_state(prog["render_rng"])
 
     def export_generator(self, path: str | os.PathLike) -> Path:
-        """Save G_ema (fp16 weights) as ``<path>.safetensors`` + ``<path>.json``, atomically.
-
-        The files are first written into a temporary folder beside the target and then moved
-        into place with ``os.replace``, so a reader never sees a half-written pair.
-        Returns the ``.safetensors`` path.
-        """
+        """Save G_ema (fp16 weights) as ``<path>.safetensors`` + ``<path>.json``, each written
+        atomically (``save_generator``). Returns the ``.safetensors`` path."""
         from src.stylegan import save_generator
 
         target = Path(path)
-        if target.suffix in (".safetensors", ".json"):
+        if target.suffix == ".json":
             target = target.with_suffix("")
         target.parent.mkdir(parents=True, exist_ok=True)
-        G = copy.deepcopy(self.G_ema).cpu().eval()
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
-            tmp_target = Path(tmp) / target.name
-            save_generator(G, str(tmp_target) + ".safetensors", fp16=True)
-            written = sorted(Path(tmp).iterdir())
-            if not written:
-                raise RuntimeError("save_generator wrote no file")
-            for f in written:
-                os.replace(f, target.parent / f.name)
-        return target.with_suffix(".safetensors")
+        return save_generator(copy.deepcopy(self.G_ema).cpu().eval(), target, fp16=True)
 
     def on_train_end(self) -> None:
         if self.output_cfg.export_path and self.global_rank == 0:
