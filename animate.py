@@ -35,7 +35,8 @@ def run(cfg) -> Path:
                                             cuda_graphs=bool(cfg.cuda_graphs) and device.type == "cuda",
                                             channels_last=bool(cfg.get("channels_last")))
     motion = dict(frames=cfg.frames, strength=cfg.strength, decay=cfg.decay, check_latent=False,
-                  motion_total=cfg.get("motion_total"), identity_projection=cfg.get("identity_projection"))
+                  motion_total=cfg.get("motion_total"), identity_projection=cfg.get("identity_projection"),
+                  text_adapter=cfg.get("text_adapter"))
     if cfg.get("diverse") is not None:
         return animate_diverse(animator, cfg, text, motion, output)
     face = cfg.latent if cfg.latent is not None else cfg.image

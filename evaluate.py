@@ -55,7 +55,8 @@ def run(cfg) -> dict:
                       face_seed_offset=cfg.face_seed_offset, motion_total=cfg.get("motion_total"),
                       identity_projection=cfg.get("identity_projection"), face_sampling=cfg.face_sampling,
                       face_net=face_net, face_net_name=face_net_name, paper_metrics=paper_metrics,
-                      phrasings=None if cfg.get("phrasings") in (None, "template") else phrasings)
+                      phrasings=None if cfg.get("phrasings") in (None, "template") else phrasings,
+                      text_adapter=cfg.get("text_adapter"))
     result["settings"]["checkpoint"] = str(cfg.checkpoint)
     result["settings"]["oracle"] = oracle_path
     atomic_write_text(cfg.output, json.dumps(result, indent=2))

@@ -73,6 +73,7 @@ class AnimatorInferenceConfig:
     motion_total: str = "train"        # move as far as training videos (train) or by the paper's step sizes (paper)
     identity_projection: float = 0.0   # 0..1 of the offsets' first-order identity change removed
     projection_reader: Optional[str] = None  # the identity-attribute reader of that projection (needed when > 0)
+    text_adapter: bool = False         # the file holds a text adapter for other wordings (scripts/fit_text_adapter.py)
 
 
 @dataclass

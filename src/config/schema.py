@@ -85,6 +85,7 @@ class AnimateConfig:
     motion_total: Optional[str] = None  # train | paper (null: the checkpoint's setting)
     identity_projection: Optional[float] = None  # 0..1 of the identity projection (null: the checkpoint's)
     projection_reader: Optional[str] = None     # its identity-attribute reader (null: the checkpoint's)
+    text_adapter: Optional[bool] = None  # read the text through the checkpoint's text adapter (null: when it has one)
     output: str = "animation.mp4"     # .mp4 | .gif | .webp ; a PNG strip is written beside it
     strip: bool = True
     projection_steps: int = 300
@@ -110,6 +111,7 @@ class EvaluateConfig:
     motion_total: Optional[str] = None  # train | paper (null: the checkpoint's setting)
     identity_projection: Optional[float] = None  # 0..1 (null: the checkpoint's setting)
     projection_reader: Optional[str] = None
+    text_adapter: Optional[bool] = None  # the checkpoint's text adapter for other wordings (null: when it has one)
     oracle: Optional[str] = "auto"    # the embedded domain's attribute oracle: auto (for that domain) | a path | null
     face_net: Optional[str] = "auto"  # the network of the face ACD: auto (the domain's) | a path | null
     paper_metrics: bool = True        # false: skip MS-SSIM, shape and face ACD (CPU-bound, float64)

@@ -29,7 +29,7 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
              face_seed_offset: int = 10_000, progress: bool = True, motion_total: Optional[str] = None,
              identity_projection: Optional[float] = None, face_sampling: str = "seeds", face_net=None,
              face_net_name: str = "n/a (no face recogniser given)", paper_metrics: bool = True,
-             phrasings: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+             phrasings: Optional[Mapping[str, Sequence[str]]] = None, text_adapter: Optional[bool] = None) -> dict:
     """Animate ``n_faces`` faces with every concept's prompt: face_sampling 'seeds' takes the faces
     of seeds face_seed_offset + i, 'near_average' new faces near the average face
     (``FaceAnimator.sample_near_average`` with seed face_seed_offset).
@@ -38,7 +38,7 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
     (adds right-way, reach and identity-drift scores); face_net, face_net_name: the network of the
     face ACD and its name (see ``src.eval.paper_scores.face_network``); paper_metrics False skips
     MS-SSIM and both ACDs (computed on the CPU in float64, the slowest part on a GPU). motion_total,
-    identity_projection: see ``FaceAnimator.animate`` (default: the file's setting). phrasings:
+    identity_projection, text_adapter: see ``FaceAnimator.animate`` (default: the file's setting). phrasings:
     {concept: [sentence, ...]} to animate each concept with (``src.eval.phrasings``; faces take them
     in turn), default the domain's template; CLIP's top-1 and score always read the template prompt.
     Returns {summary, per_concept, settings}; with the oracle, per_concept rows also hold
@@ -58,6 +58,8 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
     motion_total = pipeline.resolve_motion_total(motion_total)
     if identity_projection is None:
         identity_projection = float(pipeline.inference_cfg.identity_projection or 0.0)
+    if text_adapter is None:
+        text_adapter = pipeline.text_adapter is not None
     domain = pipeline.config["domain"]
     template = domain["prompts"]["template"]
     concepts = list(concepts or domain["prompts"]["concepts"])
@@ -89,7 +91,8 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
             which = [(start + j) % len(sentences) for j in range(len(seeds))]
             out = pipeline.animate(w, [sentences[k] for k in which], num_frames=frames, decay=decay, strength=strength,
                                  image=image, seed=start, motion_total=motion_total,
-                                 identity_projection=identity_projection, identity_jacobian=jacobians.get(start))
+                                 identity_projection=identity_projection, identity_jacobian=jacobians.get(start),
+                                 text_adapter=text_adapter)
             video = out["frames"]
             m = video_metrics(video, ws=out["ws"], image=image, clip=pipeline.clip, prompts=[prompt] * len(seeds),
                               prompt_list=prompt_list)
@@ -148,7 +151,7 @@ def evaluate(pipeline, n_faces: int = 200, frames: int = 16, batch: int = 50, de
         summary["clip_fd_error"] = str(e)
     return {"summary": summary, "per_concept": per_concept,
             "settings": {"faces": n_faces, "frames": frames, "decay": decay, "strength": strength, "motion_total": motion_total,
-                         "identity_projection": identity_projection,
+                         "identity_projection": identity_projection, "text_adapter": bool(text_adapter),
                          "projection_reader": pipeline.inference_cfg.projection_reader if identity_projection else None,
                          "concepts": concepts, "face_seed_offset": face_seed_offset, "face_sampling": face_sampling,
                          "paper_metrics": paper_metrics,

@@ -31,6 +31,7 @@ from src.pipeline.faces import FaceInputs
 from src.ops.graph_cache import GraphCache, module_state, run_chunked
 from src.pipeline.identity_projection import IdentityProjection
 from src.pipeline.text import prompt_segments
+from src.pipeline.text_adapter import TextAdapter, TextAdapting
 from src.utils.config import flatten, get_dotted, plain, set_dotted
 from src.utils.errors import UserError
 
@@ -43,7 +44,7 @@ CPU_PIXELS_PER_CALL = 2 * 128 * 128
 GPU_PIXELS_PER_CALL = 8 * 1024 * 1024
 
 
-class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
+class FaceAnimator(FaceInputs, IdentityProjection, TextAdapting, nn.Module):
     """The frozen generator and CLIP plus the trained animator; see the module docstring.
 
     config: the animator's recorded configuration: ``domain`` names the generator, CLIP and prompts;
@@ -90,11 +91,13 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
         if projection > 0 and not self.inference_cfg.projection_reader:
             raise UserError("identity_projection > 0 needs model.inference.projection_reader "
                             "(an identity-attribute reader)")
+        self.text_adapter = TextAdapter(self.clip.embed_dim) if self.inference_cfg.text_adapter else None
         self.frozen_hashes = {name: self.frozen_hash(name) for name in self.frozen_sources}
         # the state-dict keys of the trained weights: the animator's, and the CLIP's fine-tuned towers
         text_ids = {id(p) for p in self.clip_params}
         self._trainable_keys = frozenset({f"animator.{k}" for k in self.animator.state_dict()}
-                                         | {f"clip.{n}" for n, p in self.clip.named_parameters() if id(p) in text_ids})
+                                         | {f"clip.{n}" for n, p in self.clip.named_parameters() if id(p) in text_ids}
+                                         | ({"text_adapter.weight"} if self.text_adapter is not None else set()))
 
     # ------------------------------------------------------------------ files
     @classmethod
@@ -255,7 +258,8 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
     def animate(self, w_input: torch.Tensor, prompts: Sequence[str] | str, num_frames: int = 16,
                 decay: str = "linear", strength: float = 1.0, image: Optional[torch.Tensor] = None, seed: int = 0,
                 motion_total: Optional[str] = None, identity_projection: Optional[float] = None,
-                identity_jacobian: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+                identity_jacobian: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                text_adapter: Optional[bool] = None) -> dict[str, torch.Tensor]:
         """Animate N faces w_input [N,L,C] (or [L,C]) with N prompts (one prompt serves all N).
 
         image [N,3,H,W] in [-1,1]: the face shown to CLIP (default: G.synthesis(w_input)).
@@ -266,6 +270,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
         runs the authors' r_t = 0.8 / T * decay(t, T) * strength for T = num_frames.
         identity_projection (default: the recorded one, 0..1): how much of each offset's first-order effect on the face's identity readings is removed.
         identity_jacobian: ``self.identity_jacobian(w_input)`` when already computed.
+        text_adapter: read the prompts through the file's text adapter (default: when it has one).
         Returns dict(frames [N,T,3,H,W] in [-1,1], ws [N,T,L,C], offsets [N,T,L,C]).
         """
         if decay not in DECAYS:
@@ -302,7 +307,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
                 image = self.render_image(w_input)
             # a text-only animator (net.image_branch false) never looks at the face
             image_emb = self.clip.encode_image(image.to(device)) if self.animator.image_branch else None
-            text_emb = self.clip.encode_text(prompts)
+            text_emb = self.adapt_text(self.clip.encode_text(prompts), text_adapter)
             h0 = self.animator.initial_hidden(n, device, torch.float32, torch.Generator().manual_seed(int(seed)))
             embeddings = (text_emb,) if image_emb is None else (text_emb, image_emb)
 
@@ -330,7 +335,7 @@ class FaceAnimator(FaceInputs, IdentityProjection, nn.Module):
         ``seed``) doing ``text``: a sentence ("The person is smiling, then winking" plays two motions,
         see ``src/pipeline/text.py``) or a list of prompts, played one after the other, each segment
         starting from the previous one's last frame. Other keywords go to :meth:`animate`
-        (motion_total, identity_projection) or :meth:`face_latent` (projection_steps, progress,
+        (motion_total, identity_projection, text_adapter) or :meth:`face_latent` (projection_steps, progress,
         check_latent)."""
         face_kw = {k: kw.pop(k) for k in ("projection_steps", "progress", "check_latent") if k in kw}
         prompts = prompt_segments(text, get_dotted(self.domain, "prompts.template", "{}"))
