@@ -266,3 +266,24 @@ def test_keep_replaces_the_kept_state_only_with_a_checked_one(runs, tmp_path, ca
     assert err.startswith("error: ") and err.count("\n") == 1 and "corrupt shard" in err
     assert {p.name: p.read_bytes() for p in kept.iterdir()} == before  # the good state stays
     assert not any(p.name.endswith((".new", ".old")) for p in kept.parent.iterdir())
+
+
+def test_the_state_gives_its_g_ema_as_a_generator_file(runs, tmp_path, capsys):
+    from src.stylegan import load_generator
+
+    gs.write_state(runs["ckpt"], tmp_path / "state", shard_mib=0.02, exact_up_to=SMALL)
+    out = tmp_path / "G.safetensors"
+    assert gs.main(["generator", str(tmp_path / "state"), str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out and out.with_suffix(".json").is_file()
+    G = load_generator(str(out), device="cpu")
+    ema = {k[len("G_ema."):]: v for k, v in runs["ckpt"]["state_dict"].items() if k.startswith("G_ema.")}
+    z = torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0))
+    ref = _fresh().G_ema
+    ref.load_state_dict(ema)
+    with torch.no_grad():
+        want = ref.synthesis(ref.mapping(z, None), noise_mode="const")
+        got = G.synthesis(G.mapping(z, None), noise_mode="const")
+    # fp16 weights (2^-11 relative each, as the shipped generator): a few of those through the layers
+    assert (got - want).abs().max() < 8 * 2.0 ** -11 * want.abs().max()
+    assert gs.main(["generator", str(tmp_path / "none"), str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists()

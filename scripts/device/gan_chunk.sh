@@ -18,7 +18,10 @@
 #   STATE_IN=runs/embedded_stylegan bash scripts/device/gan_chunk.sh
 # with carry [".whl", ".carry/ops"], after `mkdir -p .carry/ops && cp <files_at>/lgfa_ops_*.so.xz .carry/ops/`
 # (the ops the last chunk built: no compile; code 1.3 + state 56.8 + wheels 2.7 + ops 2.5 = 63.3 MiB).
-# Without assets/ the validation FD uses the fixed random-feature net (the oracle is not there).
+# Without assets/ the validation FD uses the fixed random-feature net (the oracle is not there); the
+# oracle's figures come afterwards, from the kept state's G_ema:
+#   python -m src.embedded.training.gan_state generator runs/embedded_stylegan G.safetensors
+#   python bench/bench_gan_quality.py --generator G.safetensors
 #
 # Settings (environment): TRAIN_S seconds of training (default 450: with start-up, restore and
 # export the command ends within ~8.5 min), STATE_IN (default .carry/gan_state), EXTRA= more overrides,

@@ -4,17 +4,28 @@
 ones; ``reals`` (how the synthetic training faces are drawn) has ``sample_params``' defaults."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from src.config.groups import typed_group
 from src.utils.errors import UserError
 
 __all__ = ["GanOptimConfig", "GanRegularizationConfig", "GanEmaConfig", "GanAugmentConfig", "GanPrecisionConfig",
            "GanValidationConfig", "GanOutputConfig", "GanRealsConfig", "GAN_GROUPS", "gan_groups",
-           "regroup_flat_hparams"]
+           "regroup_flat_hparams", "network_kwargs"]
 
 PRECISIONS = ("fp16_res", "bf16", "fp32")
+
+
+def network_kwargs(G_kwargs: Optional[Mapping], D_kwargs: Optional[Mapping], mode: str) -> tuple[dict, dict]:
+    """The G and D constructor kwargs of a run in precision ``mode`` (copies): 'bf16' and 'fp32' run
+    no fp16 blocks inside the networks (conv_clamp kept as configured)."""
+    G_kwargs, D_kwargs = copy.deepcopy(dict(G_kwargs or {})), copy.deepcopy(dict(D_kwargs or {}))
+    if mode != "fp16_res":
+        G_kwargs.setdefault("synthesis_kwargs", {})["num_fp16_res"] = 0
+        D_kwargs["num_fp16_res"] = 0
+    return G_kwargs, D_kwargs
 
 
 @dataclass

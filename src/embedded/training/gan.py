@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from src.config.gan import (PRECISIONS, GanAugmentConfig, GanEmaConfig, GanOptimConfig, GanOutputConfig,
-                            GanPrecisionConfig, GanRegularizationConfig, GanValidationConfig, gan_groups)
+                            GanPrecisionConfig, GanRegularizationConfig, GanValidationConfig, gan_groups,
+                            network_kwargs)
 from src.data.augment import AdaptiveP, AugmentPipe
 from src.losses.gan import (PathLengthPenalty, d_logistic_loss, ema_beta, g_nonsaturating_loss,
                             lazy_optimizer_params, r1_penalty, update_ema)
@@ -83,12 +84,7 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
                                    **{name: asdict(cfg) for name, cfg in groups.items()}, "seed": seed})
         self.automatic_optimization = False
 
-        G_kwargs = copy.deepcopy(dict(G_kwargs or {}))
-        D_kwargs = copy.deepcopy(dict(D_kwargs or {}))
-        if mode != "fp16_res":
-            # bf16/fp32: no fp16 blocks inside the networks (conv_clamp kept as configured).
-            G_kwargs.setdefault("synthesis_kwargs", {})["num_fp16_res"] = 0
-            D_kwargs["num_fp16_res"] = 0
+        G_kwargs, D_kwargs = network_kwargs(G_kwargs, D_kwargs, mode)
         self.G = Generator(c_dim=0, img_resolution=resolution, img_channels=3, **G_kwargs)
         self.D = Discriminator(c_dim=0, img_resolution=resolution, img_channels=3, **D_kwargs)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)

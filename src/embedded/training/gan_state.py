@@ -6,6 +6,7 @@
     python -m src.embedded.training.gan_state import STATE_DIR RUN/checkpoints/last.ckpt
     python -m src.embedded.training.gan_state info STATE_DIR
     python -m src.embedded.training.gan_state keep STATE_DIR RUN_STATE_DIR   # checked, then replaces it
+    python -m src.embedded.training.gan_state generator STATE_DIR G.safetensors  # its G_ema, fp16 (+ G.json)
 
 ``keep`` checks a state that came back from a chunk (every shard read and decoded) and only then
 replaces the run's kept state with it, whole: a bad copy never overwrites a good one.
@@ -45,7 +46,7 @@ from src.utils.errors import UserError, exit_code
 from src.utils.io import atomic_write, atomic_write_text, together
 
 __all__ = ["write_state", "read_state", "export_checkpoint", "import_checkpoint", "keep_state", "state_summary",
-           "align_state_layouts", "main"]
+           "align_state_layouts", "export_generator", "main"]
 
 SHARD_MIB = 16
 EXACT_UP_TO = 4096              # tensors up to this many elements are kept exactly
@@ -259,6 +260,21 @@ def import_checkpoint(folder: str | Path, ckpt_path: str | Path) -> Path:
     return Path(ckpt_path)
 
 
+def export_generator(folder: str | Path, out: str | Path) -> Path:
+    """The G_ema of a state folder as a generator file (fp16 weights + JSON sidecar, each written
+    atomically), as the run would export it: for ``bench/bench_gan_quality.py --generator`` or assets/."""
+    from src.config.gan import network_kwargs
+    from src.stylegan import Generator, save_generator
+
+    ckpt = read_state(folder)
+    hp = ckpt.get("hyper_parameters") or {}
+    mode = (hp.get("precision") or {}).get("mode", "fp16_res")
+    g_kwargs, _ = network_kwargs(hp.get("G_kwargs"), hp.get("D_kwargs"), mode)
+    G = Generator(c_dim=0, img_resolution=hp["resolution"], img_channels=3, **g_kwargs)
+    G.load_state_dict({k[len("G_ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("G_ema.")})
+    return save_generator(G.eval(), out, fp16=True)
+
+
 def keep_state(folder: str | Path, kept: str | Path) -> Path:
     """Replace the state folder ``kept`` with the state in ``folder`` (its manifest and shards only),
     after reading and decoding all of it; ``kept`` is swapped in whole (a copy beside it, renamed)."""
@@ -298,6 +314,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     kp = sub.add_parser("keep", help="check a state folder, then make it the run's kept state")
     kp.add_argument("state_dir")
     kp.add_argument("kept_dir")
+    gp = sub.add_parser("generator", help="write the state's G_ema as a generator file (fp16)")
+    gp.add_argument("state_dir")
+    gp.add_argument("output", help="G.safetensors (a G.json sidecar beside it)")
     args = parser.parse_args(argv)
 
     def command() -> None:
@@ -307,6 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"wrote {import_checkpoint(args.state_dir, args.checkpoint)}")
         elif args.cmd == "keep":
             print(f"kept in {keep_state(args.state_dir, args.kept_dir)}")
+        elif args.cmd == "generator":
+            print(f"wrote {export_generator(args.state_dir, args.output)}")
         else:
             read_state(args.state_dir)
         print(state_summary(args.state_dir))
