@@ -85,8 +85,8 @@ for v in "${variants[@]}"; do
   A=$RUNS/animator/runs/anim-$name
   ( python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
       --oracle "$O" $id_export --out "$RUNS/assets_$name" > "$RUNS/export_$name.log" 2>&1 &&
-    python scripts/fit_text_adapter.py --animator "$RUNS/assets_$name/animator_synthetic.safetensors" \
-      >> "$RUNS/export_$name.log" 2>&1 &&
+    { python scripts/fit_text_adapter.py --animator "$RUNS/assets_$name/animator_synthetic.safetensors" \
+        >> "$RUNS/export_$name.log" 2>&1 || echo "$name: no text adapter fitted: see export_$name.log"; } &&
     for s in ${EVAL_STRENGTHS:-1.0}; do
       python evaluate.py checkpoint="$RUNS/assets_$name/animator_synthetic.safetensors" faces=${EVAL_FACES:-200} \
         strength=$s oracle="$RUNS/assets_$name/oracle_synthetic.safetensors" device=cuda \

@@ -37,7 +37,8 @@ if has evaluate; then
   echo "start evaluate $(date +%s)" >> "$RUNS/stages"
   python scripts/export_embedded.py --animator-ckpt "$A/checkpoints/last.ckpt" --generator "$G" --clip "$C" \
     --oracle "$O" --out "$RUNS/assets" > "$RUNS/export.log" 2>&1 &&
-  python scripts/fit_text_adapter.py --animator "$RUNS/assets/animator_synthetic.safetensors" >> "$RUNS/export.log" 2>&1 &&
+  { python scripts/fit_text_adapter.py --animator "$RUNS/assets/animator_synthetic.safetensors" >> "$RUNS/export.log" 2>&1 ||
+    echo "no text adapter fitted (MiniLM or the full text cache is needed): see export.log"; } &&
   python evaluate.py checkpoint="$RUNS/assets/animator_synthetic.safetensors" faces=${EVAL_FACES:-200} \
     oracle="$RUNS/assets/oracle_synthetic.safetensors" device=${EVAL_DEVICE:-cuda} output="$RUNS/eval.json" > "$RUNS/evaluate.log" 2>&1
   echo "end evaluate rc=$? $(date +%s)" >> "$RUNS/stages"
