@@ -552,6 +552,50 @@ def test_a_static_input_first_seen_after_a_recording_gets_its_buffer():
         graphs.static_input("real", torch.zeros(3, 3))
 
 
+def test_validation_keeps_the_gradients_that_recorded_phases_write():
+    """Lightning frees every .grad before validation (on_validation_model_zero_grad); the recorded
+    phases accumulate into those tensors, so with graphs they are zeroed in place."""
+    from src.embedded.training.gan_graphs import PhaseGraphs
+
+    m = _detached(sg.StyleGANModule(**tiny()))
+    m.on_validation_model_zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+    m._graphs = PhaseGraphs(warmup=1)
+    PhaseGraphs.allocate_grads(m.G.parameters())
+    grads = [p.grad.fill_(1.0) for p in m.G.parameters()]
+    m.on_validation_model_zero_grad()
+    assert all(p.grad is g and not g.any() for p, g in zip(m.G.parameters(), grads))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_phases_recorded_before_their_gradients_were_freed_are_recorded_again():
+    """What the trainer's default before validation does (zero_grad(set_to_none=True)) must not
+    leave a recorded phase writing into freed memory: the phase is recorded again."""
+    torch.manual_seed(0)
+    kw = tiny(resolution=32, optim=dict(batch_size=8), output=dict(log_every=0),
+              precision=dict(mode="fp16_res", cuda_graphs=True, graph_warmup=2),
+              G_kwargs={**TINY["G_kwargs"], "synthesis_kwargs": dict(channel_base=512, channel_max=32,
+                                                                     num_fp16_res=2, conv_clamp=256)},
+              D_kwargs=dict(channel_base=512, channel_max=32, num_fp16_res=2, conv_clamp=256))
+    m = _detached(sg.StyleGANModule(**kw).cuda())
+    for i in range(4):
+        m.training_step(i, i)
+    assert m._graphs.recorded >= 2 and m._graphs.rerecorded == 0
+    m.on_validation_model_zero_grad()  # ours: in place, the graphs stay
+    m.training_step(4, 4)
+    assert m._graphs.rerecorded == 0
+    torch.nn.Module.zero_grad(m, set_to_none=True)  # the trainer's default
+    before, recorded = [p.detach().clone() for p in m.G.parameters()], m._graphs.recorded
+    m.training_step(5, 5)
+    torch.cuda.synchronize()
+    # G's and D's phase of that iteration: recorded again (or for the first time, a new variant)
+    assert m._graphs.rerecorded + (m._graphs.recorded - recorded) == 2 and m._graphs.rerecorded >= 1
+    assert all(p.grad is not None for p in [*m.G.parameters(), *m.D.parameters()])
+    assert any(not torch.equal(a, p) for a, p in zip(before, m.G.parameters()))  # the step still trains
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp16_res", "bf16"])
@@ -581,7 +625,7 @@ def test_recorded_phases_compute_what_the_eager_phases_compute(precision):
             m.G.requires_grad_(False), m.D.requires_grad_(True)
             fn, net = (lambda: m._d_phase(opt_d, real, key[1], True)), m.D
         grads_before = [p.grad for p in net.parameters()]
-        out = m._graphs.run(key, fn, 10**6) if graphed else fn()
+        out = m._graphs.run(key, fn, 10**6, params=list(net.parameters())) if graphed else fn()
         torch.cuda.synchronize()
         assert all(p.grad is g for p, g in zip(net.parameters(), grads_before))
         return [t.float().clone() for t in out], [p.grad.float().clone() for p in net.parameters()]

@@ -211,8 +211,7 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         if graphs is None:
             loss_g, _ = g_phase()
         else:
-            loss_g, _ = graphs.run(("G", do_pl), g_phase, local_it,
-                                   before_record=lambda: graphs.allocate_grads(self.G.parameters()))
+            loss_g, _ = graphs.run(("G", do_pl), g_phase, local_it, params=list(self.G.parameters()))
         opt_g.step()
 
         # ---- D phase --------------------------------------------------------------------
@@ -226,7 +225,7 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
             loss_d, real_logits, fake_logits = d_phase()
         else:
             loss_d, real_logits, fake_logits = graphs.run(("D", do_r1), d_phase, local_it,
-                                                          before_record=lambda: graphs.allocate_grads(self.D.parameters()))
+                                                          params=list(self.D.parameters()))
         if self.ada_stats is not None:
             self.ada_stats.accumulate(real_logits)
         opt_d.step()
@@ -263,6 +262,11 @@ class StyleGANModule(GanEvalHooks, pl.LightningModule):
         if self._graphs is None:
             self._graphs = PhaseGraphs(self.precision_cfg.graph_warmup)
         return self._graphs
+
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning frees every .grad before validation; recorded phases accumulate into those very
+        # tensors, so under graphs they are zeroed in place instead (no re-recording after it).
+        self.zero_grad(set_to_none=self._graphs is None)
 
     def _backward(self, loss: Tensor, graphed: bool) -> None:
         # Inside a recorded phase: autograd only (Lightning's hooks would run at recording, not replay).

@@ -11,7 +11,9 @@ What makes replaying a recorded phase correct:
 
 * every parameter has its ``.grad`` allocated before the first recording and the phases zero it in
   place (``zero_grad(set_to_none=False)``), so the backward pass accumulates into the same memory
-  on every replay, which is the memory the optimiser reads;
+  on every replay, which is the memory the optimiser reads. A graph whose gradients were replaced
+  or freed since its recording (Lightning frees them before validation unless told otherwise) is
+  recorded again instead of writing into memory that is no longer theirs;
 * the phase's input that changes between iterations (the real batch) is copied into a static
   tensor before each replay; random numbers (latents, mixing, noise) come from the CUDA generator,
   which advances on every replay;
@@ -21,7 +23,7 @@ What makes replaying a recorded phase correct:
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Hashable, Iterable, Optional, Tuple
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -42,7 +44,9 @@ class PhaseGraphs:
         self.warmup = int(warmup)
         self._graphs: Dict[Hashable, torch.cuda.CUDAGraph] = {}
         self._outputs: Dict[Hashable, Tuple[Tensor, ...]] = {}
+        self._grads: Dict[Hashable, List[int]] = {}  # per graph: the addresses its gradients had
         self._static: Dict[str, Tensor] = {}
+        self.rerecorded = 0  # graphs recorded again because their gradients had moved
 
     def active(self, iteration: int) -> bool:
         """Whether phases of this iteration are recorded/replayed (not eager)."""
@@ -72,14 +76,24 @@ class PhaseGraphs:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
 
+    @staticmethod
+    def _addresses(params: Sequence[torch.nn.Parameter]) -> List[int]:
+        return [p.grad.data_ptr() if p.grad is not None else 0 for p in params]
+
     def run(self, key: Hashable, fn: Callable[[], Tuple[Tensor, ...]], iteration: int,
-            before_record: Optional[Callable[[], None]] = None) -> Tuple[Tensor, ...]:
+            params: Sequence[torch.nn.Parameter] = ()) -> Tuple[Tensor, ...]:
+        """params: the parameters whose ``.grad`` the phase accumulates into: allocated before the
+        recording, and checked before every replay (host-side addresses, no sync)."""
         if not self.active(iteration):
             return fn()
+        params = list(params)
         graph = self._graphs.get(key)
+        if graph is not None and self._addresses(params) != self._grads[key]:
+            del self._graphs[key], self._outputs[key], self._grads[key]
+            graph = None
+            self.rerecorded += 1
         if graph is None:
-            if before_record is not None:
-                before_record()
+            self.allocate_grads(params)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             # Each variant gets its own memory pool: variants replay in any order, so their
@@ -88,6 +102,7 @@ class PhaseGraphs:
                 out = fn()
             self._graphs[key] = graph
             self._outputs[key] = tuple(out)
+            self._grads[key] = self._addresses(params)
         graph.replay()  # recording ran nothing: the first replay is this iteration's work
         return self._outputs[key]
 
@@ -95,4 +110,5 @@ class PhaseGraphs:
         """Forget the recorded graphs (e.g. after parameters were replaced by a checkpoint load)."""
         self._graphs.clear()
         self._outputs.clear()
+        self._grads.clear()
         self._static.clear()
